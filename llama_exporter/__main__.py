@@ -1,0 +1,5 @@
+"""Allow ``python -m llama_exporter``."""
+
+from llama_exporter.cli import main
+
+raise SystemExit(main())
