@@ -7,31 +7,49 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 # GGUF value type ids (gguf.GGUFValueType)
+_INT32 = 5
 _UINT32 = 4
+_FLOAT32 = 6
+_BOOL = 7
 _STRING = 8
 _ARRAY = 9
 _UINT64 = 10
 
-MetaValue = int | str | Sequence[str]
+MetaScalar = int | float | bool | str
+MetaValue = MetaScalar | Sequence["MetaValue"]
 
 
-def _string(value: str) -> bytes:
+def _string(value: str, endian: str = "<") -> bytes:
     raw = value.encode()
-    return struct.pack("<Q", len(raw)) + raw
+    return struct.pack(endian + "Q", len(raw)) + raw
 
 
-def _value(value: MetaValue) -> bytes:
+def _typed(value: MetaValue, endian: str) -> tuple[int, bytes]:
+    """Return (GGUF value type, encoded payload without the type id)."""
     if isinstance(value, bool):
-        raise TypeError("bool metadata is not supported by this writer")
+        return _BOOL, struct.pack(endian + "?", value)
     if isinstance(value, int):
         if 0 <= value < 2**32:
-            return struct.pack("<I", _UINT32) + struct.pack("<I", value)
-        return struct.pack("<I", _UINT64) + struct.pack("<Q", value)
+            return _UINT32, struct.pack(endian + "I", value)
+        if value < 0:
+            return _INT32, struct.pack(endian + "i", value)
+        return _UINT64, struct.pack(endian + "Q", value)
+    if isinstance(value, float):
+        return _FLOAT32, struct.pack(endian + "f", value)
     if isinstance(value, str):
-        return struct.pack("<I", _STRING) + _string(value)
+        return _STRING, _string(value, endian)
     items = list(value)
-    out = struct.pack("<I", _ARRAY) + struct.pack("<IQ", _STRING, len(items))
-    return out + b"".join(_string(item) for item in items)
+    encoded = [_typed(item, endian) for item in items]
+    item_type = encoded[0][0] if encoded else _STRING
+    if any(t != item_type for t, _ in encoded):
+        raise TypeError("GGUF arrays hold one value type")
+    head = struct.pack(endian + "IQ", item_type, len(items))
+    return _ARRAY, head + b"".join(payload for _, payload in encoded)
+
+
+def _value(value: MetaValue, endian: str = "<") -> bytes:
+    vtype, payload = _typed(value, endian)
+    return struct.pack(endian + "I", vtype) + payload
 
 
 DEFAULT_METADATA: Mapping[str, MetaValue] = {
@@ -44,10 +62,21 @@ DEFAULT_METADATA: Mapping[str, MetaValue] = {
 }
 
 
-def write_minimal_gguf(path: Path, metadata: Mapping[str, MetaValue] | None = None) -> Path:
-    """Write a GGUF v3 file with the given metadata and no tensors; return its path."""
+def write_minimal_gguf(
+    path: Path,
+    metadata: Mapping[str, MetaValue] | None = None,
+    *,
+    version: int = 3,
+    big_endian: bool = False,
+) -> Path:
+    """Write a GGUF file with the given metadata and no tensors; return its path.
+
+    Value types: bool, int (uint32, int32 or uint64), float (float32), str, and
+    sequences of one of these (nested sequences give arrays of arrays).
+    """
+    endian = ">" if big_endian else "<"
     meta = dict(DEFAULT_METADATA if metadata is None else metadata)
-    body = b"".join(_string(key) + _value(value) for key, value in meta.items())
-    header = b"GGUF" + struct.pack("<IQQ", 3, 0, len(meta))
+    body = b"".join(_string(key, endian) + _value(value, endian) for key, value in meta.items())
+    header = b"GGUF" + struct.pack(endian + "IQQ", version, 0, len(meta))
     path.write_bytes(header + body)
     return path
