@@ -344,6 +344,17 @@ _MANAGED_FLAGS = {
     "--parallel": "parallel",
     "--api-key": "api_key",
 }
+
+
+def find_managed_flag(args: Sequence[str]) -> tuple[int, str, str] | None:
+    """First arg the service sets itself, as (index, flag, setting to use instead), or None."""
+    for i, arg in enumerate(args):
+        flag = arg.split("=", 1)[0]
+        if flag in _MANAGED_FLAGS:
+            return i, flag, _MANAGED_FLAGS[flag]
+    return None
+
+
 _LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER_TYPES = (int, float)
 
@@ -564,14 +575,14 @@ class _Parser:
 
     def args(self, value: object, key: str) -> tuple[str, ...]:
         args = self.strings(value, key)
-        for i, arg in enumerate(args):
-            flag = arg.split("=", 1)[0]
-            if flag in _MANAGED_FLAGS:
-                raise self.error(
-                    f"{key}[{i}]",
-                    f"{flag} is set by the service",
-                    f"use the model's {_MANAGED_FLAGS[flag]} setting instead",
-                )
+        managed = find_managed_flag(args)
+        if managed is not None:
+            i, flag, setting = managed
+            raise self.error(
+                f"{key}[{i}]",
+                f"{flag} is set by the service",
+                f"use the model's {setting} setting instead",
+            )
         return args
 
     def models(self, value: object, defaults: ModelDefaults) -> tuple[ModelConfig, ...]:
