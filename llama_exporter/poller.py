@@ -1,0 +1,373 @@
+"""1 Hz reads of every ready llama-server (/metrics then /slots, /props once) + psutil.
+
+``MetricsStore`` holds what was read: the latest snapshot and a short history per
+model, poll errors, and the host's CPU and memory. ``Poller`` runs one task per
+ready instance on a fixed monotonic schedule, so a slow instance delays nobody.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import psutil
+
+from llama_exporter.config import Config
+from llama_exporter.derive import (
+    ModelDeriver,
+    ModelSnapshot,
+    ProcessSample,
+    SlotSample,
+    TokenCounter,
+    parse_metrics,
+    parse_slots,
+    ratio,
+)
+from llama_exporter.states import InstanceStatus, State
+
+log = logging.getLogger(__name__)
+
+Subscriber = Callable[[ModelSnapshot], None]
+
+
+@dataclass(frozen=True)
+class HostSample:
+    """The host's CPU and memory at one poll."""
+
+    cpu_utilization_ratio: float  # 0..1 of all CPUs
+    memory_total_bytes: int
+    memory_used_bytes: int
+
+
+@dataclass(frozen=True)
+class PollInfo:
+    """Timing of the last successful poll of one model."""
+
+    duration_seconds: float
+    timestamp: float  # unix time
+
+
+class MetricsStore:
+    """Latest snapshot + history per model, kept token totals, poll errors, host values."""
+
+    def __init__(self, history: int = 120) -> None:
+        self._history_size = max(1, history)
+        self._latest: dict[str, ModelSnapshot] = {}
+        self._history: dict[str, deque[ModelSnapshot]] = {}
+        self._counters: dict[str, tuple[TokenCounter, TokenCounter]] = {}
+        self._errors: dict[tuple[str, str, str], int] = {}
+        self._polls: dict[str, PollInfo] = {}
+        self._props: dict[str, dict[str, Any]] = {}
+        self._subscribers: list[Subscriber] = []
+        self.host: HostSample | None = None
+
+    def publish(self, snapshot: ModelSnapshot) -> None:
+        """Record a new snapshot and tell the subscribers."""
+        self._latest[snapshot.model] = snapshot
+        ring = self._history.setdefault(snapshot.model, deque(maxlen=self._history_size))
+        ring.append(snapshot)
+        for callback in list(self._subscribers):
+            try:
+                callback(snapshot)
+            except Exception:
+                log.exception("metrics subscriber %r failed", callback)
+
+    def latest(self, model: str) -> ModelSnapshot | None:
+        """The last snapshot of a ready model, or None."""
+        return self._latest.get(model)
+
+    def history(self, model: str) -> list[ModelSnapshot]:
+        """Snapshots of the current ready run, oldest first."""
+        return list(self._history.get(model, ()))
+
+    def live_models(self) -> list[str]:
+        """Models with a latest snapshot, sorted."""
+        return sorted(self._latest)
+
+    def drop(self, model: str) -> None:
+        """Forget the live values of a model that is no longer ready (token totals stay)."""
+        self._latest.pop(model, None)
+        self._history.pop(model, None)
+        self._polls.pop(model, None)
+        self._props.pop(model, None)
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Call callback (on the loop) with every new snapshot; returns an unsubscribe."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def token_counters(self, model: str) -> tuple[TokenCounter, TokenCounter]:
+        """(generated, prompt) counters of a model, kept across stops and restarts."""
+        if model not in self._counters:
+            self._counters[model] = (TokenCounter(), TokenCounter())
+        return self._counters[model]
+
+    def token_totals(self) -> dict[str, tuple[float, float]]:
+        """{model: (tokens generated, prompt tokens)} for every model ever polled."""
+        return {m: (g.total, p.total) for m, (g, p) in self._counters.items()}
+
+    def record_error(self, model: str, endpoint: str, reason: str) -> None:
+        """Count one failed read."""
+        key = (model, endpoint, reason)
+        self._errors[key] = self._errors.get(key, 0) + 1
+
+    def poll_errors(self) -> dict[tuple[str, str, str], int]:
+        """{(model, endpoint, reason): count}; never reset."""
+        return dict(self._errors)
+
+    def record_poll(self, model: str, duration: float, timestamp: float) -> None:
+        """Remember the timing of a successful poll."""
+        self._polls[model] = PollInfo(duration, timestamp)
+
+    def last_poll(self, model: str) -> PollInfo | None:
+        """Timing of the model's last successful poll while ready."""
+        return self._polls.get(model)
+
+    def set_props(self, model: str, props: dict[str, Any]) -> None:
+        """Keep the /props answer of the running instance."""
+        self._props[model] = props
+
+    def props(self, model: str) -> dict[str, Any] | None:
+        """The /props answer of the running instance, if read."""
+        return self._props.get(model)
+
+
+class _ReadError(Exception):
+    """A failed read; ``reason`` becomes the poll_errors_total label."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Watch:
+    status: InstanceStatus
+    task: asyncio.Task[None]
+
+
+def host_cpu_ratio(previous: tuple[float, float] | None, current: tuple[float, float]) -> float:
+    """Host CPU busy share from two (busy seconds, total seconds) readings of all CPUs."""
+    if previous is None:
+        return 0.0
+    return ratio(current[0] - previous[0], current[1] - previous[1])
+
+
+class Poller:
+    """Polls every ready instance once per interval; fed by the supervisor's status events."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: MetricsStore,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._session = session
+        self._own_session = session is None
+        self._clock = clock
+        self._monotonic = monotonic
+        self._watches: dict[str, _Watch] = {}
+        self._processes: dict[int, psutil.Process] = {}
+        self._host_task: asyncio.Task[None] | None = None
+        self._host_cpu: tuple[float, float] | None = None
+        self._cpu_count = os.cpu_count() or 1
+        self._closed = False
+
+    def polling(self) -> list[str]:
+        """Models being polled now, sorted."""
+        return sorted(self._watches)
+
+    def start(self) -> None:
+        """Start sampling the host (needs a running loop; on_status calls it too)."""
+        if self._host_task is None and not self._closed:
+            self._host_task = asyncio.get_running_loop().create_task(self._host_loop())
+
+    def on_status(self, status: InstanceStatus) -> None:
+        """Supervisor listener: poll an instance while it is ready, drop it when it leaves."""
+        if self._closed:
+            return
+        current = self._watches.get(status.model)
+        if status.state is State.READY and status.port is not None:
+            if current is not None and _same_process(current.status, status):
+                current.status = status
+                return
+            self._forget(status.model)
+            self.start()
+            task = asyncio.get_running_loop().create_task(self._run(status))
+            self._watches[status.model] = _Watch(status, task)
+        elif status.state is not State.READY:
+            self._forget(status.model)
+
+    async def close(self) -> None:
+        """Stop every task and close the HTTP session if we made it."""
+        self._closed = True
+        tasks = [w.task for w in self._watches.values()]
+        if self._host_task is not None:
+            tasks.append(self._host_task)
+        for model in list(self._watches):
+            self._forget(model)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def _forget(self, model: str) -> None:
+        watch = self._watches.pop(model, None)
+        if watch is not None:
+            watch.task.cancel()
+            if watch.status.pid is not None:
+                self._processes.pop(watch.status.pid, None)
+        self._store.drop(model)
+
+    async def _run(self, status: InstanceStatus) -> None:
+        """One instance's loop on a fixed schedule (missed ticks are skipped, not queued)."""
+        model = status.model
+        generated, prompt = self._store.token_counters(model)
+        deriver = ModelDeriver(model, generated, prompt, pid=status.pid)
+        deriver.begin_process()
+        interval = max(0.01, self._config.poll.interval)
+        have_props = False
+        next_at = self._monotonic()
+        while True:
+            watch = self._watches.get(model)
+            if watch is None or watch.task is not asyncio.current_task():
+                return
+            if not have_props:
+                have_props = await self._read_props(watch.status)
+            await self._poll_once(watch.status, deriver)
+            now = self._monotonic()
+            next_at += interval
+            if next_at <= now:  # fell behind: skip to the next tick in the future
+                next_at += math.ceil((now - next_at) / interval + 1e-9) * interval
+            await asyncio.sleep(next_at - now)
+
+    async def _read_props(self, status: InstanceStatus) -> bool:
+        try:
+            body = await self._get(status, "props")
+            props = json.loads(body)
+            if not isinstance(props, dict):
+                raise _ReadError("parse")
+        except _ReadError as exc:
+            self._store.record_error(status.model, "props", exc.reason)
+            return False
+        except ValueError:
+            self._store.record_error(status.model, "props", "parse")
+            return False
+        self._store.set_props(status.model, props)
+        return True
+
+    async def _poll_once(self, status: InstanceStatus, deriver: ModelDeriver) -> None:
+        """/metrics first, then /slots (see TokenCounter), then psutil; publish if both read."""
+        started = self._monotonic()
+        values: dict[str, float] | None = None
+        slots: list[SlotSample] | None = None
+        try:
+            values = parse_metrics((await self._get(status, "metrics")).decode())
+        except _ReadError as exc:
+            self._store.record_error(status.model, "metrics", exc.reason)
+            if exc.reason in ("timeout", "connect"):
+                return  # unreachable: do not spend another timeout on /slots
+        except ValueError:
+            self._store.record_error(status.model, "metrics", "parse")
+        try:
+            slots = parse_slots(json.loads(await self._get(status, "slots")))
+        except _ReadError as exc:
+            self._store.record_error(status.model, "slots", exc.reason)
+        except ValueError:
+            self._store.record_error(status.model, "slots", "parse")
+        if values is None or slots is None:
+            return
+        process = self._sample_process(status.pid)
+        now = self._clock()
+        snapshot = deriver.update(values, slots, now, process)
+        if self._watches.get(status.model) is None:
+            return
+        self._store.record_poll(status.model, self._monotonic() - started, now)
+        self._store.publish(snapshot)
+
+    async def _get(self, status: InstanceStatus, endpoint: str) -> bytes:
+        """GET base_url/endpoint; raise _ReadError(timeout|connect|http_<status>)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {status.api_key}"} if status.api_key else {}
+        timeout = aiohttp.ClientTimeout(total=self._config.poll.timeout)
+        url = f"{status.base_url}/{endpoint}"
+        try:
+            async with self._session.get(url, headers=headers, timeout=timeout) as response:
+                if response.status != 200:
+                    raise _ReadError(f"http_{response.status}")
+                return await response.read()
+        except TimeoutError as exc:
+            raise _ReadError("timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise _ReadError("connect") from exc
+
+    def _sample_process(self, pid: int | None) -> ProcessSample | None:
+        """CPU seconds and RSS of the instance's process (None when it cannot be read)."""
+        if pid is None:
+            return None
+        try:
+            process = self._processes.get(pid)
+            if process is None:
+                process = self._processes[pid] = psutil.Process(pid)
+            with process.oneshot():
+                cpu = process.cpu_times()
+                rss = process.memory_info().rss
+        except (psutil.Error, OSError):
+            self._processes.pop(pid, None)
+            return None
+        return ProcessSample(cpu.user + cpu.system, rss, self._cpu_count)
+
+    async def _host_loop(self) -> None:
+        interval = max(0.01, self._config.poll.interval)
+        next_at = self._monotonic()
+        while True:
+            self.sample_host()
+            now = self._monotonic()
+            next_at += interval
+            if next_at <= now:
+                next_at += math.ceil((now - next_at) / interval + 1e-9) * interval
+            await asyncio.sleep(next_at - now)
+
+    def sample_host(self) -> None:
+        """Read host CPU and memory into the store."""
+        try:
+            times = psutil.cpu_times()
+            memory = psutil.virtual_memory()
+        except (psutil.Error, OSError):
+            log.exception("cannot read host CPU or memory")
+            return
+        idle = times.idle + getattr(times, "iowait", 0.0)
+        # guest time is already part of user time on Linux
+        total = sum(times) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
+        current = (total - idle, total)
+        cpu = host_cpu_ratio(self._host_cpu, current)
+        self._host_cpu = current
+        used = memory.total - memory.available
+        self._store.host = HostSample(cpu, int(memory.total), int(used))
+
+
+def _same_process(old: InstanceStatus, new: InstanceStatus) -> bool:
+    return (old.pid, old.host, old.port) == (new.pid, new.host, new.port)

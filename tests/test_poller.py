@@ -1,0 +1,299 @@
+"""Tests for llama_exporter.poller: the store (pure) and the poller against the fake server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from llama_exporter.config import Config, PollConfig
+from llama_exporter.derive import ModelDeriver, ModelSnapshot
+from llama_exporter.poller import MetricsStore, Poller, host_cpu_ratio
+from llama_exporter.states import InstanceStatus, State
+from llama_exporter.testing.fake_llama import FakeOptions, create_app
+
+MakeServer = Callable[..., Awaitable[TestServer]]
+
+
+def snapshot(model: str, now: float) -> ModelSnapshot:
+    """A snapshot with no slots."""
+    return ModelDeriver(model).update({}, [], now)
+
+
+def ready(model: str, port: int | None, *, api_key: str | None = None) -> InstanceStatus:
+    """A READY status for a server on 127.0.0.1:port (our own pid, for psutil)."""
+    assert port is not None
+    return InstanceStatus(
+        model=model, state=State.READY, since=0.0, pid=os.getpid(), port=port, api_key=api_key
+    )
+
+
+def config(interval: float = 0.1, timeout: float = 0.5, history: int = 120) -> Config:
+    """A config with a fast poll."""
+    return Config(source=None, poll=PollConfig(interval=interval, timeout=timeout, history=history))
+
+
+async def wait_for(predicate: Callable[[], bool], limit: float = 10.0) -> None:
+    """Wait until predicate() holds (fails the test after limit seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session closed after the test."""
+    async with aiohttp.ClientSession() as client:
+        yield client
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# --- MetricsStore (no event loop) --------------------------------------------------------
+
+
+def test_store_history_is_capped_and_drop_keeps_token_totals() -> None:
+    store = MetricsStore(history=3)
+    generated, _ = store.token_counters("m")
+    generated.update(42)
+    for t in range(5):
+        store.publish(snapshot("m", float(t)))
+    assert [s.timestamp for s in store.history("m")] == [2.0, 3.0, 4.0]
+    assert store.latest("m") is not None
+    store.record_poll("m", 0.01, 4.0)
+    store.drop("m")
+    assert store.latest("m") is None
+    assert store.history("m") == []
+    assert store.last_poll("m") is None
+    assert store.token_totals() == {"m": (42.0, 0.0)}
+    assert store.token_counters("m")[0] is generated
+
+
+def test_store_subscribers_and_errors() -> None:
+    store = MetricsStore()
+    seen: list[str] = []
+
+    def broken(_: ModelSnapshot) -> None:
+        raise RuntimeError("boom")
+
+    store.subscribe(broken)
+    unsubscribe = store.subscribe(lambda s: seen.append(s.model))
+    store.publish(snapshot("a", 1.0))  # the broken subscriber is logged, not raised
+    unsubscribe()
+    unsubscribe()
+    store.publish(snapshot("b", 2.0))
+    assert seen == ["a"]
+    store.record_error("a", "slots", "timeout")
+    store.record_error("a", "slots", "timeout")
+    assert store.poll_errors() == {("a", "slots", "timeout"): 2}
+
+
+def test_host_cpu_ratio() -> None:
+    assert host_cpu_ratio(None, (5.0, 10.0)) == 0.0
+    assert host_cpu_ratio((5.0, 10.0), (6.0, 14.0)) == 0.25
+
+
+# --- Poller against the fake llama-server ------------------------------------------------
+
+
+async def complete(
+    session: aiohttp.ClientSession, server: TestServer, n_predict: int
+) -> dict[str, Any]:
+    """POST /completion and return the JSON answer."""
+    url = f"http://127.0.0.1:{server.port}/completion"
+    async with session.post(url, json={"prompt": "a b c d", "n_predict": n_predict}) as resp:
+        body: dict[str, Any] = await resp.json()
+        return body
+
+
+async def test_busy_slots_and_exact_tokens(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    options = FakeOptions(metrics=True, parallel=2, ctx_size=4096, tokens_per_second=100.0)
+    server = await aiohttp_server(create_app(options))
+    store = MetricsStore()
+    poller = Poller(config(interval=0.1), store, session=session)
+    poller.on_status(ready("m", server.port))
+    try:
+        running = [asyncio.create_task(complete(session, server, 60)) for _ in range(2)]
+        await wait_for(lambda: (s := store.latest("m")) is not None and s.slots_busy == 2)
+        live = store.latest("m")
+        assert live is not None and live.slots_total == 2
+        assert live.context_size_tokens == 4096
+        answers = await asyncio.gather(*running)
+        # short requests, most of them shorter than the poll interval
+        answers += [await complete(session, server, n) for n in (1, 2, 3)]
+        expected = sum(a["timings"]["predicted_n"] for a in answers)
+        await wait_for(lambda: store.token_totals()["m"][0] == expected)
+        await asyncio.sleep(0.3)
+        assert store.token_totals()["m"][0] == expected  # and it stays there
+        latest = store.latest("m")
+        assert latest is not None and latest.slots_busy == 0
+        assert latest.rss_bytes is not None and latest.rss_bytes > 0
+        assert store.props("m") is not None
+        assert store.last_poll("m") is not None
+        await wait_for(lambda: store.host is not None)
+    finally:
+        await poller.close()
+
+
+async def test_short_request_between_slow_polls_is_counted(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    options = FakeOptions(metrics=True, parallel=1, tokens_per_second=500.0)
+    server = await aiohttp_server(create_app(options))
+    store = MetricsStore()
+    poller = Poller(config(interval=0.5), store, session=session)
+    poller.on_status(ready("m", server.port))
+    try:
+        await wait_for(lambda: store.latest("m") is not None)
+        answer = await complete(session, server, 5)  # 10 ms: between two polls
+        await wait_for(lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"])
+    finally:
+        await poller.close()
+
+
+async def test_stop_drops_live_values_and_keeps_total(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    server = await aiohttp_server(create_app(FakeOptions(metrics=True, tokens_per_second=500.0)))
+    store = MetricsStore()
+    poller = Poller(config(), store, session=session)
+    status = ready("m", server.port)
+    poller.on_status(status)
+    try:
+        await complete(session, server, 7)
+        await wait_for(lambda: store.token_totals().get("m", (0.0, 0.0))[0] == 7)
+        poller.on_status(InstanceStatus("m", State.STOPPING, since=1.0, pid=status.pid))
+        assert poller.polling() == []
+        assert store.latest("m") is None
+        await asyncio.sleep(0.3)
+        assert store.latest("m") is None  # the cancelled task published nothing more
+        # a new process of the same model (fresh counters) adds to the kept total
+        server2 = await aiohttp_server(create_app(FakeOptions(metrics=True)))
+        poller.on_status(ready("m", server2.port))
+        await complete(session, server2, 3)
+        await wait_for(lambda: store.token_totals()["m"][0] == 10)
+    finally:
+        await poller.close()
+
+
+async def test_api_key_is_sent(aiohttp_server: MakeServer, session: aiohttp.ClientSession) -> None:
+    server = await aiohttp_server(create_app(FakeOptions(metrics=True, api_key="k")))
+    store = MetricsStore()
+    poller = Poller(config(), store, session=session)
+    poller.on_status(ready("m", server.port, api_key="k"))
+    try:
+        await wait_for(lambda: store.latest("m") is not None)
+        assert store.poll_errors() == {}
+    finally:
+        await poller.close()
+
+
+def failing_app(status: int = 500, delay: float = 0.0) -> web.Application:
+    """An app whose /metrics, /slots and /props answer status after delay seconds."""
+
+    async def handler(_: web.Request) -> web.Response:
+        await asyncio.sleep(delay)
+        return web.json_response({"error": "x"}, status=status)
+
+    app = web.Application()
+    for path in ("/metrics", "/slots", "/props"):
+        app.router.add_get(path, handler)
+    return app
+
+
+async def test_errors_are_counted_by_reason(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    broken = await aiohttp_server(failing_app(500))
+    slow = await aiohttp_server(failing_app(200, delay=5.0))
+    garbage = await aiohttp_server(failing_app(200))  # JSON where Prometheus text is expected
+    store = MetricsStore()
+    poller = Poller(config(interval=0.1, timeout=0.2), store, session=session)
+    poller.on_status(ready("broken", broken.port))
+    poller.on_status(ready("slow", slow.port))
+    poller.on_status(ready("garbage", garbage.port))
+    poller.on_status(ready("dead", free_port()))
+    try:
+
+        def counted(model: str, endpoint: str, reason: str) -> bool:
+            return store.poll_errors().get((model, endpoint, reason), 0) >= 2
+
+        await wait_for(lambda: counted("broken", "metrics", "http_500"))
+        await wait_for(lambda: counted("broken", "slots", "http_500"))
+        await wait_for(lambda: counted("broken", "props", "http_500"))
+        await wait_for(lambda: counted("slow", "metrics", "timeout"))
+        await wait_for(lambda: counted("dead", "metrics", "connect"))
+        await wait_for(lambda: counted("garbage", "metrics", "parse"))
+        await wait_for(lambda: counted("garbage", "slots", "parse"))
+        assert store.latest("broken") is None
+    finally:
+        await poller.close()
+
+
+async def test_dead_instance_does_not_delay_others(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    hung = await aiohttp_server(failing_app(200, delay=30.0))
+    healthy = await aiohttp_server(create_app(FakeOptions(metrics=True)))
+    store = MetricsStore()
+    polls: list[str] = []
+    store.subscribe(lambda s: polls.append(s.model))
+    poller = Poller(config(interval=0.05, timeout=5.0), store, session=session)
+    poller.on_status(ready("hung", hung.port))
+    poller.on_status(ready("healthy", healthy.port))
+    try:
+        # the hung instance's first read has not even timed out yet
+        await wait_for(lambda: polls.count("healthy") >= 5, limit=4.0)
+        assert store.poll_errors() == {}
+    finally:
+        await poller.close()
+
+
+async def test_history_is_capped(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    server = await aiohttp_server(create_app(FakeOptions(metrics=True)))
+    store = MetricsStore(history=3)
+    count = 0
+
+    def seen(_: ModelSnapshot) -> None:
+        nonlocal count
+        count += 1
+
+    store.subscribe(seen)
+    poller = Poller(config(interval=0.05, history=3), store, session=session)
+    poller.on_status(ready("m", server.port))
+    try:
+        await wait_for(lambda: count >= 5)
+        assert len(store.history("m")) == 3
+    finally:
+        await poller.close()
+
+
+async def test_own_session_and_close_are_clean(aiohttp_server: MakeServer) -> None:
+    server = await aiohttp_server(create_app(FakeOptions(metrics=True)))
+    store = MetricsStore()
+    poller = Poller(config(), store)
+    poller.on_status(ready("m", server.port))
+    await wait_for(lambda: store.latest("m") is not None)
+    await poller.close()
+    assert store.latest("m") is None
+    poller.on_status(ready("m", server.port))  # ignored after close
+    assert poller.polling() == []
