@@ -452,3 +452,11 @@ def test_sanitize_model_name(stem: str, name: str) -> None:
 
 def test_sanitize_truncates() -> None:
     assert sanitize_model_name("y" * 100) == "y" * 64
+
+
+def test_example_config_parses(env: dict[str, str]) -> None:
+    example = Path(__file__).resolve().parent.parent / "examples" / "config.yaml"
+    config = load_config(example, env=env, check_files=False)
+    assert [m.name for m in config.models] == ["gemma"]
+    assert config.models[0].autostart
+    assert config.targets is not None and dict(config.targets.labels) == {"env": "lab"}
