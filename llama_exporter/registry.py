@@ -64,6 +64,9 @@ class RegistryError(Exception):
         super().__init__(message)
         self.message = message
 
+    def __str__(self) -> str:
+        return self.message  # not KeyError's quoted repr
+
 
 class InvalidModel(RegistryError):
     """A field of a model registration is invalid (HTTP 400)."""
@@ -75,8 +78,8 @@ class InvalidModel(RegistryError):
         self.field = field
 
 
-class UnknownModel(RegistryError):
-    """No model has this name (HTTP 404)."""
+class UnknownModel(RegistryError, KeyError):
+    """No model has this name (HTTP 404); also a KeyError for mapping-style callers."""
 
     status = 404
 
@@ -89,6 +92,50 @@ class ModelConflict(RegistryError):
     """The request clashes with an existing model or with where a model is defined (HTTP 409)."""
 
     status = 409
+
+
+@dataclass(frozen=True)
+class ModelInfoView:
+    """Flat view of a model for the collector's model_info series."""
+
+    name: str
+    path: Path
+    source: ModelSource
+    architecture: str | None
+    quantization: str | None
+    size_label: str | None
+    context_length: int | None
+    file_size: int | None
+
+    @classmethod
+    def of(cls, model: Model) -> ModelInfoView:
+        """The view of one registry entry (metadata fields None until read)."""
+        info = model.info
+        return cls(
+            name=model.name,
+            path=model.path,
+            source=model.source,
+            architecture=info.architecture if info else None,
+            quantization=info.quantization if info else None,
+            size_label=info.size_label if info else None,
+            context_length=info.context_length if info else None,
+            file_size=info.file_size if info else None,
+        )
+
+
+class ConfigSource:
+    """The registry seen as name -> ModelConfig (what the supervisor needs)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+
+    def get(self, name: str) -> ModelConfig:
+        """The model's launch config; UnknownModel (a KeyError) when unknown."""
+        return self._registry.get(name).config
+
+    def names(self) -> list[str]:
+        """All known model names."""
+        return self._registry.names()
 
 
 # --- pure helpers ---------------------------------------------------------------------------------
@@ -327,6 +374,14 @@ class Registry:
     def names(self) -> list[str]:
         """Model names in the order of all()."""
         return list(self._models)
+
+    def model_infos(self) -> list[ModelInfoView]:
+        """Every model as a flat view, for the collector."""
+        return [ModelInfoView.of(m) for m in self._models.values()]
+
+    def model_source(self) -> ConfigSource:
+        """A live name -> ModelConfig view of this registry, for the supervisor."""
+        return ConfigSource(self)
 
     # -- changing
 

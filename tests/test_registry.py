@@ -352,3 +352,32 @@ async def test_load_metadata_missing_file(tmp_path: Path, files: Path) -> None:
     await registry.load_metadata()
     error = registry.get("m").error
     assert error is not None and "a.gguf" in error
+
+
+# --- views for the supervisor and the collector ------------------------------------------------
+
+
+async def test_views(tmp_path: Path, files: Path) -> None:
+    config = make_config(tmp_path, models=(ModelConfig("conf", files / "a.gguf"),))
+    registry = make_registry(config)
+    source = registry.model_source()
+    assert source.names() == ["conf"]
+    assert source.get("conf") == config.models[0]
+    with pytest.raises(KeyError):
+        source.get("nope")
+    assert str(UnknownModel("nope")) == "unknown model 'nope'"
+
+    (view,) = registry.model_infos()
+    assert (view.name, view.source, view.architecture, view.file_size) == (
+        "conf",
+        "config",
+        None,
+        None,
+    )
+    registry.add("api", files / "b.gguf")
+    await registry.load_metadata()
+    assert source.names() == ["conf", "api"]  # live view
+    views = registry.model_infos()
+    assert [v.architecture for v in views] == ["llama", "llama"]
+    assert views[1].file_size == (files / "b.gguf").stat().st_size
+    assert views[1].quantization == "Q4_K_M"
