@@ -1,0 +1,251 @@
+"""Tests for llama_exporter.collector: names and labels as in the contract, promtool-clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import missing
+from prometheus_client.parser import text_string_to_metric_families
+
+from llama_exporter.collector import StartDurationHistogram, build_registry, render
+from llama_exporter.derive import ModelDeriver, ProcessSample, TokenCounter, parse_slots
+from llama_exporter.poller import HostSample, MetricsStore
+from llama_exporter.states import InstanceCounters, InstanceStatus, State
+
+ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"
+
+
+@dataclass(frozen=True)
+class Info:
+    """A plain model info."""
+
+    name: str
+    path: Path
+    source: str = "config"
+    architecture: str | None = "gemma3"
+    quantization: str | None = "Q4_K_M"
+    size_label: str | None = "270M"
+    context_length: int | None = 32768
+    file_size: int | None = 253_000_000
+
+
+@dataclass
+class World:
+    """Everything the collector reads, as plain mutable values."""
+
+    store: MetricsStore = field(default_factory=MetricsStore)
+    statuses: list[InstanceStatus] = field(default_factory=list)
+    counters: dict[str, InstanceCounters] = field(default_factory=dict)
+    infos: list[Info] = field(default_factory=list)
+    histogram: StartDurationHistogram = field(default_factory=StartDurationHistogram)
+
+    def render(self) -> str:
+        """The exposition text."""
+        registry = build_registry(
+            store=self.store,
+            statuses=lambda: self.statuses,
+            counters=lambda m: self.counters.get(m, InstanceCounters()),
+            models=lambda: self.infos,
+            running=lambda: sum(s.state is State.READY for s in self.statuses),
+            cap=lambda: 4,
+            histogram=self.histogram,
+        )
+        return render(registry).decode()
+
+
+SLOTS: list[dict[str, Any]] = [
+    {
+        "id": 0,
+        "n_ctx": 2048,
+        "is_processing": True,
+        "id_task": 3,
+        "n_prompt_tokens": 68,
+        "next_token": [{"n_decoded": 35}],
+    },
+    {"id": 1, "n_ctx": 2048, "is_processing": False},
+]
+
+
+def world() -> World:
+    """Model a is ready and polled twice, b is stopped."""
+    w = World()
+    w.infos = [Info("a", Path("/m/a.gguf")), Info("b", Path("/m/b.gguf"), architecture=None)]
+    w.statuses = [
+        InstanceStatus("a", State.READY, since=10.0, pid=1234, port=18080, ready_at=10.0),
+        InstanceStatus("b", State.STOPPED, since=5.0),
+    ]
+    w.counters = {"a": InstanceCounters(restarts_total=2, start_rejected_total=1)}
+    generated, prompt = w.store.token_counters("a")
+    deriver = ModelDeriver("a", generated, prompt, pid=1234)
+    metrics = {"llamacpp:tokens_predicted_total": 100.0, "llamacpp:prompt_tokens_total": 50.0}
+    slots = parse_slots(SLOTS)
+    w.store.publish(deriver.update(metrics, slots, 100.0, ProcessSample(1.0, 300, 2)))
+    later = parse_slots([{**SLOTS[0], "n_prompt_tokens": 93, "next_token": [{"n_decoded": 60}]}])
+    w.store.publish(deriver.update(metrics, later + slots[1:], 101.0, ProcessSample(1.5, 300, 2)))
+    w.store.record_poll("a", 0.004, 101.0)
+    w.store.record_error("a", "slots", "timeout")
+    w.store.host = HostSample(0.5, 8_000_000_000, 3_000_000_000)
+    w.histogram.observe("a", 1.2)
+    return w
+
+
+def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    """{sample name: {sorted labels: value}}."""
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = tuple(sorted(sample.labels.items()))
+            out.setdefault(sample.name, {})[key] = sample.value
+    return out
+
+
+def contract() -> dict[str, tuple[str, set[str]]]:
+    """{full name: (type, labels)} from the table in docs/ARCHITECTURE.md."""
+    rows: dict[str, tuple[str, set[str]]] = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or cells[1] not in ("gauge", "counter", "histogram"):
+            continue
+        labels = {x.strip() for x in cells[2].split(",") if x.strip()}
+        for name in cells[0].split(" / "):
+            rows["llama_exporter_" + name.strip()] = (cells[1], labels)
+    return rows
+
+
+def test_every_contract_family_is_exported_with_its_labels() -> None:
+    expected = contract()
+    assert len(expected) >= 39  # the table had 39 names when this was written
+    families = {f.name: f for f in text_string_to_metric_families(world().render())}
+    for name, (kind, labels) in expected.items():
+        family_name = name.removesuffix("_total") if kind == "counter" else name
+        assert family_name in families, name
+        family = families[family_name]
+        assert family.type == kind, name
+        assert family.samples, f"{name} has no samples"
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
+    exported = {f"{f.name}_total" if f.type == "counter" else f.name for f in families.values()}
+    assert exported <= set(expected), exported - set(expected)
+
+
+def test_values() -> None:
+    values = parse(world().render())
+    a = (("model", "a"),)
+    assert values["llama_exporter_instance_state"][(("model", "a"), ("state", "ready"))] == 1
+    assert values["llama_exporter_instance_state"][(("model", "a"), ("state", "stopped"))] == 0
+    assert values["llama_exporter_instance_restarts_total"][a] == 2
+    assert values["llama_exporter_instance_start_rejected_total"][a] == 1
+    assert values["llama_exporter_tokens_generated_total"][a] == 160
+    assert values["llama_exporter_slot_tokens_per_second"][(("model", "a"), ("slot", "0"))] == 25
+    assert values["llama_exporter_time_per_token_seconds"][a] == pytest.approx(0.04)
+    assert values["llama_exporter_prompt_tokens_total"][a] == 50
+    assert values["llama_exporter_context_used_tokens"][a] == 93
+    assert values["llama_exporter_slots"][a] == 2
+    assert values["llama_exporter_slots_busy"][a] == 1
+    assert values["llama_exporter_slot_busy"][(("model", "a"), ("slot", "1"))] == 0
+    assert values["llama_exporter_process_cpu_utilization_ratio"][a] == pytest.approx(0.25)
+    assert values["llama_exporter_instances_max"][()] == 4
+    assert values["llama_exporter_instances_running"][()] == 1
+    info = values["llama_exporter_instance_info"]
+    assert info == {(("model", "a"), ("pid", "1234"), ("port", "18080")): 1.0}
+    assert values["llama_exporter_instance_start_duration_seconds_count"][a] == 1
+    buckets = values["llama_exporter_instance_start_duration_seconds_bucket"]
+    assert buckets[(("le", "1.0"), ("model", "a"))] == 0
+    assert buckets[(("le", "2.0"), ("model", "a"))] == 1
+    assert buckets[(("le", "+Inf"), ("model", "a"))] == 1
+    errors = values["llama_exporter_poll_errors_total"]
+    assert errors == {(("endpoint", "slots"), ("model", "a"), ("reason", "timeout")): 1.0}
+
+
+def test_stopped_model_has_state_and_counters_but_no_live_series() -> None:
+    w = world()
+    w.store.drop("a")
+    w.statuses[0] = InstanceStatus("a", State.STOPPED, since=200.0)
+    values = parse(w.render())
+    for model in ("a", "b"):
+        assert (
+            values["llama_exporter_instance_state"][(("model", model), ("state", "stopped"))] == 1
+        )
+        assert values["llama_exporter_instance_up"][(("model", model),)] == 0
+        assert (("model", model),) in values["llama_exporter_tokens_generated_total"]
+    assert values["llama_exporter_tokens_generated_total"][(("model", "a"),)] == 160
+    live = [
+        "llama_exporter_slots",
+        "llama_exporter_slot_busy",
+        "llama_exporter_context_used_ratio",
+        "llama_exporter_tokens_per_second",
+        "llama_exporter_process_resident_memory_bytes",
+        "llama_exporter_poll_duration_seconds",
+    ]
+    for name in live:
+        assert name not in values, name
+    assert "llama_exporter_instance_info" not in values
+    assert "llama_exporter_instance_ready_since_timestamp_seconds" not in values
+
+
+def generated_total(w: World) -> float:
+    """The exported tokens_generated_total of model a."""
+    return parse(w.render())["llama_exporter_tokens_generated_total"][(("model", "a"),)]
+
+
+def test_counters_never_go_backwards_across_restarts() -> None:
+    w = World()
+    w.statuses = [InstanceStatus("a", State.READY, since=0.0, pid=1, port=1)]
+    generated, prompt = w.store.token_counters("a")
+    seen: list[float] = []
+    for pid, readings in ((1, [10.0, 20.0, 30.0]), (2, [0.0, 5.0]), (3, [1.0])):
+        deriver = ModelDeriver("a", generated, prompt, pid=pid)
+        deriver.begin_process()
+        for t, completed in enumerate(readings):
+            snap = deriver.update({"llamacpp:tokens_predicted_total": completed}, [], float(t))
+            w.store.publish(snap)
+            seen.append(
+                parse(w.render())["llama_exporter_tokens_generated_total"][(("model", "a"),)]
+            )
+        w.store.drop("a")
+        seen.append(parse(w.render())["llama_exporter_tokens_generated_total"][(("model", "a"),)])
+    assert seen == sorted(seen)
+    assert seen[-1] == 36
+
+
+def test_registry_is_not_the_global_one() -> None:
+    from prometheus_client import REGISTRY
+
+    before = {m.name for m in REGISTRY.collect()}
+    world().render()
+    assert {m.name for m in REGISTRY.collect()} == before
+    assert not any(name.startswith("llama_exporter") for name in before)
+
+
+def test_no_colons_and_snake_case() -> None:
+    for family in text_string_to_metric_families(world().render()):
+        assert re.fullmatch(r"llama_exporter_[a-z_]+", family.name), family.name
+
+
+def test_token_counter_starting_total_is_exported() -> None:
+    w = World()
+    w.store.token_counters("x")[0].update(7)
+    assert isinstance(w.store.token_counters("x")[0], TokenCounter)
+    assert parse(w.render())["llama_exporter_tokens_generated_total"][(("model", "x"),)] == 7
+
+
+@pytest.mark.prometheus
+def test_promtool_check_metrics() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        missing("promtool not installed (apt-get install prometheus)")
+    assert promtool is not None
+    result = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=world().render().encode(),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
