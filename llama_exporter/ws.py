@@ -1,0 +1,154 @@
+"""WebSocket fan-out: per-client bounded queues, model filters, heartbeats.
+
+Publishing never waits on a client. Each client has its own queue and sender
+task; a client whose queue fills up (it reads slower than we publish) is closed
+with 1013 "try again later" instead of slowing the others or growing memory.
+A client that reconnects is sent the current state at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+log = logging.getLogger(__name__)
+
+Event = dict[str, Any]
+
+STATUS_EVENT = "llama-status:update"
+METRICS_EVENT = "llama-metrics:update"
+
+
+def make_event(kind: str, model: str, data: Any) -> Event:
+    """An event as sent to clients: type, model and payload."""
+    return {"type": kind, "model": model, "data": data}
+
+
+@dataclass(eq=False)
+class _Client:
+    ws: web.WebSocketResponse
+    model: str | None
+    queue: asyncio.Queue[str] = field(default_factory=lambda: asyncio.Queue(maxsize=256))
+    dropped: bool = False
+
+    def wants(self, model: str) -> bool:
+        return self.model is None or self.model == model
+
+
+class WebSocketHub:
+    """Registry of connected WebSocket clients and the non-blocking publisher."""
+
+    def __init__(self, *, queue_size: int = 256, heartbeat: float = 10.0) -> None:
+        self._clients: set[_Client] = set()
+        self._queue_size = queue_size
+        self._heartbeat = heartbeat
+        self.dropped_clients = 0
+
+    @property
+    def client_count(self) -> int:
+        """Number of connected clients."""
+        return len(self._clients)
+
+    def publish(self, event: Event) -> None:
+        """Queue an event for every client that wants its model; never blocks."""
+        if not self._clients:
+            return
+        text = json.dumps(event, separators=(",", ":"))
+        model = str(event.get("model", ""))
+        for client in list(self._clients):
+            if client.dropped or not client.wants(model):
+                continue
+            try:
+                client.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                self._drop(client)
+
+    def _drop(self, client: _Client) -> None:
+        client.dropped = True
+        self.dropped_clients += 1
+        log.warning("websocket client too slow, closing it (model filter %s)", client.model)
+        asyncio.get_running_loop().create_task(
+            client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
+        )
+
+    async def handle(
+        self,
+        request: web.Request,
+        initial: Callable[[str | None], Iterable[Event]],
+        known_model: Callable[[str], bool],
+    ) -> web.WebSocketResponse:
+        """Serve one client: current state first, then live events until it leaves."""
+        model = request.query.get("model") or None
+        if model is not None and not known_model(model):
+            raise web.HTTPNotFound(reason=f"unknown model {model!r}")
+        ws = web.WebSocketResponse(heartbeat=self._heartbeat, max_msg_size=1 << 16)
+        await ws.prepare(request)
+        client = _Client(ws, model, asyncio.Queue(maxsize=self._queue_size))
+        for event in initial(model):
+            client.queue.put_nowait(json.dumps(event, separators=(",", ":")))
+        self._clients.add(client)
+        sender = asyncio.create_task(self._send_loop(client))
+        try:
+            async for msg in ws:
+                # Clients only listen; a text message may change the filter.
+                if msg.type is WSMsgType.TEXT:
+                    self._on_text(client, msg.data, initial, known_model)
+                elif msg.type is WSMsgType.ERROR:
+                    break
+        finally:
+            self._clients.discard(client)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        return ws
+
+    def _on_text(
+        self,
+        client: _Client,
+        text: str,
+        initial: Callable[[str | None], Iterable[Event]],
+        known_model: Callable[[str], bool],
+    ) -> None:
+        try:
+            request = json.loads(text)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict) or "model" not in request:
+            reply = {"type": "error", "message": 'send {"model": NAME} or {"model": null}'}
+            client.queue.put_nowait(json.dumps(reply))
+            return
+        model = request["model"]
+        if model is not None and (not isinstance(model, str) or not known_model(model)):
+            reply = {"type": "error", "message": f"unknown model {model!r}"}
+            client.queue.put_nowait(json.dumps(reply))
+            return
+        client.model = model
+        for event in initial(model):
+            with contextlib.suppress(asyncio.QueueFull):
+                client.queue.put_nowait(json.dumps(event, separators=(",", ":")))
+
+    @staticmethod
+    async def _send_loop(client: _Client) -> None:
+        while True:
+            text = await client.queue.get()
+            if client.ws.closed:
+                return
+            try:
+                await client.ws.send_str(text)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def close(self) -> None:
+        """Close every client (service shutdown)."""
+        clients = list(self._clients)
+        self._clients.clear()
+        for client in clients:
+            with contextlib.suppress(Exception):
+                await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")

@@ -1,0 +1,136 @@
+"""Run `llama-exporter serve` as a real child process for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http_json(method: str, url: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+    """One JSON request; returns (status, decoded body) for success and HTTP errors alike."""
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            return exc.code, json.loads(raw)
+        except ValueError:
+            return exc.code, raw.decode(errors="replace")
+
+
+def http_text(url: str, timeout: float = 10.0) -> str:
+    """GET a URL and return the body as text."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        body: bytes = resp.read()
+        return body.decode()
+
+
+@dataclass
+class ServiceProcess:
+    """A running service: its process, URL, config and state folder."""
+
+    proc: subprocess.Popen[bytes]
+    url: str
+    port: int
+    state_dir: Path
+    config_file: Path
+    log_file: Path
+
+    @property
+    def api(self) -> str:
+        return self.url + "/api/v1/llama"
+
+    def status(self, model: str) -> dict[str, Any]:
+        """The service's status entry for one model."""
+        _, body = http_json("GET", self.api + "/status")
+        for entry in body["models"]:
+            if entry["model"] == model:
+                result: dict[str, Any] = entry
+                return result
+        raise KeyError(model)
+
+    def wait_state(self, model: str, states: set[str], timeout: float = 60.0) -> dict[str, Any]:
+        """Poll until the model is in one of `states`; fail with the last status."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.status(model)
+            if st["state"] in states:
+                return st
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{model} still {st} after {timeout} s; wanted {states}")
+            time.sleep(0.05)
+
+    def log(self) -> str:
+        """What the service printed so far."""
+        return self.log_file.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+def start_service(
+    tmp: Path, config: dict[str, Any], *, port: int | None = None, timeout: float = 30.0
+) -> ServiceProcess:
+    """Write the config, start `python -m llama_exporter serve`, wait for /healthz."""
+    port = port or free_port()
+    state_dir = tmp / "state"
+    config = {"listen": {"host": "127.0.0.1", "port": port}, "state_dir": str(state_dir), **config}
+    config_file = tmp / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    log_file = tmp / "service.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_file.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_exporter", "serve", "--config", str(config_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    service = ServiceProcess(
+        proc, f"http://127.0.0.1:{port}", port, state_dir, config_file, log_file
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"service exited with {proc.returncode}:\n{service.log()}")
+        try:
+            if http_json("GET", service.url + "/healthz", timeout=1)[0] == 200:
+                return service
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            service.stop()
+            raise AssertionError(f"service not healthy after {timeout} s:\n{service.log()}")
+        time.sleep(0.05)
