@@ -1,4 +1,4 @@
-"""Instance states and the transitions allowed between them (no dependencies)."""
+"""Instance states, allowed transitions, and the lifecycle's values and errors (no dependencies)."""
 
 from __future__ import annotations
 
@@ -71,3 +71,47 @@ class InstanceStatus:
         if self.state is not State.READY or self.ready_at is None:
             return None
         return max(0.0, now - self.ready_at)
+
+
+# Settled: wait_settled() returns once the instance is in one of these.
+SETTLED: frozenset[State] = frozenset({State.READY, State.FAILED, State.STOPPED})
+
+
+@dataclass(frozen=True)
+class InstanceCounters:
+    """Per-model counters since the service started."""
+
+    restarts_total: int = 0
+    start_failures_total: int = 0
+    start_rejected_total: int = 0
+
+
+class UnknownModel(KeyError):
+    """No model of that name is known."""
+
+    def __str__(self) -> str:
+        return f"unknown model {self.args[0]!r}: see `llama-exporter models` for the known names"
+
+
+class CapExceeded(Exception):
+    """Starting the model would exceed max_parallel."""
+
+    def __init__(self, model: str, running: tuple[str, ...], cap: int) -> None:
+        self.model, self.running, self.cap = model, running, cap
+        super().__init__(
+            f"cannot start {model!r}: {len(running)} of {cap} instances are running "
+            f"({', '.join(running)}); stop one first or raise max_parallel"
+        )
+
+
+class ShuttingDown(Exception):
+    """The service is shutting down and starts no more instances."""
+
+
+class Conflict(Exception):
+    """The instance is in a state that does not allow the request (e.g. stopping)."""
+
+
+def backoff_delay(retries: int, initial: float, maximum: float) -> float:
+    """Seconds to wait before restart number retries+1."""
+    return float(min(initial * 2.0**retries, maximum))

@@ -1,0 +1,403 @@
+"""One llama-server child: argv, spawn in its own process group, wait ready, stop, reap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol
+
+import psutil
+
+from llama_exporter.atomic import write_atomic
+from llama_exporter.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+READY_POLL_INTERVAL = 0.01  # seconds between /health probes while loading
+TAIL_LINES = 200
+_PR_SET_PDEATHSIG = 1
+
+CPU_HINT = (
+    "llama-server died with SIGILL (illegal instruction): the binary was built for a CPU "
+    "with instructions this one lacks (for example AVX-512 or AMX from -march=native). "
+    "Rebuild llama.cpp with -DGGML_NATIVE=OFF (see README: scripts/bootstrap.sh)"
+)
+
+
+class StartError(Exception):
+    """llama-server did not become ready; ``reason`` says why in words a user can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def build_argv(binary: Path | str, model: ModelConfig, host: str, port: int) -> list[str]:
+    """The llama-server command line for one model (an argument list, never a shell)."""
+    argv = [str(binary), "-m", str(model.path), "--host", host, "--port", str(port)]
+    argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
+    if model.api_key:
+        argv += ["--api-key", model.api_key]
+    return argv + list(model.args)
+
+
+def describe_exit(returncode: int, *, during_load: bool, log_tail: Sequence[str]) -> str:
+    """A failure reason for an exited llama-server: code or signal, hints, last log lines."""
+    when = "while loading the model" if during_load else "after it was ready"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        text = f"llama-server was killed by {name} {when}"
+        if -returncode == signal.SIGILL:
+            text += f". {CPU_HINT}"
+    else:
+        text = f"llama-server exited with code {returncode} {when}"
+    lines = [line for line in log_tail if line.strip()][-5:]
+    if lines:
+        text += ". Last log lines:\n" + "\n".join(lines)
+    return text
+
+
+def _pdeathsig_preexec(parent: int) -> None:
+    """In the child before exec: die with the parent (Linux), even if it is SIGKILLed."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def health_status(host: str, port: int, within: float, path: str = "/health") -> int | None:
+    """HTTP status of GET path, or None when nothing answers within that many seconds."""
+    writer: asyncio.StreamWriter | None = None
+    try:
+        async with asyncio.timeout(within):
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+            )
+            line = await reader.readline()
+        parts = line.split()
+        return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else None
+    except (OSError, TimeoutError, ValueError):
+        return None
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def port_bindable(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (a quick bind test)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+class Instance(Protocol):
+    """What the supervisor needs from a running llama-server (LlamaProcess; fakes in tests)."""
+
+    pid: int
+    port: int
+    create_time: float | None
+
+    @property
+    def returncode(self) -> int | None: ...
+    async def wait(self) -> int: ...
+    async def wait_ready(self, timeout: float) -> None: ...  # noqa: ASYNC109
+    async def describe_exit(self, *, during_load: bool) -> str: ...
+    async def health(self, within: float) -> bool: ...
+    async def stop(self, grace: float) -> int: ...
+    def kill(self) -> None: ...
+    def tail(self, n: int) -> list[str]: ...
+
+
+SpawnFn = Callable[[Path, ModelConfig, str, int, Path], Awaitable[Instance]]
+
+
+class LlamaProcess:
+    """A running llama-server child process and its log."""
+
+    def __init__(
+        self, proc: asyncio.subprocess.Process, host: str, port: int, log_file: IO[bytes]
+    ) -> None:
+        self._proc = proc
+        self.host = host
+        self.port = port
+        self.pid: int = proc.pid
+        self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._log_file = log_file
+        self._exited: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
+        self._reader = asyncio.ensure_future(self._read_output())
+        try:
+            self.create_time: float | None = psutil.Process(self.pid).create_time()
+        except psutil.Error:
+            self.create_time = None
+
+    @classmethod
+    async def spawn(
+        cls, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
+    ) -> LlamaProcess:
+        """Start llama-server for model on host:port; output goes to log_file."""
+        argv = build_argv(binary, model, host, port)
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = log_file.open("ab")
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        out.write(f"--- {stamp} starting: {' '.join(argv)}\n".encode())
+        out.flush()
+        env = {**os.environ, **model.env} if model.env else None
+        parent = os.getpid()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                process_group=0,
+                preexec_fn=lambda: _pdeathsig_preexec(parent),
+            )
+        except BaseException:
+            out.close()
+            raise
+        return cls(proc, host, port, out)
+
+    async def _read_output(self) -> None:
+        stream = self._proc.stdout
+        assert stream is not None
+        try:
+            while True:
+                try:
+                    raw = await stream.readline()
+                except ValueError:  # a line longer than the stream limit
+                    raw = await stream.read(65536)
+                if not raw:
+                    break
+                self._log_file.write(raw)
+                self._log_file.flush()
+                self._tail.append(raw.decode(errors="replace").rstrip("\r\n"))
+        except OSError as exc:
+            log.warning("reading llama-server output (pid %d): %s", self.pid, exc)
+        finally:
+            self._log_file.close()
+
+    @property
+    def returncode(self) -> int | None:
+        """Exit status (negative: killed by that signal), None while running."""
+        return self._proc.returncode
+
+    async def wait(self) -> int:
+        """Resolve the moment the child exits (it is reaped by asyncio's child watcher)."""
+        return await asyncio.shield(self._exited)
+
+    async def _describe(self, during_load: bool) -> str:
+        rc = await self.wait()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._reader), timeout=0.5)
+        return describe_exit(rc, during_load=during_load, log_tail=self.tail(20))
+
+    async def describe_exit(self, *, during_load: bool) -> str:
+        """Wait for the exit and say why it happened (with the last log lines)."""
+        return await self._describe(during_load)
+
+    async def health(self, within: float) -> bool:
+        """True when /health answers 200 within that many seconds."""
+        return await health_status(self.host, self.port, within) == 200
+
+    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
+        """Poll /health until 200; raise StartError if the child exits or timeout passes."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise StartError(
+                    f"llama-server did not answer /health with 200 within {timeout:g} s "
+                    "(raise ready_timeout for big models or slow disks)"
+                )
+            probe = asyncio.ensure_future(health_status(self.host, self.port, min(1.0, remaining)))
+            done, _ = await asyncio.wait({probe, self._exited}, return_when=asyncio.FIRST_COMPLETED)
+            if self._exited in done:
+                probe.cancel()
+                raise StartError(await self._describe(during_load=True))
+            if probe.result() == 200:
+                return
+            pause = min(READY_POLL_INTERVAL, max(0.0, deadline - loop.time()))
+            await asyncio.wait({self._exited}, timeout=pause)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        if self.returncode is not None:
+            return
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
+
+    async def stop(self, grace: float) -> int:
+        """SIGTERM the group, SIGKILL it after grace seconds, reap; returns the exit status."""
+        if self.returncode is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.wait(), timeout=grace)
+            except TimeoutError:
+                log.warning(
+                    "llama-server pid %d ignored SIGTERM for %g s: SIGKILL", self.pid, grace
+                )
+                self._signal_group(signal.SIGKILL)
+        return await self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group now (the exit is reaped by wait())."""
+        self._signal_group(signal.SIGKILL)
+
+    def tail(self, n: int) -> list[str]:
+        """The last n lines the process wrote."""
+        return list(self._tail)[-n:] if n > 0 else []
+
+
+# --- orphans: the record of running children in <state_dir>/instances.json ---------
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    """A llama-server child as recorded on disk: enough to find it again after a crash."""
+
+    model: str
+    pid: int
+    create_time: float | None  # psutil create_time: tells a reused pid apart
+    port: int
+
+
+def write_records(path: Path, records: Sequence[InstanceRecord]) -> None:
+    """Atomically replace path with the records."""
+    data = {"instances": [dataclasses.asdict(r) for r in records]}
+    write_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_records(path: Path) -> list[InstanceRecord]:
+    """Records from path; a missing or unreadable file gives none (logged)."""
+    try:
+        data = json.loads(path.read_text())
+        return [
+            InstanceRecord(str(r["model"]), int(r["pid"]), r.get("create_time"), int(r["port"]))
+            for r in data["instances"]
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable %s: %s", path, exc)
+        return []
+
+
+def same_process(pid: int, create_time: float | None) -> bool:
+    """True when pid is alive (not a zombie) and is the process that was recorded."""
+    if create_time is None:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        return (
+            abs(proc.create_time() - create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
+
+
+async def kill_recorded(records: Sequence[InstanceRecord], settle: float = 3.0) -> list[int]:
+    """SIGKILL the recorded processes (and their groups) still alive; returns their pids."""
+    killed: list[int] = []
+    for record in records:
+        if not same_process(record.pid, record.create_time):
+            continue
+        try:
+            if os.getpgid(record.pid) == record.pid:
+                os.killpg(record.pid, signal.SIGKILL)
+            else:
+                os.kill(record.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError) as exc:
+            log.warning("cannot kill leftover pid %d: %s", record.pid, exc)
+            continue
+        killed.append(record.pid)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + settle
+    # Not our children: no exit to await, so poll briefly.
+    while loop.time() < deadline and any(same_process(r.pid, r.create_time) for r in records):  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    return killed
+
+
+class InstancesFile:
+    """<state_dir>/instances.json: the children this service runs (written off the loop)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pending: list[InstanceRecord] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    def update(self, records: Iterable[InstanceRecord]) -> None:
+        """Record these children soon (writes are serialised; the latest wins)."""
+        self._pending = list(records)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_pending())
+
+    async def _write_pending(self) -> None:
+        while self._pending is not None:
+            records, self._pending = self._pending, None
+            try:
+                await asyncio.to_thread(write_records, self.path, records)
+            except OSError as exc:
+                log.warning("cannot record instances in %s: %s", self.path, exc)
+
+    async def flush(self) -> None:
+        """Wait until the last update is on disk."""
+        if self._writer is not None:
+            await self._writer
+
+    async def recover(self) -> list[int]:
+        """Kill recorded children of a previous run that are still alive; returns their pids."""
+        records = read_records(self.path)
+        killed = await kill_recorded(records)
+        for r in records:
+            if r.pid in killed:
+                log.warning(
+                    "%s: killed llama-server pid %d (port %d) left over from a previous run",
+                    r.model,
+                    r.pid,
+                    r.port,
+                )
+        return killed
+
+
+async def hang_watch(
+    health: Callable[[float], Awaitable[bool]], limit: float, interval: float
+) -> str:
+    """Return a reason once health() has not been true for limit seconds."""
+    loop = asyncio.get_running_loop()
+    last_ok = loop.time()
+    while True:
+        await asyncio.sleep(interval)
+        if await health(min(1.0, limit)):
+            last_ok = loop.time()
+        elif loop.time() - last_ok >= limit:
+            return f"not answering /health for {limit:g} s (hung)"

@@ -1,0 +1,445 @@
+"""All llama-server instances: the parallel cap, restarts with back-off, hang watchdog.
+
+The Supervisor is the only writer of instance state: every change goes through
+``_set_state``, which checks the transition and publishes an ``InstanceStatus``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from llama_exporter.config import Config, ModelConfig
+from llama_exporter.process import (
+    Instance,
+    InstanceRecord,
+    InstancesFile,
+    LlamaProcess,
+    SpawnFn,
+    StartError,
+    hang_watch,
+    port_bindable,
+)
+from llama_exporter.states import (
+    COUNTS_AGAINST_CAP,
+    SETTLED,
+    TRANSITIONS,
+    CapExceeded,
+    Conflict,
+    InstanceCounters,
+    InstanceStatus,
+    ShuttingDown,
+    State,
+    UnknownModel,
+    backoff_delay,
+    check_transition,
+)
+
+__all__ = [
+    "CapExceeded",
+    "Conflict",
+    "InstanceCounters",
+    "ModelSource",
+    "ShuttingDown",
+    "Supervisor",
+    "UnknownModel",
+]
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_INTERVAL = 1.0  # seconds between /health probes of a ready instance
+BIND_RETRIES = 3
+
+
+class ModelSource(Protocol):
+    """Where the supervisor looks up models (the registry satisfies it via an adapter)."""
+
+    def get(self, name: str) -> ModelConfig:
+        """The model's config; raises KeyError (ideally UnknownModel) when unknown."""
+        ...
+
+    def names(self) -> list[str]:
+        """All known model names."""
+        ...
+
+
+@dataclass
+class _Entry:
+    status: InstanceStatus
+    counters: InstanceCounters = dataclasses.field(default_factory=InstanceCounters)
+    proc: Instance | None = None
+    last_proc: Instance | None = None
+    task: asyncio.Task[None] | None = None
+    changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+
+
+class Supervisor:
+    """Starts and stops one llama-server per model under the cap; sole owner of their state."""
+
+    def __init__(
+        self,
+        config: Config,
+        models: ModelSource,
+        *,
+        spawn: SpawnFn = LlamaProcess.spawn,
+        observe_start_duration: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        instance_host: str = "127.0.0.1",
+        watchdog_interval: float = WATCHDOG_INTERVAL,
+    ) -> None:
+        self.config = config
+        self.models = models
+        self._spawn = spawn
+        self._observe = observe_start_duration
+        self._clock = clock
+        self._host = instance_host
+        self._watchdog_interval = watchdog_interval
+        self._entries: dict[str, _Entry] = {}
+        self._subscribers: list[Callable[[InstanceStatus], None]] = []
+        self._shutting_down = False
+        self._port_cursor = 0
+        self._created = clock()
+        self._instances = InstancesFile(config.state_dir / "instances.json")
+
+    # --- reading ------------------------------------------------------------------
+
+    @property
+    def cap(self) -> int:
+        """max_parallel: instances that may count against the cap at once."""
+        return self.config.max_parallel
+
+    @property
+    def running_count(self) -> int:
+        """Instances in a state that counts against the cap."""
+        return len(self.running_models())
+
+    def running_models(self) -> list[str]:
+        """Names of the instances that count against the cap."""
+        return [n for n, e in self._entries.items() if e.status.state in COUNTS_AGAINST_CAP]
+
+    def _model(self, name: str) -> ModelConfig:
+        try:
+            return self.models.get(name)
+        except UnknownModel:
+            raise
+        except KeyError:
+            raise UnknownModel(name) from None
+
+    def _entry(self, name: str) -> _Entry:
+        entry = self._entries.get(name)
+        if entry is None:
+            entry = _Entry(InstanceStatus(model=name, state=State.STOPPED, since=self._created))
+            self._entries[name] = entry
+        return entry
+
+    def status(self, name: str) -> InstanceStatus:
+        """The model's current status (STOPPED if it was never started)."""
+        if name not in self._entries:
+            self._model(name)
+        return self._entry(name).status
+
+    def statuses(self) -> list[InstanceStatus]:
+        """Status of every known model and of every instance still tracked."""
+        names = list(dict.fromkeys([*self.models.names(), *self._entries]))
+        return [self._entry(n).status for n in names]
+
+    def counters(self, name: str) -> InstanceCounters:
+        """Restart, failure and rejection counters of one model."""
+        entry = self._entries.get(name)
+        return entry.counters if entry else InstanceCounters()
+
+    def subscribe(self, callback: Callable[[InstanceStatus], None]) -> Callable[[], None]:
+        """Call callback (sync, on the loop) with every new status; returns unsubscribe."""
+        self._subscribers.append(callback)
+
+        def unsubscribe() -> None:
+            with contextlib.suppress(ValueError):
+                self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def log_tail(self, name: str, n: int = 50) -> list[str]:
+        """Last n log lines of the current or last process, else from the log file."""
+        entry = self._entries.get(name)
+        proc = (entry.proc or entry.last_proc) if entry else None
+        if proc is not None:
+            return proc.tail(n)
+        path = self._log_path(name)
+        try:
+            lines = path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return lines[-n:] if n > 0 else []
+
+    async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
+        """Wait until the model is READY, FAILED or STOPPED; returns that status."""
+        entry = self._entry(name)
+        async with asyncio.timeout(timeout):
+            while entry.status.state not in SETTLED:
+                await entry.changed.wait()
+        return entry.status
+
+    # --- the one writer -----------------------------------------------------------
+
+    def _set_state(self, entry: _Entry, state: State, **fields: Any) -> InstanceStatus:
+        """Change state (checked; same state = field update) and publish the new status."""
+        old = entry.status
+        if state is not old.state:
+            check_transition(old.state, state)
+            fields.setdefault("since", self._clock())
+        entry.status = dataclasses.replace(old, state=state, **fields)
+        entry.changed.set()
+        entry.changed = asyncio.Event()
+        for callback in list(self._subscribers):
+            try:
+                callback(entry.status)
+            except Exception:
+                log.exception("status subscriber %r failed", callback)
+        return entry.status
+
+    def _count(self, entry: _Entry, **delta: int) -> None:
+        c = entry.counters
+        entry.counters = dataclasses.replace(c, **{k: getattr(c, k) + v for k, v in delta.items()})
+
+    # --- start / stop -------------------------------------------------------------
+
+    async def start(self, name: str) -> InstanceStatus:
+        """Start the model's instance (idempotent while starting or ready)."""
+        model = self._model(name)
+        if self._shutting_down:
+            raise ShuttingDown("the service is shutting down: no new instances")
+        entry = self._entry(name)
+        state = entry.status.state
+        if state in (State.STARTING, State.READY):
+            return entry.status
+        if state is State.STOPPING:
+            raise Conflict(f"{name!r} is stopping; start it again once it has stopped")
+        if state is State.BACKOFF:  # the user asks now: skip the rest of the wait
+            assert entry.task is not None
+            entry.task.cancel()
+            return self._launch(entry, model, automatic=True)
+        # No await between the cap check and the transition to STARTING.
+        if self.running_count >= self.cap:
+            self._count(entry, start_rejected_total=1)
+            raise CapExceeded(name, tuple(self.running_models()), self.cap)
+        return self._launch(entry, model, automatic=False, retries=0)
+
+    def _launch(
+        self, entry: _Entry, model: ModelConfig, *, automatic: bool, retries: int | None = None
+    ) -> InstanceStatus:
+        fields: dict[str, Any] = {"next_retry_at": None, "pid": None, "port": None}
+        fields["api_key"] = model.api_key
+        if retries is not None:
+            fields.update(retries=retries, last_error=None)
+        status = self._set_state(entry, State.STARTING, **fields)
+        entry.task = asyncio.create_task(self._run(entry, model, automatic))
+        return status
+
+    async def stop(self, name: str) -> InstanceStatus:
+        """Stop the model's instance: SIGTERM, grace, SIGKILL; FAILED becomes STOPPED."""
+        entry = self._entry(name)
+        state = entry.status.state
+        if state is State.STOPPING:
+            return await self.wait_settled(name)
+        if state in (State.STOPPED,):
+            return entry.status
+        if state in (State.FAILED, State.BACKOFF):
+            await self._cancel_task(entry)
+            return self._set_state(
+                entry, State.STOPPED, last_error=None, next_retry_at=None, pid=None, port=None
+            )
+        self._set_state(entry, State.STOPPING, next_retry_at=None)
+        await self._cancel_task(entry)
+        proc = entry.proc
+        if proc is not None:
+            rc = await proc.stop(self.config.stop_grace)
+            log.info("%s: llama-server pid %d stopped (status %d)", name, proc.pid, rc)
+            self._forget_proc(entry)
+        return self._set_state(
+            entry, State.STOPPED, pid=None, port=None, ready_at=None, last_error=None
+        )
+
+    async def _cancel_task(self, entry: _Entry) -> None:
+        task, entry.task = entry.task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def shutdown(self) -> None:
+        """Refuse new starts and stop every instance concurrently."""
+        self._shutting_down = True
+        names = [n for n, e in self._entries.items() if e.status.state is not State.STOPPED]
+        await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
+        await self._instances.flush()
+
+    async def start_autostart(self) -> list[str]:
+        """Start the autostart models in order while under the cap; returns those started."""
+        started: list[str] = []
+        for name in self.models.names():
+            model = self._model(name)
+            if not model.autostart:
+                continue
+            try:
+                await self.start(name)
+            except CapExceeded as exc:
+                log.warning("autostart: skipping %s: %s", name, exc)
+                continue
+            started.append(name)
+        return started
+
+    # --- the life of one instance -------------------------------------------------
+
+    async def _run(self, entry: _Entry, model: ModelConfig, automatic: bool) -> None:
+        """The instance's life task; a bug in it fails the instance instead of freezing it."""
+        try:
+            await self._life(entry, model, automatic)
+        except Exception as exc:
+            log.exception("%s: supervisor error", model.name)
+            if State.FAILED in TRANSITIONS[entry.status.state]:
+                if entry.proc is not None:
+                    entry.proc.kill()
+                self._set_state(entry, State.FAILED, last_error=f"internal error: {exc!r}")
+
+    async def _life(self, entry: _Entry, model: ModelConfig, automatic: bool) -> None:
+        """Launch, then watch until a crash or hang; restart per policy. Cancelled by stop()."""
+        while True:
+            reason = await self._bring_up(entry, model)
+            if reason is None:
+                reason = await self._watch(entry)
+            delay = self._restart_delay(entry) if automatic or entry.status.ready_at else None
+            gone: dict[str, Any] = {"last_error": reason, "pid": None, "port": None}
+            if delay is None:
+                log.error("%s: %s", model.name, reason)
+                self._set_state(entry, State.FAILED, ready_at=None, **gone)
+                return
+            retry_at = self._clock() + delay
+            log.warning("%s: %s; restarting in %g s", model.name, reason, delay)
+            self._set_state(entry, State.BACKOFF, next_retry_at=retry_at, ready_at=None, **gone)
+            await asyncio.sleep(delay)
+            automatic = True
+            self._count(entry, restarts_total=1)
+            self._set_state(
+                entry,
+                State.STARTING,
+                next_retry_at=None,
+                retries=entry.status.retries + 1,
+                restarts=entry.status.restarts + 1,
+            )
+
+    def _restart_delay(self, entry: _Entry) -> float | None:
+        policy = self.config.restart
+        status = entry.status
+        if status.ready_at is not None and self._clock() - status.ready_at >= policy.stable_after:
+            entry.status = dataclasses.replace(status, retries=0)
+        if not policy.enabled or entry.status.retries >= policy.max_retries:
+            return None
+        return backoff_delay(entry.status.retries, policy.backoff_initial, policy.backoff_max)
+
+    async def _bring_up(self, entry: _Entry, model: ModelConfig) -> str | None:
+        """Spawn and wait for /health 200; None when READY, else the failure reason."""
+        reason = "no free port"
+        for _ in range(BIND_RETRIES):
+            port = self._pick_port(entry)
+            if port is None:
+                first, last = self.config.ports.first, self.config.ports.last
+                reason = f"no free port in {first}-{last}: widen ports or stop other services"
+                break
+            begun = time.monotonic()
+            self._set_state(entry, State.STARTING, port=port, ready_at=None)
+            spawning = asyncio.ensure_future(
+                self._spawn(
+                    self.config.llama_server, model, self._host, port, self._log_path(model.name)
+                )
+            )
+            try:
+                proc = await asyncio.shield(spawning)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    entry.proc = await spawning  # stop() will stop it
+                raise
+            except OSError as exc:
+                reason = (
+                    f"cannot run {self.config.llama_server}: {exc} (check llama_server in config)"
+                )
+                break
+            entry.proc = entry.last_proc = proc
+            self._set_state(entry, State.STARTING, pid=proc.pid, started_at=self._clock())
+            self._persist()
+            try:
+                await proc.wait_ready(self.config.ready_timeout)
+            except StartError as exc:
+                reason = exc.reason
+                proc.kill()
+                await proc.wait()
+                self._forget_proc(entry)
+                lowered = reason.lower()
+                if "couldn't bind" in lowered or "address already in use" in lowered:
+                    continue  # another program took the port after our bind test
+                self._count(entry, start_failures_total=1)
+                break
+            if self._observe is not None:
+                self._observe(model.name, time.monotonic() - begun)
+            self._set_state(entry, State.READY, ready_at=self._clock(), last_error=None)
+            return None
+        return reason
+
+    async def _watch(self, entry: _Entry) -> str:
+        """Wait for the ready process to exit or hang; kill and reap it; return the reason."""
+        proc = entry.proc
+        assert proc is not None
+        exited = asyncio.ensure_future(proc.wait())
+        limit, every = self.config.hang_timeout, self._watchdog_interval
+        hung = asyncio.ensure_future(hang_watch(proc.health, limit, every))
+        try:
+            done, _ = await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            hung.cancel()
+            exited.cancel()
+        if exited in done:
+            reason = await proc.describe_exit(during_load=False)
+        else:
+            reason = hung.result()
+            proc.kill()
+            await proc.wait()
+        self._forget_proc(entry)
+        return reason
+
+    # --- ports, logs, instances.json ------------------------------------------------
+
+    def _pick_port(self, entry: _Entry) -> int | None:
+        ports = self.config.ports
+        used = {e.status.port for e in self._entries.values() if e is not entry}
+        for i in range(ports.size):
+            port = ports.first + (self._port_cursor + i) % ports.size
+            if port not in used and port_bindable(self._host, port):
+                self._port_cursor = (port - ports.first + 1) % ports.size
+                return port
+        return None
+
+    def _log_path(self, name: str) -> Path:
+        return self.config.log_dir / f"{name.replace('/', '_')}.log"
+
+    def _forget_proc(self, entry: _Entry) -> None:
+        entry.proc = None
+        self._persist()
+
+    def _persist(self) -> None:
+        self._instances.update(
+            InstanceRecord(name, e.proc.pid, e.proc.create_time, e.proc.port)
+            for name, e in self._entries.items()
+            if e.proc is not None and e.proc.returncode is None
+        )
+
+    async def recover(self) -> list[int]:
+        """Kill llama-servers a previous run recorded that are still alive; returns their pids."""
+        killed = await self._instances.recover()
+        self._persist()
+        return killed
