@@ -45,12 +45,17 @@ from llama_exporter.states import (
 __all__ = [
     "CapExceeded",
     "Conflict",
+    "Instance",
     "InstanceCounters",
     "ModelSource",
     "ShuttingDown",
+    "Spawn",
+    "SpawnFn",
     "Supervisor",
     "UnknownModel",
 ]
+
+Spawn = SpawnFn  # the OS seam: how an instance is started (LlamaProcess.spawn by default)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +93,7 @@ class Supervisor:
         config: Config,
         models: ModelSource,
         *,
-        spawn: SpawnFn = LlamaProcess.spawn,
+        spawn: SpawnFn | None = None,
         observe_start_duration: Callable[[str, float], None] | None = None,
         clock: Callable[[], float] = time.time,
         instance_host: str = "127.0.0.1",
@@ -96,7 +101,7 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.models = models
-        self._spawn = spawn
+        self._spawn: SpawnFn = spawn or LlamaProcess.spawn
         self._observe = observe_start_duration
         self._clock = clock
         self._host = instance_host
