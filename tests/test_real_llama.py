@@ -1,0 +1,99 @@
+"""The Supervisor driving the real llama-server on the real gemma model."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from llama_exporter.config import Config, ModelConfig, PortRange, RestartPolicy
+from llama_exporter.states import InstanceStatus, State
+from llama_exporter.supervisor import Supervisor
+
+pytestmark = pytest.mark.real
+
+
+class OneModel:
+    """ModelSource with a single model."""
+
+    def __init__(self, model: ModelConfig) -> None:
+        self.model = model
+
+    def get(self, name: str) -> ModelConfig:
+        if name != self.model.name:
+            raise KeyError(name)
+        return self.model
+
+    def names(self) -> list[str]:
+        return [self.model.name]
+
+
+@pytest.fixture
+async def supervisor(
+    llama_server_bin: Path, gemma_gguf: Path, tmp_path: Path
+) -> AsyncIterator[Supervisor]:
+    first = random.randrange(20000, 60000)
+    config = Config(
+        source=None,
+        llama_server=llama_server_bin,
+        state_dir=tmp_path / "state",
+        ports=PortRange(first, first + 50),
+        ready_timeout=120,
+        restart=RestartPolicy(backoff_initial=0.1),
+    )
+    model = ModelConfig("gemma", gemma_gguf, ctx_size=2048, parallel=2)
+    sup = Supervisor(config, OneModel(model))
+    yield sup
+    await sup.shutdown()
+
+
+def gone(pid: int) -> bool:
+    """True when pid does not exist at all (a zombie counts as still there)."""
+    return not psutil.pid_exists(pid)
+
+
+async def test_start_complete_stop(supervisor: Supervisor) -> None:
+    await supervisor.start("gemma")
+    status = await supervisor.wait_settled("gemma", timeout=120)
+    assert status.state is State.READY, status.last_error
+    assert status.pid is not None and status.base_url is not None
+    async with aiohttp.ClientSession() as session:
+        payload = {"prompt": "The capital of France is", "n_predict": 8}
+        async with session.post(f"{status.base_url}/completion", json=payload) as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        assert isinstance(body["content"], str)
+        assert body["timings"]["predicted_n"] > 0
+        async with session.get(f"{status.base_url}/metrics") as resp:
+            assert resp.status == 200  # --metrics was passed
+    stopped = await supervisor.stop("gemma")
+    assert stopped.state is State.STOPPED
+    assert gone(status.pid)  # reaped by us: not even a zombie
+
+
+async def test_kill_9_is_noticed_and_restarted(supervisor: Supervisor) -> None:
+    seen: list[tuple[float, InstanceStatus]] = []
+    supervisor.subscribe(lambda s: seen.append((time.monotonic(), s)))
+    await supervisor.start("gemma")
+    ready = await supervisor.wait_settled("gemma", timeout=120)
+    assert ready.state is State.READY and ready.pid is not None, ready.last_error
+    killed_at = time.monotonic()
+    os.kill(ready.pid, signal.SIGKILL)
+    async with asyncio.timeout(120):
+        while True:
+            status = supervisor.status("gemma")
+            if status.state is State.READY and status.restarts == 1:
+                break
+            await asyncio.sleep(0.05)
+    noticed = next(t for t, s in seen if s.state is State.BACKOFF)
+    assert noticed - killed_at < 1.0
+    assert status.pid != ready.pid
+    assert supervisor.counters("gemma").restarts_total == 1
