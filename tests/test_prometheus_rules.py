@@ -28,7 +28,7 @@ from promstack import (
 )
 
 sys.path.insert(0, str(ROOT / "grafana"))
-from metric_catalog import (  # noqa: E402
+from metric_catalog import (
     ALERT_RULES,
     FORBIDDEN_METRICS,
     RECORDING_RULES,
@@ -200,9 +200,7 @@ def test_config_structure() -> None:
     assert seconds(glob["evaluation_interval"]) == 1
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["llama-server"]["file_sd_configs"] == [{"files": ["targets/llama-servers.json"]}]
-    assert jobs["llama-exporter"]["file_sd_configs"] == [
-        {"files": ["targets/llama-exporter.json"]}
-    ]
+    assert jobs["llama-exporter"]["file_sd_configs"] == [{"files": ["targets/llama-exporter.json"]}]
     assert config["rule_files"] == ["rules/*.yml"]
     am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert am == ["127.0.0.1:9093"]
@@ -276,8 +274,10 @@ def test_harness_prometheus_scrapes_file_sd_targets(tmp_path: Path, metrics_serv
         write_targets(targets / "llama-exporter.json", [metrics_server])
         write_targets(targets / "llama-servers.json", [metrics_server], {"model": "m"})
         prom.wait_for(
-            lambda: prom.query('up{job="llama-exporter"} == 1')
-            and prom.query('up{job="llama-server",model="m"} == 1'),
+            lambda: (
+                prom.query('up{job="llama-exporter"} == 1')
+                and prom.query('up{job="llama-server",model="m"} == 1')
+            ),
             timeout=20,
             what="both jobs scraped",
         )
