@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 READY_POLL_INTERVAL = 0.01  # seconds between /health probes while loading
 TAIL_LINES = 200
+LOG_ROTATE_BYTES = 20 * 1024 * 1024  # at spawn, a bigger log is moved to <name>.1
 _PR_SET_PDEATHSIG = 1
 
 CPU_HINT = (
@@ -134,6 +135,20 @@ class Instance(Protocol):
 SpawnFn = Callable[[Path, ModelConfig, str, int, Path], Awaitable[Instance]]
 
 
+def _open_log(log_file: Path, argv: Sequence[str]) -> IO[bytes]:
+    """Open the per-model log for appending (rotated when big) and note the command."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        if log_file.stat().st_size > LOG_ROTATE_BYTES:
+            log_file.replace(log_file.with_name(log_file.name + ".1"))
+    out = log_file.open("ab")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    shown = ["***" if p == "--api-key" else a for p, a in zip(["", *argv], argv, strict=False)]
+    out.write(f"--- {stamp} starting: {' '.join(shown)}\n".encode())
+    out.flush()
+    return out
+
+
 class LlamaProcess:
     """A running llama-server child process and its log."""
 
@@ -159,11 +174,7 @@ class LlamaProcess:
     ) -> LlamaProcess:
         """Start llama-server for model on host:port; output goes to log_file."""
         argv = build_argv(binary, model, host, port)
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        out = log_file.open("ab")
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        out.write(f"--- {stamp} starting: {' '.join(argv)}\n".encode())
-        out.flush()
+        out = _open_log(log_file, argv)
         env = {**os.environ, **model.env} if model.env else None
         parent = os.getpid()
         try:

@@ -240,7 +240,7 @@ class Supervisor:
         self, entry: _Entry, model: ModelConfig, *, automatic: bool, retries: int | None = None
     ) -> InstanceStatus:
         fields: dict[str, Any] = {"next_retry_at": None, "pid": None, "port": None}
-        fields["api_key"] = model.api_key
+        fields.update(api_key=model.api_key, host=self._host)
         if retries is not None:
             fields.update(retries=retries, last_error=None)
         status = self._set_state(entry, State.STARTING, **fields)

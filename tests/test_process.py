@@ -220,6 +220,14 @@ async def test_spawn_missing_binary_raises_oserror(tmp_path: Path) -> None:
         await LlamaProcess.spawn(tmp_path / "nope", model, "127.0.0.1", 1, tmp_path / "m.log")
 
 
+def test_log_header_hides_the_api_key(tmp_path: Path) -> None:
+    from llama_exporter.process import _open_log
+
+    _open_log(tmp_path / "x.log", ["srv", "--api-key", "SECRET", "--port", "1"]).close()
+    text = (tmp_path / "x.log").read_text()
+    assert "SECRET" not in text and "--api-key *** --port 1" in text
+
+
 async def test_model_env_reaches_the_child(tmp_path: Path, spawned: list[LlamaProcess]) -> None:
     script = tmp_path / "envdump"
     script.write_text('#!/bin/sh\necho "X=$LLAMA_TEST_X"\n')

@@ -383,35 +383,23 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
     p.add_argument("-np", "--parallel", type=int, default=1)
     p.add_argument("--api-key")
-    p.add_argument("--no-slots", action="store_true")
-    p.add_argument("-t", "--threads", type=int)
-    p.add_argument("--fake-load-delay", type=float, default=0.0)
-    p.add_argument("--fake-crash-after", type=float)
-    p.add_argument("--fake-exit-code", type=int, default=1)
-    p.add_argument("--fake-signal-on-load")
-    p.add_argument("--fake-ignore-sigterm", action="store_true")
-    p.add_argument("--fake-hang-after", type=float)
-    p.add_argument("--fake-tokens-per-second", type=float, default=50.0)
-    p.add_argument("--fake-prompt-tokens-per-second", type=float, default=1000.0)
-    a = p.parse_args(argv)
-    return FakeOptions(
-        model=a.model,
-        host=a.host,
-        port=a.port,
-        metrics=a.metrics,
-        ctx_size=a.ctx_size,
-        parallel=a.parallel,
-        api_key=a.api_key,
-        slots=not a.no_slots,
-        load_delay=a.fake_load_delay,
-        crash_after=a.fake_crash_after,
-        exit_code=a.fake_exit_code,
-        signal_on_load=a.fake_signal_on_load,
-        ignore_sigterm=a.fake_ignore_sigterm,
-        hang_after=a.fake_hang_after,
-        tokens_per_second=a.fake_tokens_per_second,
-        prompt_tokens_per_second=a.fake_prompt_tokens_per_second,
-    )
+    p.add_argument("--no-slots", dest="slots", action="store_false")
+    p.add_argument("-t", "--threads", type=int, dest="_threads")  # accepted, ignored
+    fake = {  # --fake-X -> FakeOptions field, type, default
+        "load-delay": (float, 0.0),
+        "crash-after": (float, None),
+        "exit-code": (int, 1),
+        "signal-on-load": (str, None),
+        "hang-after": (float, None),
+        "tokens-per-second": (float, 50.0),
+        "prompt-tokens-per-second": (float, 1000.0),
+    }
+    for flag, (kind, default) in fake.items():
+        p.add_argument(f"--fake-{flag}", dest=flag.replace("-", "_"), type=kind, default=default)
+    p.add_argument("--fake-ignore-sigterm", dest="ignore_sigterm", action="store_true")
+    values = vars(p.parse_args(argv))
+    values.pop("_threads")
+    return FakeOptions(**values)
 
 
 def _log(line: str) -> None:
