@@ -107,6 +107,8 @@ async def test_generation_is_live_in_slots_and_counted_in_metrics_at_end(
     assert {"id_task", "n_prompt_tokens_processed", "n_prompt_tokens_cache"} <= slot.keys()
     during = metric_values(await (await client.get("/metrics")).text())
     assert during["llamacpp:tokens_predicted_total"] == 0  # only moves when a request ends
+    assert during["llamacpp:prompt_tokens_total"] == 4  # moves once the prompt is processed
+    assert during["llamacpp:n_decode_total"] >= 1 + decoded  # moves live
     assert during["llamacpp:requests_processing"] == 1
     resp = await request
     body = await resp.json()
@@ -154,6 +156,14 @@ async def test_request_without_free_slot_waits_and_is_deferred(aiohttp_client: M
     values = metric_values(await (await client.get("/metrics")).text())
     assert values["llamacpp:requests_deferred"] == 0
     assert values["llamacpp:tokens_predicted_total"] == 11
+
+
+async def test_idle_slot_can_keep_the_last_task(aiohttp_client: MakeClient) -> None:
+    client = await fake(aiohttp_client, idle_keeps_task=True, tokens_per_second=1000.0)
+    await client.post("/completion", json={"prompt": "a b c", "n_predict": 5})
+    slot = (await (await client.get("/slots")).json())[0]
+    assert slot["is_processing"] is False
+    assert slot["n_prompt_tokens"] == 7 and slot["next_token"][0]["n_decoded"] == 0
 
 
 async def test_chat_completion_has_openai_shape(aiohttp_client: MakeClient) -> None:

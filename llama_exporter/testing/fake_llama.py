@@ -43,6 +43,7 @@ class FakeOptions:
     exit_code: int = 1
     signal_on_load: str | None = None
     ignore_sigterm: bool = False
+    idle_keeps_task: bool = False  # like the b0 build here: idle slots keep the last task's keys
     hang_after: float | None = None
     tokens_per_second: float = 50.0
     prompt_tokens_per_second: float = 1000.0
@@ -63,6 +64,7 @@ class _Slot:
     id: int
     n_ctx: int
     task: _Task | None = None
+    last_task: _Task | None = None
     last_prompt: list[str] = field(default_factory=list)
 
 
@@ -101,7 +103,21 @@ class FakeServer:
         base: dict[str, Any] = {"id": slot.id, "n_ctx": slot.n_ctx, "speculative": False}
         task = slot.task
         if task is None:
-            return {**base, "is_processing": False}
+            last = slot.last_task
+            if not self.options.idle_keeps_task or last is None:
+                return {**base, "is_processing": False}
+            return {
+                **base,
+                "is_processing": False,
+                "id_task": last.id_task,
+                "n_prompt_tokens": len(last.prompt_tokens) + max(0, last.n_predict - 1),
+                "n_prompt_tokens_processed": 0,
+                "n_prompt_tokens_cache": 0,
+                "params": {"n_predict": last.n_predict, "temperature": 0.8, "top_k": 40},
+                "next_token": [
+                    {"has_next_token": False, "has_new_line": False, "n_remain": -1, "n_decoded": 0}
+                ],
+            }
         now = self.clock()
         prompt_n = len(task.prompt_tokens)
         to_process = prompt_n - task.cache_n
@@ -136,34 +152,27 @@ class FakeServer:
         prompt_rate = w["prompt_n"] / w["prompt_s"] if w["prompt_s"] > 0 else 0.0
         pred_rate = w["pred_n"] / w["pred_s"] if w["pred_s"] > 0 else 0.0
         self.window = dict.fromkeys(w, 0.0)
-        busy = sum(1 for s in self.slots if s.task is not None)
-        decodes = self.counters["n_decode_total"]
-        rows: list[tuple[str, str, str, float]] = [
-            ("prompt_tokens_total", "counter", "Number of prompt tokens processed.", 0),
-            ("prompt_tokens_cached_total", "counter", "Number of prompt tokens cached.", 0),
-            ("prompt_seconds_total", "counter", "Prompt process time", 0),
-            ("tokens_predicted_total", "counter", "Number of generation tokens processed.", 0),
-            ("tokens_predicted_seconds_total", "counter", "Predict process time", 0),
-            ("n_decode_total", "counter", "Total number of llama_decode() calls", 0),
-            ("n_tokens_max", "counter", "Largest observed n_tokens.", 0),
-            ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per decode", 0),
-            ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s.", 0),
-            ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s.", 0),
-            ("requests_processing", "gauge", "Number of requests processing.", busy),
-            ("requests_deferred", "gauge", "Number of requests deferred.", self.deferred),
-        ]
+        live = [self.slot_json(s) for s in self.slots if s.task is not None]
+        # Decode calls and the longest sequence move live; token counters do not.
+        decodes = self.counters["n_decode_total"] + sum(
+            1 + s["next_token"][0]["n_decoded"] for s in live
+        )
+        longest = max([self.counters["n_tokens_max"], *(s["n_prompt_tokens"] for s in live)])
         values = {
             **self.counters,
+            "n_decode_total": decodes,
+            "n_tokens_max": longest,
             "n_busy_slots_per_decode": self.busy_slot_decodes / decodes if decodes else 0.0,
             "prompt_tokens_seconds": prompt_rate,
             "predicted_tokens_seconds": pred_rate,
+            "requests_processing": len(live),
+            "requests_deferred": self.deferred,
         }
         out: list[str] = []
-        for name, kind, help_text, default in rows:
-            value = values.get(name, default)
+        for name, kind, help_text in _METRICS:
             out.append(f"# HELP llamacpp:{name} {help_text}")
             out.append(f"# TYPE llamacpp:{name} {kind}")
-            out.append(f"llamacpp:{name} {_num(value)}")
+            out.append(f"llamacpp:{name} {_num(values.get(name, 0))}")
         return "\n".join(out) + "\n"
 
     async def generate(self, prompt: str, n_predict: int) -> tuple[int, str, dict[str, Any]]:
@@ -189,12 +198,14 @@ class FakeServer:
             prompt_n = len(tokens) - cache_n
             prompt_s = prompt_n / self.options.prompt_tokens_per_second
             await asyncio.sleep(prompt_s)
+            self._prompt_done(prompt_n, prompt_s, cache_n)
             task.gen_started = self.clock()
             pred_s = n / self.options.tokens_per_second
             await asyncio.sleep(pred_s)
-            self._finish(prompt_n, prompt_s, cache_n, n, pred_s)
+            self._generation_done(task, n, pred_s)
         finally:
             slot.last_prompt = tokens
+            slot.last_task = task
             slot.task = None
             async with self.free:
                 self.free.notify_all()
@@ -213,21 +224,52 @@ class FakeServer:
         }
         return slot.id, text, timings
 
-    def _finish(self, prompt_n: int, prompt_s: float, cache_n: int, n: int, pred_s: float) -> None:
+    def _prompt_done(self, prompt_n: int, prompt_s: float, cache_n: int) -> None:
         c = self.counters
         c["prompt_tokens_total"] += prompt_n
         c["prompt_tokens_cached_total"] += cache_n
         c["prompt_seconds_total"] += prompt_s
+        self.window["prompt_n"] += prompt_n
+        self.window["prompt_s"] += prompt_s
+
+    def _generation_done(self, task: _Task, n: int, pred_s: float) -> None:
+        c = self.counters
         c["tokens_predicted_total"] += n
         c["tokens_predicted_seconds_total"] += pred_s
         c["n_decode_total"] += n + 1
-        c["n_tokens_max"] = max(c["n_tokens_max"], prompt_n)
+        c["n_tokens_max"] = max(c["n_tokens_max"], len(task.prompt_tokens) + n)
         busy = sum(1 for s in self.slots if s.task is not None)
         self.busy_slot_decodes += busy * (n + 1)
-        self.window["prompt_n"] += prompt_n
-        self.window["prompt_s"] += prompt_s
         self.window["pred_n"] += n
         self.window["pred_s"] += pred_s
+
+
+# name, type, HELP text: as the real llama-server prints them
+_METRICS: list[tuple[str, str, str]] = [
+    (
+        "prompt_tokens_total",
+        "counter",
+        "Number of prompt tokens processed, excluding cached tokens",
+    ),
+    ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache"),
+    ("prompt_seconds_total", "counter", "Total time spent processing prompts"),
+    ("tokens_predicted_total", "counter", "Number of generation tokens processed"),
+    ("tokens_predicted_seconds_total", "counter", "Total time spent generating tokens"),
+    ("n_decode_total", "counter", "Total number of llama_decode() calls"),
+    ("n_tokens_max", "counter", "Largest observed sequence length (prompt + generation)"),
+    ("spec_decode_num_draft_tokens_total", "counter", "Speculative: Total draft tokens generated"),
+    (
+        "spec_decode_num_accepted_tokens_total",
+        "counter",
+        "Speculative: Total draft tokens accepted",
+    ),
+    ("spec_decode_num_drafts_total", "counter", "Speculative: Total verification steps"),
+    ("prompt_tokens_seconds", "gauge", "Average prompt throughput in tokens/s"),
+    ("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s"),
+    ("requests_processing", "gauge", "Number of requests processing"),
+    ("requests_deferred", "gauge", "Number of requests deferred"),
+    ("n_busy_slots_per_decode", "gauge", "Average number of busy slots per llama_decode() call"),
+]
 
 
 _WORDS_TEXT = "the quick brown fox jumps over a lazy dog while llamas count tokens"
@@ -397,6 +439,7 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     for flag, (kind, default) in fake.items():
         p.add_argument(f"--fake-{flag}", dest=flag.replace("-", "_"), type=kind, default=default)
     p.add_argument("--fake-ignore-sigterm", dest="ignore_sigterm", action="store_true")
+    p.add_argument("--fake-idle-keeps-task", dest="idle_keeps_task", action="store_true")
     values = vars(p.parse_args(argv))
     values.pop("_threads")
     return FakeOptions(**values)
