@@ -24,6 +24,8 @@ import psutil
 
 from llama_exporter.config import Config
 from llama_exporter.derive import (
+    TOKENS_PREDICTED,
+    USED_METRICS,
     ModelDeriver,
     ModelSnapshot,
     ProcessSample,
@@ -284,7 +286,10 @@ class Poller:
         values: dict[str, float] | None = None
         slots: list[SlotSample] | None = None
         try:
-            values = parse_metrics((await self._get(status, "metrics")).decode())
+            parsed = parse_metrics((await self._get(status, "metrics")).decode(), USED_METRICS)
+            if TOKENS_PREDICTED not in parsed:  # 0 would look like a restarted process
+                raise ValueError(f"no {TOKENS_PREDICTED} in /metrics")
+            values = parsed
         except _ReadError as exc:
             self._store.record_error(status.model, "metrics", exc.reason)
             if exc.reason in ("timeout", "connect"):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import missing
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llama_exporter.collector import StartDurationHistogram, build_registry, render
@@ -221,6 +222,21 @@ def test_registry_is_not_the_global_one() -> None:
     world().render()
     assert {m.name for m in REGISTRY.collect()} == before
     assert not any(name.startswith("llama_exporter") for name in before)
+
+
+def test_render_is_byte_identical_to_generate_latest() -> None:
+    w = world()
+    w.infos.append(Info("odd", Path('/m/we"ird\\path\nx.gguf'), size_label="1B é"))
+    registry = build_registry(
+        store=w.store,
+        statuses=lambda: w.statuses,
+        counters=lambda m: InstanceCounters(),
+        models=lambda: w.infos,
+        running=lambda: 1,
+        cap=lambda: 4,
+        histogram=w.histogram,
+    )
+    assert render(registry) == generate_latest(registry)
 
 
 def test_no_colons_and_snake_case() -> None:

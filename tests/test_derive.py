@@ -117,6 +117,13 @@ def test_parse_metrics_keys_by_sample_name() -> None:
     assert values[REQUESTS_DEFERRED] == 3
 
 
+def test_parse_metrics_only_keeps_the_named_metrics() -> None:
+    text = METRICS_TEXT + 'llamacpp:tokens_predicted_total_x{a="b"} 5\n# some comment\n'
+    values = parse_metrics(text, [TOKENS_PREDICTED, REQUESTS_DEFERRED])
+    assert values == {TOKENS_PREDICTED: 600, REQUESTS_DEFERRED: 3}
+    assert parse_metrics(text, []) == {}
+
+
 def test_parse_metrics_rejects_garbage() -> None:
     with pytest.raises(ValueError):
         parse_metrics("this is { not prometheus\n")
@@ -233,6 +240,15 @@ def test_counter_reset_without_begin_process_is_detected() -> None:
     counter = TokenCounter()
     assert counter.update(100) == 100
     assert counter.update(7) == 107
+
+
+def test_missing_counter_is_not_a_reset() -> None:
+    deriver = ModelDeriver("m")
+    deriver.update(metrics(100), [], now=0.0)
+    snap = deriver.update({}, [], now=1.0)
+    assert snap.tokens_generated_total == 100
+    snap = deriver.update(metrics(100), [], now=2.0)
+    assert snap.tokens_generated_total == 100
 
 
 def test_counter_ignores_non_finite() -> None:
