@@ -305,8 +305,19 @@ _go_float: Callable[[float], str] = floatToGoString  # the value format generate
 _TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "unknown": "untyped"}
 
 
+def _value(value: float) -> str:
+    """floatToGoString, with a fast path for the common finite, short numbers."""
+    if math.isfinite(value):
+        text = repr(float(value))
+        if value <= 0 or text.find(".") <= 6:
+            return text
+    return _go_float(value)
+
+
 def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    if "\\" in value or "\n" in value or '"' in value:
+        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+    return value
 
 
 def render(registry: CollectorRegistry) -> bytes:
@@ -320,15 +331,17 @@ def render(registry: CollectorRegistry) -> bytes:
     if any(f.type not in _TYPES for f in families):
         return bytes(generate_latest(registry))
     out: list[str] = []
+    append = out.append
     for family in families:
         name = f"{family.name}_total" if family.type == "counter" else family.name
         doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        out.append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES[family.type]}\n")
+        append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES[family.type]}\n")
         for sample in family.samples:
-            value = _go_float(sample.value)
-            if sample.labels:
-                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(sample.labels.items()))
-                out.append(f"{sample.name}{{{labels}}} {value}\n")
-            else:
-                out.append(f"{sample.name} {value}\n")
+            labels = sample.labels
+            if not labels:
+                append(f"{sample.name} {_value(sample.value)}\n")
+                continue
+            pairs = sorted(labels.items()) if len(labels) > 1 else labels.items()
+            body = ",".join([f'{k}="{_escape(v)}"' for k, v in pairs])
+            append(f"{sample.name}{{{body}}} {_value(sample.value)}\n")
     return "".join(out).encode()

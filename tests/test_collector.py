@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -235,6 +236,24 @@ def test_render_is_byte_identical_to_generate_latest() -> None:
         running=lambda: 1,
         cap=lambda: 4,
         histogram=w.histogram,
+    )
+    assert render(registry) == generate_latest(registry)
+
+
+@pytest.mark.parametrize(
+    "value", [0.0, -0.0, 1.0, 0.1, 1e-9, 123456.0, 1234567.0, 1.5e20, -3e7, math.inf, -math.inf]
+)
+def test_value_format_matches_prometheus_client(value: float) -> None:
+    w = World()
+    w.store.token_counters("m")[0].update(value if math.isfinite(value) and value > 0 else 0)
+    w.store.host = HostSample(value, 0, 0)
+    registry = build_registry(
+        store=w.store,
+        statuses=lambda: [],
+        counters=lambda m: InstanceCounters(),
+        models=lambda: [],
+        running=lambda: 0,
+        cap=lambda: 0,
     )
     assert render(registry) == generate_latest(registry)
 
