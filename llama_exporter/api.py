@@ -1,0 +1,387 @@
+"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON, bearer auth."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.registry import CollectorRegistry
+
+from llama_exporter import registry as reg
+from llama_exporter import supervisor as sup
+from llama_exporter.collector import render
+from llama_exporter.config import Config
+from llama_exporter.poller import MetricsStore
+from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
+from llama_exporter.targets import render_file_sd
+from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
+
+log = logging.getLogger(__name__)
+
+PREFIX = "/api/v1/llama"
+MAX_LOG_LINES = 10_000
+RETRY_AFTER_SECONDS = 5
+
+CONFIG = web.AppKey("config", Config)
+REGISTRY = web.AppKey("registry", reg.Registry)
+SUPERVISOR = web.AppKey("supervisor", sup.Supervisor)
+STORE = web.AppKey("store", MetricsStore)
+HUB = web.AppKey("hub", WebSocketHub)
+METRICS = web.AppKey("metrics", CollectorRegistry)
+SHUTTING_DOWN = web.AppKey("shutting_down", list[bool])
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class ApiError(Exception):
+    """An error answered as {"error": {"code": ..., "message": ..., **details}}."""
+
+    def __init__(
+        self, status: int, message: str, *, headers: dict[str, str] | None = None, **details: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers or {}
+        self.details = details
+
+    def response(self) -> web.Response:
+        """The JSON response for this error."""
+        body = {"error": {"code": self.status, "message": self.message, **self.details}}
+        return web.json_response(body, status=self.status, headers=self.headers)
+
+
+def _error_for(exc: Exception) -> ApiError | None:
+    """Map a domain exception to its HTTP error, or None if it is not one of ours."""
+    if isinstance(exc, reg.InvalidModel):
+        return ApiError(400, str(exc), field=exc.field)
+    if isinstance(exc, reg.UnknownModel | sup.UnknownModel):
+        return ApiError(404, str(exc))
+    if isinstance(exc, reg.ModelConflict | sup.Conflict):
+        return ApiError(409, str(exc))
+    if isinstance(exc, sup.CapExceeded):
+        return ApiError(
+            429,
+            str(exc),
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            running=list(exc.running),
+            cap=exc.cap,
+        )
+    if isinstance(exc, sup.ShuttingDown):
+        return ApiError(503, "the service is shutting down")
+    return None
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every error into the JSON error shape; never leak a bare 500."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return exc.response()
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        text = exc.text or ""
+        message = exc.reason if text in ("", f"{exc.status}: {exc.reason}") else text
+        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
+        return ApiError(exc.status, message, headers=headers).response()
+    except Exception as exc:
+        mapped = _error_for(exc)
+        if mapped is not None:
+            return mapped.response()
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
+
+
+def auth_middleware(token: str | None) -> Middleware:
+    """Require `Authorization: Bearer TOKEN` on mutating API calls when a token is set."""
+
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
+            given = request.headers.get("Authorization", "").encode()
+            if not hmac.compare_digest(given, expected):
+                return ApiError(
+                    401,
+                    "this call needs `Authorization: Bearer <token>` (api_token in the config "
+                    "or LLAMA_EXPORTER_API_TOKEN)",
+                    headers={"WWW-Authenticate": 'Bearer realm="llama-exporter"'},
+                ).response()
+        return await handler(request)
+
+    return middleware
+
+
+# -- JSON views ---------------------------------------------------------------
+
+
+def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
+    """One instance's status as the API shows it."""
+    return {
+        "model": status.model,
+        "state": str(status.state),
+        "since": status.since,
+        "pid": status.pid,
+        "port": status.port,
+        "url": status.base_url,
+        "uptime_seconds": status.uptime(now),
+        "restarts": status.restarts,
+        "retries": status.retries,
+        "last_error": status.last_error,
+        "next_retry_at": status.next_retry_at,
+    }
+
+
+def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
+    """A registry entry with its metadata and state."""
+    cfg = model.config
+    info = model.info
+    return {
+        "name": cfg.name,
+        "source": model.source,
+        "path": str(cfg.path),
+        "ctx_size": cfg.ctx_size,
+        "parallel": cfg.parallel,
+        "args": list(cfg.args),
+        "autostart": cfg.autostart,
+        "state": str(status.state),
+        "metadata": None
+        if info is None
+        else {
+            "architecture": info.architecture,
+            "name": info.name,
+            "context_length": info.context_length,
+            "quantization": info.quantization,
+            "size_label": info.size_label,
+            "file_size": info.file_size,
+        },
+        "metadata_error": model.error,
+    }
+
+
+# -- handlers -----------------------------------------------------------------
+
+
+def _name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    request.app[REGISTRY].get(name)  # 404 for an unknown model
+    return name
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        raise ApiError(400, "this call needs a JSON object body")
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    return body
+
+
+def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False) -> Any:
+    value = body.get(key)
+    if value is None:
+        if required:
+            raise ApiError(400, f"field {key!r} is required", field=key)
+        return None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ApiError(400, f"field {key!r} must be an integer", field=key)
+    if kind is not int and not isinstance(value, kind):
+        names = {str: "a string", list: "a list", dict: "a JSON object"}
+        raise ApiError(400, f"field {key!r} must be {names.get(kind, kind.__name__)}", field=key)
+    return value
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Liveness of the service itself."""
+    if request.app[SHUTTING_DOWN][0]:
+        raise ApiError(503, "the service is shutting down")
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus exposition of the service's own metrics."""
+    body = render(request.app[METRICS])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """Every model the registry knows, with metadata and state."""
+    supervisor = request.app[SUPERVISOR]
+    models = [model_json(m, supervisor.status(m.config.name)) for m in request.app[REGISTRY].all()]
+    return web.json_response({"models": models})
+
+
+async def add_model(request: web.Request) -> web.Response:
+    """Register a GGUF file as a model (persisted across restarts)."""
+    body = await _json_body(request)
+    known = {"name", "path", "ctx_size", "parallel", "args", "env"}
+    unknown = sorted(set(body) - known)
+    if unknown:
+        raise ApiError(
+            400, f"unknown field {unknown[0]!r}; known: {sorted(known)}", field=unknown[0]
+        )
+    args = _field(body, "args", list) or []
+    if not all(isinstance(a, str) for a in args):
+        raise ApiError(400, "field 'args' must be a list of strings", field="args")
+    env = _field(body, "env", dict) or {}
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        raise ApiError(400, "field 'env' must map strings to strings", field="env")
+    model = await request.app[REGISTRY].aadd(
+        _field(body, "name", str, required=True),
+        Path(_field(body, "path", str, required=True)),
+        ctx_size=_field(body, "ctx_size", int),
+        parallel=_field(body, "parallel", int),
+        args=tuple(args),
+        env=env,
+    )
+    status = request.app[SUPERVISOR].status(model.config.name)
+    return web.json_response(model_json(model, status), status=201)
+
+
+async def delete_model(request: web.Request) -> web.Response:
+    """Forget an API-registered model (409 while it runs)."""
+    name = _name(request)
+    status = request.app[SUPERVISOR].status(name)
+    if status.state in COUNTS_AGAINST_CAP:
+        raise ApiError(409, f"model {name!r} is {status.state}: stop it first")
+    request.app[REGISTRY].remove(name)
+    request.app[SUPERVISOR].forget(name)
+    return web.json_response({"deleted": name})
+
+
+async def start_model(request: web.Request) -> web.Response:
+    """Start a model; with ?wait=true answer when it is ready or has failed."""
+    name = _name(request)
+    wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
+    supervisor = request.app[SUPERVISOR]
+    status = await supervisor.start(name)
+    if wait:
+        status = await supervisor.wait_settled(name)
+        if status.state is not State.READY:
+            raise ApiError(
+                502,
+                f"model {name!r} did not start: {status.last_error or status.state}",
+                instance=status_json(status, time.time()),
+            )
+    code = 200 if status.state is State.READY else 202
+    return web.json_response(status_json(status, time.time()), status=code)
+
+
+async def stop_model(request: web.Request) -> web.Response:
+    """Stop a model (SIGTERM, then SIGKILL after the grace period)."""
+    name = _name(request)
+    status = await request.app[SUPERVISOR].stop(name)
+    return web.json_response(status_json(status, time.time()))
+
+
+async def status(request: web.Request) -> web.Response:
+    """Every model's state, pid, port, uptime, restarts, last error; running count and cap."""
+    supervisor = request.app[SUPERVISOR]
+    now = time.time()
+    return web.json_response(
+        {
+            "models": [status_json(s, now) for s in supervisor.statuses()],
+            "running": supervisor.running_count,
+            "cap": supervisor.cap,
+        }
+    )
+
+
+async def logs(request: web.Request) -> web.Response:
+    """The last N lines of a model's llama-server output."""
+    name = _name(request)
+    raw = request.query.get("lines", "100")
+    try:
+        lines = int(raw)
+    except ValueError:
+        lines = -1
+    if not 1 <= lines <= MAX_LOG_LINES:
+        raise ApiError(
+            400, f"lines must be an integer from 1 to {MAX_LOG_LINES}, got {raw!r}", field="lines"
+        )
+    return web.json_response(
+        {"model": name, "lines": request.app[SUPERVISOR].log_tail(name, lines)}
+    )
+
+
+async def model_metrics(request: web.Request) -> web.Response:
+    """Latest live values of a model and its recent history."""
+    name = _name(request)
+    store = request.app[STORE]
+    latest = store.latest(name)
+    return web.json_response(
+        {
+            "model": name,
+            "state": str(request.app[SUPERVISOR].status(name).state),
+            "latest": None if latest is None else latest.to_dict(),
+            "history": [snap.to_dict() for snap in store.history(name)],
+        }
+    )
+
+
+async def targets(request: web.Request) -> web.Response:
+    """Prometheus HTTP service discovery: one target group per ready instance."""
+    config = request.app[CONFIG]
+    tcfg = config.targets
+    groups = render_file_sd(
+        request.app[SUPERVISOR].statuses(),
+        labels=dict(tcfg.labels) if tcfg else {},
+        address=tcfg.address if tcfg else None,
+    )
+    return web.json_response(groups)
+
+
+def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
+    """What a newly connected WebSocket client is sent: current status and metrics."""
+    now = time.time()
+    store = app[STORE]
+    for st in app[SUPERVISOR].statuses():
+        if model is not None and st.model != model:
+            continue
+        yield make_event(STATUS_EVENT, st.model, status_json(st, now))
+        latest = store.latest(st.model)
+        if latest is not None:
+            yield make_event(METRICS_EVENT, st.model, latest.to_dict())
+
+
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
+    app = request.app
+
+    def known(name: str) -> bool:
+        try:
+            app[REGISTRY].get(name)
+        except reg.UnknownModel:
+            return False
+        return True
+
+    return await app[HUB].handle(request, lambda m: initial_events(app, m), known)
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every route of the service."""
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get(f"{PREFIX}/models", list_models)
+    app.router.add_post(f"{PREFIX}/models", add_model)
+    app.router.add_delete(f"{PREFIX}/models/{{name}}", delete_model)
+    app.router.add_post(f"{PREFIX}/models/{{name}}/start", start_model)
+    app.router.add_post(f"{PREFIX}/models/{{name}}/stop", stop_model)
+    app.router.add_get(f"{PREFIX}/models/{{name}}/logs", logs)
+    app.router.add_get(f"{PREFIX}/models/{{name}}/metrics", model_metrics)
+    app.router.add_get(f"{PREFIX}/status", status)
+    app.router.add_get(f"{PREFIX}/targets", targets)
+    app.router.add_get(f"{PREFIX}/ws", websocket)

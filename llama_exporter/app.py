@@ -1,0 +1,99 @@
+"""Wiring: build every component, connect their events, run background work."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+
+from llama_exporter import api
+from llama_exporter.collector import StartDurationHistogram, build_registry
+from llama_exporter.config import Config
+from llama_exporter.gguf_meta import GGUFInfoCache
+from llama_exporter.poller import MetricsStore, Poller
+from llama_exporter.registry import Registry
+from llama_exporter.states import InstanceStatus
+from llama_exporter.supervisor import Spawn, Supervisor
+from llama_exporter.targets import TargetsWriter
+from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
+
+log = logging.getLogger(__name__)
+
+
+def create_app(
+    config: Config,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    spawn: Spawn | None = None,
+) -> web.Application:
+    """The aiohttp application with every component wired; started by cleanup_ctx."""
+    app = web.Application(middlewares=[api.error_middleware, api.auth_middleware(config.api_token)])
+    registry = Registry(config, gguf_cache=GGUFInfoCache())
+    registry.load()
+    histogram = StartDurationHistogram()
+    supervisor = Supervisor(
+        config, registry.model_source(), spawn=spawn, observe_start_duration=histogram.observe
+    )
+    store = MetricsStore(config.poll.history)
+    hub = WebSocketHub()
+    labels = dict(config.targets.labels) if config.targets else {}
+    address = config.targets.address if config.targets else None
+    targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
+
+    app[api.CONFIG] = config
+    app[api.REGISTRY] = registry
+    app[api.SUPERVISOR] = supervisor
+    app[api.STORE] = store
+    app[api.HUB] = hub
+    app[api.SHUTTING_DOWN] = [False]
+    app[api.METRICS] = build_registry(
+        store=store,
+        statuses=supervisor.statuses,
+        counters=supervisor.counters,
+        models=registry.model_infos,
+        running=lambda: supervisor.running_count,
+        cap=lambda: supervisor.cap,
+        histogram=histogram,
+    )
+    api.add_routes(app)
+
+    def publish_status(status: InstanceStatus) -> None:
+        hub.publish(make_event(STATUS_EVENT, status.model, api.status_json(status, time.time())))
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        poller = Poller(config, store)
+        unsubscribe = [
+            supervisor.subscribe(targets.on_status),
+            supervisor.subscribe(poller.on_status),
+            supervisor.subscribe(publish_status),
+            store.subscribe(
+                lambda snap: hub.publish(make_event(METRICS_EVENT, snap.model, snap.to_dict()))
+            ),
+        ]
+        await supervisor.recover()
+        targets.on_status(None)
+        targets.write_self(host or config.host, port or config.port)
+        background = [
+            asyncio.create_task(registry.load_metadata(), name="gguf-metadata"),
+            asyncio.create_task(supervisor.start_autostart(), name="autostart"),
+        ]
+        yield
+        app[api.SHUTTING_DOWN][0] = True
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await hub.close()
+        await supervisor.shutdown()
+        for undo in unsubscribe:
+            undo()
+        await poller.close()
+        targets.on_status(None)
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

@@ -1,0 +1,342 @@
+"""The HTTP API in process, with fake llama-server child processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient
+
+from llama_exporter.app import create_app
+from llama_exporter.config import Config, ModelConfig, PollConfig, PortRange, RestartPolicy
+from llama_exporter.testing.gguf_writer import write_minimal_gguf
+
+API = "/api/v1/llama"
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+def _port_range(worker_offset: int = 0) -> PortRange:
+    base = 20000 + (os.getpid() % 200) * 50 + worker_offset
+    return PortRange(base, base + 49)
+
+
+def make_config(
+    tmp_path: Path,
+    fake_server_bin: Path,
+    *,
+    models: int = 2,
+    cap: int = 4,
+    token: str | None = None,
+    args: tuple[str, ...] = ("--fake-tokens-per-second", "200"),
+) -> Config:
+    """A config with `models` fake models named m0.. on the fake llama-server."""
+    model_dir = tmp_path / "models"
+    model_dir.mkdir(exist_ok=True)
+    entries = []
+    for i in range(models):
+        path = write_minimal_gguf(model_dir / f"m{i}.gguf")
+        entries.append(ModelConfig(name=f"m{i}", path=path, ctx_size=1024, parallel=2, args=args))
+    return Config(
+        source=None,
+        max_parallel=cap,
+        llama_server=fake_server_bin,
+        ports=_port_range(),
+        ready_timeout=20,
+        stop_grace=3,
+        hang_timeout=5,
+        restart=RestartPolicy(max_retries=2, backoff_initial=0.2, backoff_max=1),
+        models=tuple(entries),
+        state_dir=tmp_path / "state",
+        poll=PollConfig(interval=0.2, timeout=0.5, history=10),
+        api_token=token,
+    )
+
+
+@pytest.fixture
+async def client(aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path) -> Client:
+    """A test client on an app with two fake models and cap 4."""
+    return await aiohttp_client(create_app(make_config(tmp_path, fake_server_bin)))
+
+
+async def _json(resp: Any) -> Any:
+    return await resp.json()
+
+
+async def _wait_state(client: Client, model: str, state: str) -> dict[str, Any]:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        body = await _json(await client.get(f"{API}/status"))
+        entry = next(m for m in body["models"] if m["model"] == model)
+        if entry["state"] == state:
+            result: dict[str, Any] = entry
+            return result
+        assert loop.time() < deadline, f"{model} is {entry} not {state}"
+        await asyncio.sleep(0.05)
+
+
+async def test_healthz_and_metrics(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    resp = await client.get("/metrics")
+    text = await resp.text()
+    assert resp.status == 200
+    assert 'llama_exporter_instance_state{model="m0",state="stopped"} 1.0' in text
+    assert "llama_exporter_instances_max 4.0" in text
+
+
+async def test_models_list_shows_metadata(client: Client) -> None:
+    resp = await client.get(f"{API}/models")
+    body = await _json(resp)
+    assert [m["name"] for m in body["models"]] == ["m0", "m1"]
+    m0 = body["models"][0]
+    assert m0["source"] == "config"
+    assert m0["state"] == "stopped"
+    for _ in range(100):  # metadata is read in the background at start-up
+        if m0["metadata"] is not None:
+            break
+        await asyncio.sleep(0.05)
+        m0 = (await _json(await client.get(f"{API}/models")))["models"][0]
+    assert m0["metadata"]["architecture"] == "llama"
+    assert m0["metadata"]["quantization"] == "Q4_K_M"
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "fragment"),
+    [
+        ({"path": "/x.gguf"}, "name", "required"),
+        ({"name": "bad name!", "path": "/x.gguf"}, "name", ""),
+        ({"name": "ok", "path": "/nonexistent/x.gguf"}, "path", ""),
+        ({"name": "ok", "path": "relative.gguf"}, "path", ""),
+        ({"name": "ok", "path": "/etc/hostname"}, "path", ""),
+        ({"name": 5, "path": "/x.gguf"}, "name", "string"),
+        ({"name": "ok", "path": "/x.gguf", "ctx_size": "big"}, "ctx_size", "integer"),
+        ({"name": "ok", "path": "/x.gguf", "colour": "red"}, "colour", "unknown field"),
+        ({"name": "ok", "path": "/x.gguf", "args": [1]}, "args", "strings"),
+    ],
+)
+async def test_register_rejects_bad_input(
+    client: Client, body: dict[str, Any], field: str, fragment: str
+) -> None:
+    resp = await client.post(f"{API}/models", json=body)
+    error = (await _json(resp))["error"]
+    assert resp.status == 400, error
+    assert error["code"] == 400
+    assert error["field"] == field
+    assert fragment in error["message"]
+
+
+async def test_register_rejects_non_json_and_non_object(client: Client) -> None:
+    resp = await client.post(
+        f"{API}/models", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert resp.status == 400
+    assert "JSON" in (await _json(resp))["error"]["message"]
+    resp = await client.post(f"{API}/models", json=[1, 2])
+    assert resp.status == 400
+
+
+async def test_register_rejects_a_file_that_is_not_gguf(client: Client, tmp_path: Path) -> None:
+    fake = tmp_path / "fake.gguf"
+    fake.write_bytes(b"not a gguf file at all")
+    resp = await client.post(f"{API}/models", json={"name": "fake", "path": str(fake)})
+    assert resp.status == 400
+    assert (await _json(resp))["error"]["field"] == "path"
+
+
+async def test_register_duplicate_is_409_and_delete_rules(client: Client, tmp_path: Path) -> None:
+    path = write_minimal_gguf(tmp_path / "extra.gguf")
+    resp = await client.post(f"{API}/models", json={"name": "extra", "path": str(path)})
+    assert resp.status == 201, await resp.text()
+    created = await _json(resp)
+    assert created["source"] == "api"
+    assert created["metadata"]["architecture"] == "llama"
+    resp = await client.post(f"{API}/models", json={"name": "extra", "path": str(path)})
+    assert resp.status == 409
+    resp = await client.post(f"{API}/models", json={"name": "m0", "path": str(path)})
+    assert resp.status == 409
+    assert (await client.delete(f"{API}/models/nope")).status == 404
+    resp = await client.delete(f"{API}/models/m0")
+    assert resp.status == 409
+    assert "config" in (await _json(resp))["error"]["message"]
+    assert (await client.delete(f"{API}/models/extra")).status == 200
+    names = [m["name"] for m in (await _json(await client.get(f"{API}/models")))["models"]]
+    assert "extra" not in names
+    statuses = (await _json(await client.get(f"{API}/status")))["models"]
+    assert "extra" not in [s["model"] for s in statuses]
+
+
+async def test_registered_model_survives_a_restart(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    config = make_config(tmp_path, fake_server_bin)
+    first = await aiohttp_client(create_app(config))
+    path = write_minimal_gguf(tmp_path / "kept.gguf")
+    assert (
+        await first.post(f"{API}/models", json={"name": "kept", "path": str(path)})
+    ).status == 201
+    await first.close()
+    second = await aiohttp_client(create_app(config))
+    names = [m["name"] for m in (await _json(await second.get(f"{API}/models")))["models"]]
+    assert "kept" in names
+
+
+async def test_unknown_model_is_404_everywhere(client: Client) -> None:
+    for method, path in [
+        ("POST", "/models/nope/start"),
+        ("POST", "/models/nope/stop"),
+        ("GET", "/models/nope/logs"),
+        ("GET", "/models/nope/metrics"),
+        ("DELETE", "/models/nope"),
+    ]:
+        resp = await client.request(method, API + path)
+        assert resp.status == 404, (method, path)
+        assert "nope" in (await _json(resp))["error"]["message"]
+    assert (await client.get(f"{API}/nothing-here")).status == 404
+
+
+async def test_start_wait_ready_then_stop(client: Client, tmp_path: Path) -> None:
+    resp = await client.post(f"{API}/models/m0/start", params={"wait": "true"})
+    body = await _json(resp)
+    assert resp.status == 200, body
+    assert body["state"] == "ready"
+    assert body["pid"] > 0
+    # Starting again is idempotent.
+    again = await client.post(f"{API}/models/m0/start")
+    assert again.status == 200
+    assert (await _json(again))["pid"] == body["pid"]
+    # HTTP SD and the file_sd file both list it.
+    groups = await _json(await client.get(f"{API}/targets"))
+    assert groups == [{"targets": [f"127.0.0.1:{body['port']}"], "labels": {"model": "m0"}}]
+    sd_file = tmp_path / "state" / "targets" / "llama-servers.json"
+    assert json.loads(sd_file.read_text()) == groups
+    # Logs.
+    logs = await _json(await client.get(f"{API}/models/m0/logs", params={"lines": "5"}))
+    assert isinstance(logs["lines"], list)
+    assert len(logs["lines"]) <= 5
+    resp = await client.post(f"{API}/models/m0/stop")
+    assert (await _json(resp))["state"] == "stopped"
+    assert await _json(await client.get(f"{API}/targets")) == []
+    assert json.loads(sd_file.read_text()) == []
+    # The supervisor reaped its child: no process, not even a zombie.
+    assert not _proc_exists(body["pid"])
+
+
+def _proc_exists(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.parametrize("lines", ["abc", "0", "-3", "100000"])
+async def test_logs_rejects_bad_line_counts(client: Client, lines: str) -> None:
+    resp = await client.get(f"{API}/models/m0/logs", params={"lines": lines})
+    assert resp.status == 400
+    assert (await _json(resp))["error"]["field"] == "lines"
+
+
+async def test_cap_answers_429_naming_running_models(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    client = await aiohttp_client(
+        create_app(make_config(tmp_path, fake_server_bin, models=3, cap=2))
+    )
+    for name in ("m0", "m1"):
+        assert (await client.post(f"{API}/models/{name}/start")).status in (200, 202)
+    resp = await client.post(f"{API}/models/m2/start")
+    body = await _json(resp)
+    assert resp.status == 429
+    assert resp.headers["Retry-After"].isdigit()
+    assert sorted(body["error"]["running"]) == ["m0", "m1"]
+    assert body["error"]["cap"] == 2
+    metrics = await (await client.get("/metrics")).text()
+    assert 'llama_exporter_instance_start_rejected_total{model="m2"} 1.0' in metrics
+
+
+async def test_fifty_concurrent_starts_never_exceed_the_cap(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    client = await aiohttp_client(
+        create_app(make_config(tmp_path, fake_server_bin, models=8, cap=4))
+    )
+    requests = [client.post(f"{API}/models/m{i % 8}/start") for i in range(50)]
+    responses = await asyncio.gather(*requests)
+    codes = [r.status for r in responses]
+    assert set(codes) <= {200, 202, 429}
+    status = await _json(await client.get(f"{API}/status"))
+    assert status["running"] == 4
+    running = [m["model"] for m in status["models"] if m["state"] != "stopped"]
+    assert len(running) == 4
+    for name in running:
+        await _wait_state(client, name, "ready")
+    status = await _json(await client.get(f"{API}/status"))
+    assert status["running"] == 4
+
+
+async def test_auth_guards_mutating_calls(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    client = await aiohttp_client(
+        create_app(make_config(tmp_path, fake_server_bin, token="s3cret"))
+    )
+    resp = await client.post(f"{API}/models/m0/stop")
+    assert resp.status == 401
+    assert "Bearer" in resp.headers["WWW-Authenticate"]
+    resp = await client.post(f"{API}/models/m0/stop", headers={"Authorization": "Bearer wrong"})
+    assert resp.status == 401
+    assert (await client.get(f"{API}/status")).status == 200
+    resp = await client.post(f"{API}/models/m0/stop", headers={"Authorization": "Bearer s3cret"})
+    assert resp.status == 200
+
+
+async def test_live_metrics_history_and_websocket(client: Client) -> None:
+    ws = await client.ws_connect(f"{API}/ws", params={"model": "m1"})
+    first = await ws.receive_json(timeout=5)
+    assert first["type"] == "llama-status:update"
+    assert first["model"] == "m1"
+    assert first["data"]["state"] == "stopped"
+    await client.post(f"{API}/models/m1/start", params={"wait": "true"})
+    seen: set[str] = set()
+    states: list[str] = []
+    while "llama-metrics:update" not in seen:
+        msg = await ws.receive_json(timeout=5)
+        assert msg["model"] == "m1"
+        seen.add(msg["type"])
+        if msg["type"] == "llama-status:update":
+            states.append(msg["data"]["state"])
+    assert "ready" in states
+    body = await _json(await client.get(f"{API}/models/m1/metrics"))
+    assert body["latest"]["slots_total"] == 2
+    assert len(body["history"]) >= 1
+    await client.post(f"{API}/models/m1/stop")
+    while True:
+        msg = await ws.receive_json(timeout=5)
+        if msg["type"] == "llama-status:update" and msg["data"]["state"] == "stopped":
+            break
+    body = await _json(await client.get(f"{API}/models/m1/metrics"))
+    assert body["latest"] is None
+    await ws.close()
+
+
+async def test_websocket_rejects_unknown_model_filter(client: Client) -> None:
+    resp = await client.get(f"{API}/ws", params={"model": "nope"})
+    assert resp.status == 404
+
+
+async def test_websocket_filter_can_change(client: Client) -> None:
+    ws = await client.ws_connect(f"{API}/ws")
+    initial = [await ws.receive_json(timeout=5) for _ in range(2)]
+    assert {m["model"] for m in initial} == {"m0", "m1"}
+    await ws.send_str(json.dumps({"model": "m0"}))
+    msg = await ws.receive_json(timeout=5)
+    assert msg["model"] == "m0"
+    await ws.send_str("garbage")
+    msg = await ws.receive_json(timeout=5)
+    assert msg["type"] == "error"
+    await ws.close()
+    assert ws.closed
+    assert WSMsgType.CLOSED
