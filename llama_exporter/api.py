@@ -190,6 +190,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+_KIND_NAMES: dict[type, str] = {str: "a string", list: "a list", dict: "a JSON object"}
+
+
 def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False) -> Any:
     value = body.get(key)
     if value is None:
@@ -199,8 +202,7 @@ def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False
     if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ApiError(400, f"field {key!r} must be an integer", field=key)
     if kind is not int and not isinstance(value, kind):
-        names = {str: "a string", list: "a list", dict: "a JSON object"}
-        raise ApiError(400, f"field {key!r} must be {names.get(kind, kind.__name__)}", field=key)
+        raise ApiError(400, f"field {key!r} must be {_KIND_NAMES[kind]}", field=key)
     return value
 
 

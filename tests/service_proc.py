@@ -107,6 +107,7 @@ def start_service(
     port = port or free_port()
     state_dir = tmp / "state"
     config = {"listen": {"host": "127.0.0.1", "port": port}, "state_dir": str(state_dir), **config}
+    tmp.mkdir(parents=True, exist_ok=True)
     config_file = tmp / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
     log_file = tmp / "service.log"

@@ -1,0 +1,171 @@
+"""The command line and the service as a real process (fake llama-server children)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from service_proc import ServiceProcess, free_port, http_json, start_service
+
+from llama_exporter.testing.gguf_writer import write_minimal_gguf
+
+
+def cli(
+    *args: str, url: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `python -m llama_exporter ARGS` and capture its output."""
+    env = dict(os.environ)
+    if url:
+        env["LLAMA_EXPORTER_URL"] = url
+    return subprocess.run(
+        [sys.executable, "-m", "llama_exporter", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def alive(pid: int) -> bool:
+    """True if pid is a running process; a zombie counts as dead."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def fake_config(tmp: Path, fake_server_bin: Path, models: int = 2) -> dict[str, Any]:
+    """Service config with fake models m0.. on the fake llama-server."""
+    (tmp / "models").mkdir(parents=True, exist_ok=True)
+    first = free_port()
+    return {
+        "llama_server": str(fake_server_bin),
+        "ports": {"first": 21000 + first % 1000 * 10, "last": 21000 + first % 1000 * 10 + 9},
+        "stop_grace": 3,
+        "models": [
+            {
+                "name": f"m{i}",
+                "path": str(write_minimal_gguf(tmp / "models" / f"m{i}.gguf")),
+                "ctx_size": 1024,
+                "parallel": 2,
+            }
+            for i in range(models)
+        ],
+    }
+
+
+@pytest.fixture
+def service(tmp_path: Path, fake_server_bin: Path) -> Iterator[ServiceProcess]:
+    """The service as a process with two fake models."""
+    svc = start_service(tmp_path, fake_config(tmp_path, fake_server_bin))
+    yield svc
+    svc.stop()
+
+
+def test_check_config_accepts_a_good_file(tmp_path: Path, fake_server_bin: Path) -> None:
+    config = tmp_path / "good.yaml"
+    gguf = write_minimal_gguf(tmp_path / "a.gguf")
+    config.write_text(f"llama_server: {fake_server_bin}\nmodels:\n  - name: a\n    path: {gguf}\n")
+    result = cli("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "OK" in result.stdout
+    assert "1 model(s): a" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "fragment"),
+    [
+        ("max_parallel: 0\n", "max_parallel", ""),
+        ("max_paralel: 2\n", "max_paralel", "max_parallel"),
+        ("models:\n  - name: a\n    path: /nope/a.gguf\n", "models[0].path", ""),
+        ("llama_server: /nope/llama-server\n", "llama_server", ""),
+        ("ports: {first: 100, last: 101}\n", "ports", ""),
+        ("models: [}\n", "", "line"),
+    ],
+)
+def test_check_config_names_file_key_and_problem(
+    tmp_path: Path, fake_server_bin: Path, text: str, key: str, fragment: str
+) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(
+        text if "llama_server" in text else f"llama_server: {fake_server_bin}\n{text}"
+    )
+    result = cli("check-config", str(config))
+    assert result.returncode == 2
+    assert str(config) in result.stderr
+    assert key in result.stderr
+    assert fragment in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_client_commands_against_a_running_service(service: ServiceProcess) -> None:
+    models = cli("models", url=service.url)
+    assert models.returncode == 0, models.stderr
+    assert "m0" in models.stdout and "m1" in models.stdout
+    start = cli("start", "m0", "--wait", url=service.url)
+    assert start.returncode == 0, start.stderr
+    assert "ready" in start.stdout
+    ps = cli("ps", url=service.url)
+    assert ps.returncode == 0, ps.stderr
+    lines = ps.stdout.splitlines()
+    assert lines[0].split()[:3] == ["NAME", "STATE", "PID"]
+    assert any(line.startswith("m0") and "ready" in line for line in lines)
+    assert "1 of 4 running" in ps.stdout
+    logs = cli("logs", "m0", "-n", "5", url=service.url)
+    assert logs.returncode == 0
+    unknown = cli("start", "nope", url=service.url)
+    assert unknown.returncode == 1
+    assert "nope" in unknown.stderr
+    stop = cli("stop", "m0", url=service.url)
+    assert stop.returncode == 0
+    assert "stopped" in stop.stdout
+
+
+def test_client_says_when_no_service_answers() -> None:
+    result = cli("ps", url=f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert "llama-exporter serve" in result.stderr
+
+
+def _start_both(service: ServiceProcess) -> list[int]:
+    pids = []
+    for name in ("m0", "m1"):
+        status, body = http_json("POST", service.api + f"/models/{name}/start?wait=true")
+        assert status == 200, body
+        pids.append(body["pid"])
+    return pids
+
+
+def test_sigterm_stops_every_instance_first(service: ServiceProcess) -> None:
+    pids = _start_both(service)
+    assert service.stop() == 0
+    assert not any(alive(pid) for pid in pids)
+
+
+def test_sigkill_of_the_service_leaves_no_llama_server(
+    tmp_path: Path, fake_server_bin: Path
+) -> None:
+    config = fake_config(tmp_path, fake_server_bin)
+    service = start_service(tmp_path, config)
+    pids = _start_both(service)
+    service.proc.send_signal(signal.SIGKILL)
+    service.proc.wait()
+    deadline = time.monotonic() + 3
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+    # The next start finds nothing of its own left to clean and serves again.
+    again = start_service(tmp_path, config, port=service.port)
+    try:
+        assert again.status("m0")["state"] == "stopped"
+    finally:
+        again.stop()
