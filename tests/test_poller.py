@@ -127,10 +127,12 @@ async def test_busy_slots_and_exact_tokens(
     options = FakeOptions(metrics=True, parallel=2, ctx_size=4096, tokens_per_second=100.0)
     server = await aiohttp_server(create_app(options))
     store = MetricsStore()
+    seen: list[ModelSnapshot] = []
+    store.subscribe(seen.append)
     poller = Poller(config(interval=0.1), store, session=session)
     poller.on_status(ready("m", server.port))
     try:
-        running = [asyncio.create_task(complete(session, server, 60)) for _ in range(2)]
+        running = [asyncio.create_task(complete(session, server, 150)) for _ in range(2)]
         await wait_for(lambda: (s := store.latest("m")) is not None and s.slots_busy == 2)
         live = store.latest("m")
         assert live is not None and live.slots_total == 2
@@ -146,6 +148,14 @@ async def test_busy_slots_and_exact_tokens(
         assert latest is not None and latest.slots_busy == 0
         assert latest.rss_bytes is not None and latest.rss_bytes > 0
         assert store.props("m") is not None
+        # live per-slot rate while both generate: time-weighted mean against the fake's 100/s
+        both = [snap for snap in seen if snap.slots_busy == 2][1:]
+        decoded = sum(
+            slot.tokens_per_second * snap.interval_seconds for snap in both for slot in snap.slots
+        )
+        elapsed = sum(snap.interval_seconds for snap in both)
+        assert both and elapsed > 0
+        assert 0.7 < decoded / elapsed / 2 / 100.0 < 1.3, (decoded, elapsed)
         assert store.last_poll("m") is not None
         await wait_for(lambda: store.host is not None)
     finally:
