@@ -1,6 +1,7 @@
 """Start and stop time: Supervisor vs a bare llama-server, interleaved in one run.
 
-Start: Supervisor.start + wait_settled (READY) vs spawning llama-server by hand and
+Start: POST /api/v1/llama/models/NAME/start?wait=true to a running service (or, with
+--via supervisor, Supervisor.start + wait_settled in process) vs spawning llama-server by hand and
 polling /health at the same fine interval until 200. Stop: Supervisor.stop vs SIGTERM
 to the bare process until it exits. The machine's speed drifts from minute to
 minute, so both are measured alternately and compared by their medians.
@@ -17,32 +18,18 @@ import signal
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from _service import HttpService, Timing, free_port
+
 from llama_exporter.config import Config, ModelConfig, PortRange
-from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status, port_bindable
+from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status
 from llama_exporter.supervisor import Supervisor
 
 GOAL_START_RATIO = 1.03  # supervisor start within 3% of bare
 GOAL_STOP_EXTRA_S = 0.010  # supervisor stop within 10 ms of bare
 DEFAULT_MODEL = Path.home() / ".cache" / "llama-exporter" / "models" / "gemma-3-270m-q4_k_m.gguf"
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Seconds from start request to ready, and from stop request to exit."""
-
-    start: float
-    stop: float
-
-
-def free_port() -> int:
-    """A random port nothing listens on."""
-    while True:
-        port = random.randrange(20000, 60000)
-        if port_bindable("127.0.0.1", port):
-            return port
 
 
 async def bare_start_stop(binary: Path, model: ModelConfig) -> Timing:
@@ -106,36 +93,64 @@ async def supervisor_start_stop(supervisor: Supervisor, name: str) -> Timing:
     return Timing(started, time.monotonic() - begun)
 
 
-async def run(binary: Path, model_path: Path, runs: int, state_dir: Path) -> int:
+async def run(binary: Path, model_path: Path, runs: int, state_dir: Path, via: str) -> int:
     """Interleave both measurements runs times; print medians and ratios."""
     model = ModelConfig("bench", model_path, ctx_size=2048, parallel=2)
-    supervisor = make_supervisor(binary, model, state_dir)
     bare: list[Timing] = []
     ours: list[Timing] = []
     await bare_start_stop(binary, model)  # warm the page cache; not counted
-    for i in range(runs):
-        order = (False, True) if i % 2 == 0 else (True, False)
-        for use_supervisor in order:
-            if use_supervisor:
-                ours.append(await supervisor_start_stop(supervisor, model.name))
-            else:
-                bare.append(await bare_start_stop(binary, model))
-    await supervisor.shutdown()
+    if via == "http":
+        async with HttpService(binary, [model], state_dir) as service:
+            await interleave(
+                runs,
+                lambda: service.start_stop(model.name),
+                lambda: bare_start_stop(binary, model),
+                ours,
+                bare,
+            )
+    else:
+        supervisor = make_supervisor(binary, model, state_dir)
+        await interleave(
+            runs,
+            lambda: supervisor_start_stop(supervisor, model.name),
+            lambda: bare_start_stop(binary, model),
+            ours,
+            bare,
+        )
+        await supervisor.shutdown()
+    label = "service (HTTP)" if via == "http" else "supervisor"
     b_start = statistics.median(t.start for t in bare)
     o_start = statistics.median(t.start for t in ours)
     b_stop = statistics.median(t.stop for t in bare)
     o_stop = statistics.median(t.stop for t in ours)
-    print(f"runs: {runs} each, interleaved; model {model_path.name}")
+    print(f"runs: {runs} each, interleaved; model {model_path.name}; ours = {label}")
     print(
-        f"start  bare {b_start * 1000:8.1f} ms   supervisor {o_start * 1000:8.1f} ms   "
+        f"start  bare {b_start * 1000:8.1f} ms   ours {o_start * 1000:8.1f} ms   "
         f"ratio {o_start / b_start:.3f} (goal <= {GOAL_START_RATIO})"
     )
     print(
-        f"stop   bare {b_stop * 1000:8.1f} ms   supervisor {o_stop * 1000:8.1f} ms   "
+        f"stop   bare {b_stop * 1000:8.1f} ms   ours {o_stop * 1000:8.1f} ms   "
         f"ratio {o_stop / b_stop:.3f}, extra {(o_stop - b_stop) * 1000:+.1f} ms "
         f"(goal <= {GOAL_STOP_EXTRA_S * 1000:.0f} ms)"
     )
     return 0
+
+
+async def interleave(
+    runs: int,
+    ours_fn: Callable[[], Awaitable[Timing]],
+    bare_fn: Callable[[], Awaitable[Timing]],
+    ours: list[Timing],
+    bare: list[Timing],
+) -> None:
+    """Alternate which goes first, so drift in machine speed hits both alike."""
+    for i in range(runs):
+        if i % 2 == 0:
+            bare.append(await bare_fn())
+            ours.append(await ours_fn())
+        else:
+            ours.append(await ours_fn())
+            bare.append(await bare_fn())
 
 
 def default_binary() -> Path:
@@ -154,13 +169,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--binary", type=Path, default=None)
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument(
+        "--via",
+        choices=["http", "supervisor"],
+        default="http",
+        help="measure through the service's HTTP API (default) or the Supervisor in process",
+    )
     parser.add_argument("--state-dir", type=Path, default=Path("/tmp/llama-exporter-bench"))
     args = parser.parse_args(argv)
     binary = args.binary or default_binary()
     if not args.model.is_file():
         print(f"model not found: {args.model} (run scripts/bootstrap.sh)", file=sys.stderr)
         return 2
-    return asyncio.run(run(binary, args.model, args.runs, args.state_dir))
+    return asyncio.run(run(binary, args.model, args.runs, args.state_dir, args.via))
 
 
 if __name__ == "__main__":

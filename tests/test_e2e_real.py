@@ -1,0 +1,258 @@
+"""End to end, all real: the service as a process, the real llama-server and gemma model,
+Prometheus scraping with the project's config and rules, Alertmanager delivering to a
+webhook. One module-scoped stack; the tests run in file order and build on each other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from promstack import (
+    AMHandle,
+    PromHandle,
+    WebhookSink,
+    start_alertmanager,
+    start_prometheus,
+    wait_for,
+)
+from service_proc import ServiceProcess, http_json, http_text, start_service
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "grafana"))
+import generate  # noqa: E402
+
+pytestmark = [pytest.mark.real, pytest.mark.prometheus]
+
+MODEL = "gemma"
+PROMPT = "Write a long story about a lighthouse keeper and the sea. Once upon a time,"
+
+
+@dataclass
+class Stack:
+    """Everything the end-to-end tests share."""
+
+    service: ServiceProcess
+    prom: PromHandle
+    am: AMHandle
+    sink: WebhookSink
+    targets_dir: Path
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
+) -> Iterator[Stack]:
+    """Alertmanager + webhook, Prometheus, and the service with the real model."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    targets_dir = tmp / "targets"
+    targets_dir.mkdir()
+    sink = WebhookSink()
+    am = start_alertmanager(tmp, sink.url)
+    prom = start_prometheus(tmp, targets_dir=targets_dir, alertmanager_port=am.port)
+    config = {
+        "llama_server": str(llama_server_bin),
+        "max_parallel": 2,
+        "stop_grace": 10,
+        "restart": {"max_retries": 1, "backoff_initial": 0.5, "backoff_max": 1},
+        "targets": {"directory": str(targets_dir)},
+        "poll": {"interval": 1.0},
+        "models": [
+            {
+                "name": MODEL,
+                "path": str(gemma_gguf),
+                "ctx_size": 4096,
+                "parallel": 2,
+                "args": ["--threads", "2"],
+            },
+        ],
+    }
+    service = start_service(tmp / "service", config)
+    try:
+        yield Stack(service, prom, am, sink, targets_dir)
+    finally:
+        code = service.stop()
+        prom.stop()
+        am.stop()
+        sink.close()
+        assert code == 0, service.log()[-3000:]
+
+
+def service_metric(service: ServiceProcess, name: str, **labels: str) -> float | None:
+    """One sample of the service's /metrics, or None."""
+    text = http_text(service.url + "/metrics")
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return None
+
+
+def complete(port: int, n_predict: int, prompt: str = PROMPT) -> dict[str, Any]:
+    """A completion on the real llama-server; returns its JSON answer."""
+    status, body = http_json(
+        "POST",
+        f"http://127.0.0.1:{port}/completion",
+        {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "temperature": 0},
+        timeout=300,
+    )
+    assert status == 200, body
+    result: dict[str, Any] = body
+    return result
+
+
+def test_start_real_model_and_complete(stack: Stack) -> None:
+    status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/start?wait=true")
+    assert status == 200, (body, stack.service.log()[-3000:])
+    assert body["state"] == "ready"
+    answer = complete(body["port"], 8, "The capital of France is")
+    assert answer["timings"]["predicted_n"] == 8
+    assert answer["content"]
+
+
+def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
+    port = stack.service.status(MODEL)["port"]
+    time.sleep(2.5)  # let the counter settle on the previous test's request
+    before = service_metric(stack.service, "llama_exporter_tokens_generated_total", model=MODEL)
+    assert before is not None
+    began = time.time()
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda n: complete(port, n), [160, 160]))
+    # A request shorter than the poll interval, between two polls.
+    short = complete(port, 3, "Hi")
+    generated = sum(a["timings"]["predicted_n"] for a in [*answers, short])
+    assert generated == 323
+
+    _, body = http_json("GET", stack.service.api + f"/models/{MODEL}/metrics")
+    history = [s for s in body["history"] if s["timestamp"] >= began]
+    assert all(0 <= s["context_used_ratio"] <= 1 for s in history)
+    both_busy = [s for s in history if s["slots_busy"] == 2]
+    assert len(both_busy) >= 3, history
+    assert max(s["context_used_ratio"] for s in both_busy) > 0
+    assert max(s["tokens_per_second"] for s in both_busy) > 0
+    # Per-slot live rate while both generate, averaged over the polls (the machine
+    # stalls now and then, and so does the answers' own average), against the
+    # answers' timings.predicted_per_second. The first poll of a request includes
+    # prompt time, so a slot counts from its second poll of the same task.
+    rates: list[float] = []
+    seen: set[tuple[int, int]] = set()
+    for snap in both_busy:
+        for slot in snap["slots"]:
+            key = (slot["id"], slot["task_id"])
+            if key in seen:
+                rates.append(slot["tokens_per_second"])
+            seen.add(key)
+    assert rates, both_busy
+    live = sum(rates) / len(rates)
+    truth = sum(a["timings"]["predicted_per_second"] for a in answers) / 2
+    assert abs(live - truth) / truth < 0.30, (live, truth, rates)
+
+    def counted() -> float | None:
+        value = service_metric(stack.service, "llama_exporter_tokens_generated_total", model=MODEL)
+        return value if value == before + generated else None
+
+    wait_for(counted, timeout=5, what=f"tokens_generated_total == {before} + {generated}")
+
+
+def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) -> None:
+    prom = stack.prom
+    prom.wait_for(
+        lambda: prom.query(f'up{{job="llama-server",model="{MODEL}"}} == 1'),
+        timeout=30,
+        what="llama-server target scraped",
+    )
+    prom.wait_for(lambda: prom.query('up{job="llama-exporter"} == 1'), timeout=30, what="service")
+    port = stack.service.status(MODEL)["port"]
+    stop = threading.Event()
+
+    def keep_busy() -> None:
+        while not stop.is_set():
+            complete(port, 40)
+
+    workers = [threading.Thread(target=keep_busy) for _ in range(2)]
+    for w in workers:
+        w.start()
+    try:
+        queries: list[tuple[str, str, str]] = []
+        for board_file in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
+            board = json.loads(board_file.read_text())
+            queries += generate.panel_queries(board, {"model": MODEL, "datasource": "x"})
+        recording = [
+            (rule["name"], rule["name"], "")
+            for group in prom.rules()
+            for rule in group["rules"]
+            if rule.get("type") == "recording"
+        ]
+        assert recording
+        pending = {(title, expr): unit for title, expr, unit in [*queries, *recording]}
+        deadline = time.monotonic() + 120
+        while pending and time.monotonic() < deadline:
+            for (title, expr), unit in list(pending.items()):
+                result = prom.query(expr)
+                if not result:
+                    continue
+                for series in result:
+                    value = float(series["value"][1])
+                    assert value == value, (title, expr, series)  # not NaN
+                    assert value >= 0, (title, expr, series)
+                    if unit == "percentunit" or expr.endswith("ratio"):
+                        assert value <= 1.0, (title, expr, series)
+                del pending[(title, expr)]
+            time.sleep(2)
+        assert not pending, f"queries without data: {sorted(pending)}"
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+
+
+def test_stop_removes_target_everywhere(stack: Stack) -> None:
+    status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/stop")
+    assert status == 200
+    assert body["state"] == "stopped"
+    assert json.loads((stack.targets_dir / "llama-servers.json").read_text()) == []
+    assert http_json("GET", stack.service.api + "/targets")[1] == []
+    prom = stack.prom
+    prom.wait_for(
+        lambda: not [t for t in prom.targets() if t["labels"].get("job") == "llama-server"],
+        timeout=30,
+        what="Prometheus forgets the stopped instance",
+    )
+
+
+def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
+    status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/start?wait=true")
+    assert status == 200, body
+    # max_retries is 1: the first kill is restarted, the second one is for good.
+    os.kill(body["pid"], signal.SIGKILL)
+    restarted = stack.service.wait_state(MODEL, {"ready"}, timeout=60)
+    assert restarted["pid"] != body["pid"]
+    assert restarted["restarts"] == 1
+    os.kill(restarted["pid"], signal.SIGKILL)
+    failed = stack.service.wait_state(MODEL, {"failed"}, timeout=30)
+    assert "SIGKILL" in (failed["last_error"] or "")
+
+    def delivered() -> list[Any]:
+        return [
+            alert
+            for body in stack.sink.bodies()
+            for alert in body.get("alerts", [])
+            if alert["labels"].get("alertname") == "LlamaInstanceDown"
+            and alert["labels"].get("model") == MODEL
+            and alert["status"] == "firing"
+        ]
+
+    alerts = wait_for(delivered, timeout=150, what="LlamaInstanceDown delivered to the webhook")
+    assert alerts[0]["labels"]["severity"] == "critical"
+    assert MODEL in alerts[0]["annotations"]["description"]
