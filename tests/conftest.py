@@ -13,21 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from promstack import missing
 
 CACHE_DIR = Path(os.environ.get("LLAMA_EXPORTER_CACHE", Path.home() / ".cache" / "llama-exporter"))
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
-
-
-def require_real() -> bool:
-    """True when missing real components must fail the run instead of skipping."""
-    return os.environ.get("LLAMA_EXPORTER_REQUIRE_REAL", "") not in ("", "0")
-
-
-def missing(what: str) -> None:
-    """Skip (locally) or fail (CI) because a real component is not available."""
-    if require_real():
-        pytest.fail(f"{what} (LLAMA_EXPORTER_REQUIRE_REAL is set: this must not skip)")
-    pytest.skip(what)
 
 
 def _find_llama_server() -> Path | None:

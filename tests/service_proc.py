@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,14 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from promstack import free_port
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:

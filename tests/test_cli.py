@@ -13,7 +13,8 @@ from typing import Any
 
 import psutil
 import pytest
-from service_proc import ServiceProcess, free_port, http_json, start_service
+from promstack import free_port
+from service_proc import ServiceProcess, http_json, start_service
 
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import missing
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from promstack import missing
 
 from llama_exporter.collector import StartDurationHistogram, build_registry, render
 from llama_exporter.derive import ModelDeriver, ProcessSample, TokenCounter, parse_slots
