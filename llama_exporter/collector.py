@@ -95,6 +95,10 @@ class StartDurationHistogram(Collector):
         yield family
 
 
+POLL_ENDPOINTS = ("metrics", "slots", "props")
+POLL_REASONS = ("timeout", "connect", "parse")
+
+
 def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
     return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
 
@@ -271,7 +275,16 @@ class LlamaCollector(Collector):
         errors = _counter(
             "poll_errors_total", "Failed reads of llama-server.", ["model", "endpoint", "reason"]
         )
-        for (model, endpoint, reason), count in sorted(self._store.poll_errors().items()):
+        # Known label values start at 0 while a model is polled, so increase() and
+        # dashboards see "no errors" instead of "no data".
+        counts = {
+            (snap.model, endpoint, reason): 0
+            for snap in live
+            for endpoint in POLL_ENDPOINTS
+            for reason in POLL_REASONS
+        }
+        counts.update(self._store.poll_errors())
+        for (model, endpoint, reason), count in sorted(counts.items()):
             errors.add_metric([model, endpoint, reason], count)
         duration = _gauge("poll_duration_seconds", "Duration of the last poll.", ["model"])
         last = _gauge("last_poll_timestamp_seconds", "Unix time of the last poll.", ["model"])

@@ -162,7 +162,10 @@ def test_values() -> None:
     assert buckets[(("le", "2.0"), ("model", "a"))] == 1
     assert buckets[(("le", "+Inf"), ("model", "a"))] == 1
     errors = values["llama_exporter_poll_errors_total"]
-    assert errors == {(("endpoint", "slots"), ("model", "a"), ("reason", "timeout")): 1.0}
+    assert errors[(("endpoint", "slots"), ("model", "a"), ("reason", "timeout"))] == 1.0
+    # the other known label values of a polled model start at 0
+    assert errors[(("endpoint", "metrics"), ("model", "a"), ("reason", "connect"))] == 0.0
+    assert len(errors) == 9
 
 
 def test_stopped_model_has_state_and_counters_but_no_live_series() -> None:
