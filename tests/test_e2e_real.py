@@ -236,10 +236,14 @@ def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
     assert status == 200, body
     # max_retries is 1: the first kill is restarted, the second one is for good.
     os.kill(body["pid"], signal.SIGKILL)
-    restarted = stack.service.wait_state(MODEL, {"ready"}, timeout=60)
-    assert restarted["pid"] != body["pid"]
-    assert restarted["restarts"] == 1
-    os.kill(restarted["pid"], signal.SIGKILL)
+
+    def restarted() -> dict[str, Any] | None:
+        st = stack.service.status(MODEL)
+        return st if st["state"] == "ready" and st["pid"] != body["pid"] else None
+
+    again = wait_for(restarted, timeout=60, what="restart after kill -9")
+    assert again["restarts"] == 1
+    os.kill(again["pid"], signal.SIGKILL)
     failed = stack.service.wait_state(MODEL, {"failed"}, timeout=30)
     assert "SIGKILL" in (failed["last_error"] or "")
 
