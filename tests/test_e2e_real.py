@@ -242,6 +242,7 @@ def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
         return st if st["state"] == "ready" and st["pid"] != body["pid"] else None
 
     again = wait_for(restarted, timeout=60, what="restart after kill -9")
+    assert again is not None
     assert again["restarts"] == 1
     os.kill(again["pid"], signal.SIGKILL)
     failed = stack.service.wait_state(MODEL, {"failed"}, timeout=30)
