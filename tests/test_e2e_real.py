@@ -5,6 +5,7 @@ webhook. One module-scoped stack; the tests run in file order and build on each 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -58,34 +59,34 @@ def stack(
     tmp = tmp_path_factory.mktemp("e2e")
     targets_dir = tmp / "targets"
     targets_dir.mkdir()
-    sink = WebhookSink()
-    am = start_alertmanager(tmp, sink.url)
-    prom = start_prometheus(tmp, targets_dir=targets_dir, alertmanager_port=am.port)
-    config = {
-        "llama_server": str(llama_server_bin),
-        "max_parallel": 2,
-        "stop_grace": 10,
-        "restart": {"max_retries": 1, "backoff_initial": 0.5, "backoff_max": 1},
-        "targets": {"directory": str(targets_dir)},
-        "poll": {"interval": 1.0},
-        "models": [
-            {
-                "name": MODEL,
-                "path": str(gemma_gguf),
-                "ctx_size": 4096,
-                "parallel": 2,
-                "args": ["--threads", "2"],
-            },
-        ],
-    }
-    service = start_service(tmp / "service", config)
-    try:
-        yield Stack(service, prom, am, sink, targets_dir)
-    finally:
-        code = service.stop()
-        prom.stop()
-        am.stop()
-        sink.close()
+    with contextlib.ExitStack() as cleanup:  # whatever started is stopped, even on failure
+        sink = cleanup.enter_context(WebhookSink())
+        am = cleanup.enter_context(start_alertmanager(tmp, sink.url))
+        prom = cleanup.enter_context(
+            start_prometheus(tmp, targets_dir=targets_dir, alertmanager_port=am.port)
+        )
+        config = {
+            "llama_server": str(llama_server_bin),
+            "max_parallel": 2,
+            "stop_grace": 10,
+            "restart": {"max_retries": 1, "backoff_initial": 0.5, "backoff_max": 1},
+            "targets": {"directory": str(targets_dir)},
+            "poll": {"interval": 1.0},
+            "models": [
+                {
+                    "name": MODEL,
+                    "path": str(gemma_gguf),
+                    "ctx_size": 4096,
+                    "parallel": 2,
+                    "args": ["--threads", "2"],
+                },
+            ],
+        }
+        service = start_service(tmp / "service", config)
+        try:
+            yield Stack(service, prom, am, sink, targets_dir)
+        finally:
+            code = service.stop()
         assert code == 0, service.log()[-3000:]
 
 
