@@ -1,8 +1,8 @@
 """Service-side cost of watching 1, 16 and 64 llama-server instances at 1 Hz.
 
 Spawns N fake llama-server processes (one generating slot each, so /slots has live
-entries), runs MetricsStore + Poller + the collector in this process for a while,
-renders /metrics once a second as a Prometheus scrape would, and reports this
+entries; with --idle none generates), runs MetricsStore + Poller + the collector in
+this process for a while, renders /metrics once a second as a Prometheus scrape would, and reports this
 process's CPU (percent of one core), RSS, and the time to render /metrics.
 
     .venv/bin/python bench/exporter_overhead.py [--sizes 1 16 64] [--duration 15]
@@ -107,6 +107,8 @@ async def measure(
     duration: float,
     renders: int,
     window: Callable[[bool], None] | None = None,
+    *,
+    generating: bool = True,
 ) -> Result:
     """Watch count fake instances for duration seconds and return the figures.
 
@@ -118,7 +120,7 @@ async def measure(
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as load:
             await asyncio.gather(*(wait_ready(load, port) for _, port in fakes))
-            busy = [asyncio.create_task(generate(load, port)) for _, port in fakes]
+            busy = [asyncio.create_task(generate(load, port)) for _, port in fakes if generating]
             statuses = [
                 InstanceStatus(f"m{i:02d}", State.READY, 0.0, pid=p.pid, port=port)
                 for i, (p, port) in enumerate(fakes)
@@ -217,14 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per size")
     parser.add_argument("--renders", type=int, default=200, help="timed /metrics renders")
+    parser.add_argument(
+        "--idle", action="store_true", help="instances idle (no generation): the common case"
+    )
     args = parser.parse_args(argv)
     results = []
     for size in args.sizes:
-        result = asyncio.run(measure(size, args.duration, args.renders))
+        result = asyncio.run(measure(size, args.duration, args.renders, generating=not args.idle))
         print(f"{size} instances: done", file=sys.stderr, flush=True)
         results.append(result)
     load = os.getloadavg()[0]
-    print(f"host: {os.cpu_count()} CPUs, load average {load:.1f}; poll interval 1 s;")
+    state = "idle" if args.idle else "one slot generating each"
+    print(f"host: {os.cpu_count()} CPUs, load average {load:.1f}; poll interval 1 s; {state}")
     print("cpu %core includes one /metrics render per second (a 1 s Prometheus scrape)")
     print(table(results))
     return 0

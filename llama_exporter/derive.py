@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 TOKENS_PREDICTED = "llamacpp:tokens_predicted_total"
 PROMPT_TOKENS = "llamacpp:prompt_tokens_total"
 REQUESTS_DEFERRED = "llamacpp:requests_deferred"
-USED_METRICS = (TOKENS_PREDICTED, PROMPT_TOKENS, REQUESTS_DEFERRED)
+REQUESTS_PROCESSING = "llamacpp:requests_processing"
+USED_METRICS = (TOKENS_PREDICTED, PROMPT_TOKENS, REQUESTS_DEFERRED, REQUESTS_PROCESSING)
 SMOOTHING_SECONDS = 5.0  # time constant of tokens_per_second_smoothed
 
 

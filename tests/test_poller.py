@@ -307,3 +307,35 @@ async def test_own_session_and_close_are_clean(aiohttp_server: MakeServer) -> No
     assert store.latest("m") is None
     poller.on_status(ready("m", server.port))  # ignored after close
     assert poller.polling() == []
+
+
+async def test_idle_instance_skips_slots_but_sees_work_at_once(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    hits: dict[str, int] = {}
+
+    @web.middleware
+    async def count(request: web.Request, handler: Any) -> web.StreamResponse:
+        hits[request.path] = hits.get(request.path, 0) + 1
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = create_app(FakeOptions(metrics=True, parallel=2, tokens_per_second=100.0))
+    app.middlewares.append(count)
+    server = await aiohttp_server(app)
+    store = MetricsStore()
+    seen: list[ModelSnapshot] = []
+    store.subscribe(seen.append)
+    poller = Poller(config(interval=0.05), store, session=session)
+    poller.on_status(ready("m", server.port))
+    try:
+        await wait_for(lambda: hits.get("/metrics", 0) >= 10)
+        # idle: /slots was read once, then /metrics said nothing is processing
+        assert hits.get("/slots", 0) <= 2
+        idle = store.latest("m")
+        assert idle is not None and idle.slots_total == 2 and idle.context_size_tokens > 0
+        answer = await complete(session, server, 40)
+        assert any(snap.slots_busy == 1 for snap in seen)  # /slots read again while busy
+        await wait_for(lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"])
+    finally:
+        await poller.close()
