@@ -2,8 +2,9 @@
 
 Spawns N fake llama-server processes (one generating slot each, so /slots has live
 entries; with --idle none generates), runs MetricsStore + Poller + the collector in
-this process for a while, renders /metrics once a second as a Prometheus scrape would, and reports this
-process's CPU (percent of one core), RSS, and the time to render /metrics.
+this process for a while, renders /metrics once a second as a Prometheus scrape
+would, and reports this process's CPU (percent of one core), RSS, and the time to
+render /metrics.
 
     .venv/bin/python bench/exporter_overhead.py [--sizes 1 16 64] [--duration 15]
 """
