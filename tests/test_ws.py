@@ -1,0 +1,107 @@
+"""WebSocketHub: publishing never blocks; a client that falls behind is closed, not waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from aiohttp import WSCloseCode, web
+from aiohttp.test_utils import TestClient
+
+from llama_exporter.ws import STATUS_EVENT, Event, WebSocketHub, make_event
+
+Client = TestClient[web.Request, web.Application]
+MakeClient = Callable[..., Awaitable[Client]]
+
+
+async def until(predicate: Callable[[], bool]) -> None:
+    """Wait until predicate() holds; fail after 5 s."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def hub_app(hub: WebSocketHub) -> web.Application:
+    """An app serving the hub at /ws with two known models."""
+
+    def initial(model: str | None) -> Iterable[Event]:
+        for name in ("a", "b"):
+            if model in (None, name):
+                yield make_event(STATUS_EVENT, name, {"state": "stopped"})
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        return await hub.handle(request, initial, lambda name: name in ("a", "b"))
+
+    app = web.Application()
+    app.router.add_get("/ws", handler)
+    return app
+
+
+async def test_publish_without_clients_is_a_no_op() -> None:
+    hub = WebSocketHub()
+    hub.publish(make_event(STATUS_EVENT, "a", {}))
+    assert hub.client_count == 0
+
+
+async def test_filtered_clients_get_only_their_model(aiohttp_client: MakeClient) -> None:
+    hub = WebSocketHub()
+    client = await aiohttp_client(hub_app(hub))
+    ws_a = await client.ws_connect("/ws", params={"model": "a"})
+    ws_all = await client.ws_connect("/ws")
+    assert (await ws_a.receive_json(timeout=5))["model"] == "a"
+    assert {(await ws_all.receive_json(timeout=5))["model"] for _ in range(2)} == {"a", "b"}
+    await until(lambda: hub.client_count == 2)
+    hub.publish(make_event(STATUS_EVENT, "b", {"state": "ready"}))
+    hub.publish(make_event(STATUS_EVENT, "a", {"state": "ready"}))
+    got_a = await ws_a.receive_json(timeout=5)
+    assert (got_a["model"], got_a["data"]["state"]) == ("a", "ready")
+    got_all = [await ws_all.receive_json(timeout=5) for _ in range(2)]
+    assert [m["model"] for m in got_all] == ["b", "a"]
+    await ws_a.close()
+    await ws_all.close()
+
+
+async def test_clients_that_fall_behind_are_closed_and_can_reconnect(
+    aiohttp_client: MakeClient,
+) -> None:
+    hub = WebSocketHub(queue_size=4)
+    client = await aiohttp_client(hub_app(hub))
+    fast = await client.ws_connect("/ws", params={"model": "a"})
+    slow = await client.ws_connect("/ws", params={"model": "a"})
+    for ws in (fast, slow):
+        await ws.receive_json(timeout=5)
+    await until(lambda: hub.client_count == 2)
+    # Publish a burst faster than any sender task can drain (no await in between):
+    # both queues overflow, both clients are closed with "try again later".
+    for i in range(10):
+        hub.publish(make_event(STATUS_EVENT, "a", {"i": i}))
+    assert hub.dropped_clients == 2
+    msg = await slow.receive(timeout=5)
+    while msg.type.name == "TEXT":
+        msg = await slow.receive(timeout=5)
+    assert slow.close_code == WSCloseCode.TRY_AGAIN_LATER
+    # A client that reconnects is sent the current state at once and then live events.
+    again = await client.ws_connect("/ws", params={"model": "a"})
+    first: dict[str, Any] = json.loads((await again.receive(timeout=5)).data)
+    assert first["data"] == {"state": "stopped"}
+    await until(lambda: hub.client_count == 1 and not any(c.dropped for c in hub._clients))
+    hub.publish(make_event(STATUS_EVENT, "a", {"state": "ready"}))
+    assert (await again.receive_json(timeout=5))["data"] == {"state": "ready"}
+    await again.close()
+    await fast.close()
+
+
+async def test_close_sends_going_away(aiohttp_client: MakeClient) -> None:
+    hub = WebSocketHub()
+    client = await aiohttp_client(hub_app(hub))
+    ws = await client.ws_connect("/ws", params={"model": "b"})
+    await ws.receive_json(timeout=5)
+    await until(lambda: hub.client_count == 1)
+    await hub.close()
+    msg = await ws.receive(timeout=5)
+    assert msg.type.name in ("CLOSE", "CLOSING", "CLOSED")
+    assert ws.close_code == WSCloseCode.GOING_AWAY
