@@ -22,6 +22,7 @@ GGUF_MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
 _CHUNK = 1 << 20  # bytes read at a time
 _MAX_KEY_LEN = 1 << 16  # a longer key means a corrupt file, not a real one
+_MAX_VALUE_LEN = 1 << 20  # a longer wanted string is skipped, not decoded
 
 # Byte sizes of the fixed-size value types.
 _FIXED_SIZES: dict[int, int] = {
@@ -73,44 +74,65 @@ class GGUFInfo:
 
 
 class _Truncated(Exception):
-    """Internal: the file ended inside the header."""
+    """Internal: the file ended inside the header (the optional message says where)."""
 
 
 class _Stream:
-    """Forward-only reader over a file with a big buffer; skips without reading."""
+    """Forward-only reader over a file with a big buffer; skips without reading.
 
-    def __init__(self, handle: BinaryIO, endian: str) -> None:
+    Every length and count is checked against the bytes left in the file before
+    anything is read or skipped, so a corrupt header cannot allocate or seek far.
+    """
+
+    def __init__(self, handle: BinaryIO, endian: str, size: int) -> None:
         self._handle = handle
         self._buf = b""
         self._pos = 0
+        self._size = size
+        self._buf_end = handle.tell()  # file offset of the end of the buffer
         self.endian = endian
         self._u64 = struct.Struct(endian + "Q")
         self._u32 = struct.Struct(endian + "I")
+
+    def remaining(self) -> int:
+        """Bytes left in the file after the current position."""
+        return self._size - self._buf_end + len(self._buf) - self._pos
+
+    def _check(self, n: int, what: str) -> None:
+        """Raise _Truncated when n bytes of what do not fit in the rest of the file."""
+        left = self.remaining()
+        if n > left:
+            raise _Truncated(f"{what} of {n} bytes, but only {max(left, 0)} bytes are left")
 
     def _need(self, n: int) -> None:
         """Ensure n bytes are buffered at the current position."""
         available = len(self._buf) - self._pos
         if available >= n:
             return
+        self._check(n, "a value")
         more = self._handle.read(max(_CHUNK, n - available))
+        self._buf_end += len(more)
         self._buf = self._buf[self._pos :] + more
         self._pos = 0
         if len(self._buf) < n:
             raise _Truncated
 
-    def read(self, n: int) -> bytes:
+    def read(self, n: int, what: str = "a value") -> bytes:
+        self._check(n, what)
         self._need(n)
         out = self._buf[self._pos : self._pos + n]
         self._pos += n
         return out
 
-    def skip(self, n: int) -> None:
+    def skip(self, n: int, what: str = "a value") -> None:
         available = len(self._buf) - self._pos
         if n <= available:
             self._pos += n
             return
-        # Jump over the rest with a seek; the next read notices a short file.
+        self._check(n, what)
+        # Jump over the rest with a seek.
         self._handle.seek(n - available, os.SEEK_CUR)
+        self._buf_end += n - available
         self._buf = b""
         self._pos = 0
 
@@ -126,11 +148,17 @@ class _Stream:
         self._pos += 8
         return int(value)
 
-    def string(self) -> str:
-        return self.read(self.u64()).decode("utf-8", errors="replace")
+    def string(self) -> str | None:
+        """Decode a string; one longer than _MAX_VALUE_LEN is skipped and gives None."""
+        length = self.u64()
+        if length > _MAX_VALUE_LEN:
+            self.skip(length, "a string")
+            return None
+        return self.read(length, "a string").decode("utf-8", errors="replace")
 
     def skip_strings(self, count: int) -> None:
         """Skip count length-prefixed strings (the hot loop for tokenizer arrays)."""
+        self._check(count * 8, f"an array of {count} strings")
         unpack = self._u64.unpack_from
         buf, pos, end = self._buf, self._pos, len(self._buf)
         for _ in range(count):
@@ -142,11 +170,11 @@ class _Stream:
             pos += 8 + length
             if pos > end:  # the string runs past the buffer: jump over its rest
                 self._buf, self._pos = buf, end
-                self.skip(pos - end)
+                self.skip(pos - end, "a string")
                 buf, pos, end = self._buf, self._pos, len(self._buf)
         self._buf, self._pos = buf, pos
 
-    def scalar(self, vtype: int) -> Scalar:
+    def scalar(self, vtype: int) -> Scalar | None:
         if vtype == _STRING:
             return self.string()
         fmt = _FORMATS[vtype]
@@ -158,15 +186,16 @@ class _Stream:
 
     def skip_value(self, vtype: int) -> None:
         if vtype == _STRING:
-            self.skip(self.u64())
+            self.skip(self.u64(), "a string")
         elif vtype == _ARRAY:
             item_type = self.value_type()
             count = self.u64()
             if item_type in _FIXED_SIZES:
-                self.skip(count * _FIXED_SIZES[item_type])
+                self.skip(count * _FIXED_SIZES[item_type], f"an array of {count} values")
             elif item_type == _STRING:
                 self.skip_strings(count)
             else:
+                self._check(count * 12, f"an array of {count} arrays")  # type + count each
                 for _ in range(count):
                     self.skip_value(item_type)
         else:
@@ -202,7 +231,7 @@ def read_gguf_metadata(handle: BinaryIO, *, size: int) -> tuple[int, dict[str, S
             f"GGUF version {version} is not supported (supported: "
             f"{', '.join(map(str, SUPPORTED_VERSIONS))}); convert the file with a current llama.cpp"
         )
-    stream = _Stream(handle, endian)
+    stream = _Stream(handle, endian, size)
     stream.u64()  # tensor count
     kv_count = stream.u64()
     if kv_count > size:  # every entry takes bytes: a bigger count is garbage
@@ -212,10 +241,12 @@ def read_gguf_metadata(handle: BinaryIO, *, size: int) -> tuple[int, dict[str, S
         key_len = stream.u64()
         if key_len > _MAX_KEY_LEN:
             raise ValueError(f"corrupt header: metadata key of {key_len} bytes")
-        key = stream.read(key_len).decode("utf-8", errors="replace")
+        key = stream.read(key_len, "a metadata key").decode("utf-8", errors="replace")
         vtype = stream.value_type()
         if vtype != _ARRAY and _wanted(key):
-            values[key] = stream.scalar(vtype)
+            value = stream.scalar(vtype)
+            if value is not None:
+                values[key] = value
         else:
             stream.skip_value(vtype)
     # A skip may have jumped past the end: make sure the KV section was really there.
@@ -264,9 +295,10 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
             _, values = read_gguf_metadata(handle, size=size)
-    except _Truncated:
-        raise GGUFError(f"{path}: truncated GGUF file (the header ends early)") from None
-    except (ValueError, KeyError, struct.error) as exc:
+    except _Truncated as exc:
+        detail = f": {exc}" if str(exc) else ""
+        raise GGUFError(f"{path}: truncated GGUF file (the header ends early{detail})") from None
+    except (ValueError, KeyError, OverflowError, struct.error) as exc:
         raise GGUFError(f"{path}: {exc}") from exc
     return info_from_metadata(values, size)
 

@@ -217,3 +217,42 @@ def test_real_gemma_model(gemma_gguf: Path) -> None:
     assert info.size_label == "270M"
     assert info.file_size == gemma_gguf.stat().st_size
     assert elapsed < 3.0, f"header read took {elapsed:.2f} s"
+
+
+def _crafted(path: Path, key: str, payload: bytes) -> Path:
+    """A GGUF file with one entry: key, then the raw bytes of its type and value."""
+    raw_key = key.encode()
+    path.write_bytes(b"GGUF" + struct.pack("<IQQQ", 3, 0, 1, len(raw_key)) + raw_key + payload)
+    return path
+
+
+_STRING_TYPE = struct.pack("<I", 8)
+_ARRAY_TYPE = struct.pack("<I", 9)
+
+
+@pytest.mark.parametrize(
+    ("key", "payload"),
+    [
+        ("general.name", _STRING_TYPE + struct.pack("<Q", 2**62)),  # was MemoryError
+        ("general.name", _STRING_TYPE + struct.pack("<Q", 2**40) + b"abc"),
+        ("x.skipped", _STRING_TYPE + struct.pack("<Q", 2**64 - 1)),  # was OverflowError
+        ("x.skipped", _STRING_TYPE + struct.pack("<Q", 2**62)),  # was OSError EINVAL
+        ("x.ints", _ARRAY_TYPE + struct.pack("<IQ", 4, 2**62)),
+        ("x.strings", _ARRAY_TYPE + struct.pack("<IQ", 8, 2**62)),
+        ("x.strings", _ARRAY_TYPE + struct.pack("<IQQ", 8, 2, 2**63) + b"x"),
+        ("x.nested", _ARRAY_TYPE + struct.pack("<IQ", 9, 2**62)),
+    ],
+)
+def test_huge_lengths_are_truncation_errors(tmp_path: Path, key: str, payload: bytes) -> None:
+    path = _crafted(tmp_path / "crafted.gguf", key, payload)
+    with pytest.raises(GGUFError, match="truncated") as excinfo:
+        read_gguf_info(path)
+    assert str(path) in str(excinfo.value)
+    assert "bytes" in str(excinfo.value)  # says what did not fit
+
+
+def test_oversized_wanted_string_is_skipped(tmp_path: Path) -> None:
+    meta = {**DEFAULT_METADATA, "general.description": "d" * (2 << 20)}
+    path = write_minimal_gguf(tmp_path / "long.gguf", meta)
+    info = read_gguf_info(path)
+    assert (info.architecture, info.context_length) == ("llama", 2048)
