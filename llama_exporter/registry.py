@@ -507,11 +507,22 @@ class Registry:
                 continue  # removed or replaced meanwhile
             if isinstance(result, GGUFInfo):
                 self._models[model.name] = replace(model, info=result, error=None)
-            elif isinstance(result, GGUFError | OSError):
-                message = (
-                    str(result) if isinstance(result, GGUFError) else f"{model.path}: {result}"
+            elif isinstance(result, GGUFError):
+                self._metadata_failed(model, str(result))
+            elif isinstance(result, OSError):
+                self._metadata_failed(model, f"{model.path}: {result}")
+            elif isinstance(result, Exception):  # a bug or a surprise: keep going with the rest
+                log.error(
+                    "model %s: unexpected error reading GGUF metadata",
+                    model.name,
+                    exc_info=result,
                 )
-                log.warning("model %s: cannot read GGUF metadata: %s", model.name, message)
-                self._models[model.name] = replace(model, error=message)
+                detail = f"{type(result).__name__}: {result}"
+                self._metadata_failed(model, f"{model.path}: {detail}")
             else:
                 raise result
+
+    def _metadata_failed(self, model: Model, message: str) -> None:
+        """Record why a model's metadata could not be read."""
+        log.warning("model %s: cannot read GGUF metadata: %s", model.name, message)
+        self._models[model.name] = replace(model, error=message)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 from pathlib import Path
 
 import pytest
 
 from llama_exporter.config import Config, ModelConfig, ModelDefaults
-from llama_exporter.gguf_meta import GGUFInfoCache
+from llama_exporter.gguf_meta import GGUFInfo, GGUFInfoCache
 from llama_exporter.registry import (
     InvalidModel,
     Model,
@@ -242,6 +243,18 @@ async def test_aadd_reads_metadata(tmp_path: Path, files: Path) -> None:
     assert "j" not in registry
 
 
+async def test_aadd_rejects_crafted_header(tmp_path: Path, files: Path) -> None:
+    registry = make_registry(make_config(tmp_path))
+    crafted = files / "crafted.gguf"
+    key = b"general.name"
+    header = struct.pack("<IQQQ", 3, 0, 1, len(key)) + key + struct.pack("<IQ", 8, 2**62)
+    crafted.write_bytes(b"GGUF" + header)
+    with pytest.raises(InvalidModel, match="truncated") as excinfo:
+        await registry.aadd("c", crafted)
+    assert excinfo.value.field == "path"
+    assert "c" not in registry
+
+
 # --- remove ------------------------------------------------------------------------------------
 
 
@@ -352,6 +365,30 @@ async def test_load_metadata_missing_file(tmp_path: Path, files: Path) -> None:
     await registry.load_metadata()
     error = registry.get("m").error
     assert error is not None and "a.gguf" in error
+
+
+async def test_load_metadata_continues_past_any_error(
+    tmp_path: Path, files: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    class FlakyCache(GGUFInfoCache):
+        """Raises an unexpected exception for b.gguf."""
+
+        def get(self, path: Path) -> GGUFInfo:
+            if Path(path).name == "b.gguf":
+                raise MemoryError("crafted header")
+            return super().get(path)
+
+    models = tuple(ModelConfig(n, files / f"{n}.gguf") for n in ("a", "b", "c"))
+    registry = Registry(make_config(tmp_path, models=models), gguf_cache=FlakyCache())
+    registry.load()
+    with caplog.at_level(logging.WARNING):
+        await registry.load_metadata()
+    assert registry.get("a").info is not None
+    assert registry.get("c").info is not None  # the model after the bad one still gets metadata
+    bad = registry.get("b")
+    assert bad.info is None
+    assert bad.error is not None and "b.gguf" in bad.error and "crafted header" in bad.error
+    assert "model b" in caplog.text
 
 
 # --- views for the supervisor and the collector ------------------------------------------------
