@@ -36,10 +36,18 @@ class SlotSample:
 
 
 def _int(value: object, default: int = 0) -> int:
-    """An int from a JSON value, or default when it is missing or not a number."""
+    """An int from a JSON value, or default when it is missing, not a number or not finite."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return default
+    if isinstance(value, float) and not math.isfinite(value):
+        return default  # json.loads accepts NaN and Infinity
     return int(value)
+
+
+def gauge(metrics: Mapping[str, float], name: str) -> float | None:
+    """A /metrics value, or None when it is missing or not finite (NaN, +-Inf: not read)."""
+    value = metrics.get(name)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _next_token(entry: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -279,9 +287,9 @@ class ModelDeriver:
         busy = [s for s in slots if s.processing]
         # a missing counter means "not read", never "reset to 0" (that looks like a restart)
         total = self.tokens.update(
-            metrics.get(TOKENS_PREDICTED), float(sum(s.n_decoded for s in busy))
+            gauge(metrics, TOKENS_PREDICTED), float(sum(s.n_decoded for s in busy))
         )
-        prompt_total = self.prompt_tokens.update(metrics.get(PROMPT_TOKENS))
+        prompt_total = self.prompt_tokens.update(gauge(metrics, PROMPT_TOKENS))
         rate = (total - self._prev_total) / dt if dt > 0 else 0.0
         self._smooth(rate, dt)
 
@@ -301,7 +309,7 @@ class ModelDeriver:
             pid=self.pid,
             slots_total=len(slots),
             slots_busy=len(busy),
-            requests_waiting=max(0, int(metrics.get(REQUESTS_DEFERRED, 0.0))),
+            requests_waiting=max(0, int(gauge(metrics, REQUESTS_DEFERRED) or 0.0)),
             context_size_tokens=size,
             context_used_tokens=used,
             context_used_ratio=ratio(used, size),

@@ -263,6 +263,22 @@ def test_requests_waiting_and_prompt_tokens() -> None:
     assert snap.prompt_tokens_total == 40
 
 
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_gauges_are_not_read(bad: float) -> None:
+    deriver = ModelDeriver("m")
+    deriver.update(metrics(10, prompt=4), [], now=0.0)
+    snap = deriver.update(metrics(bad, prompt=bad, deferred=bad), [], now=1.0)
+    assert snap.requests_waiting == 0
+    assert (snap.tokens_generated_total, snap.prompt_tokens_total) == (10, 4)
+    assert snap.tokens_per_second == 0.0
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_parse_slots_non_finite_numbers_default(bad: float) -> None:
+    entry = busy_slot(0, 7, 68, 35) | {"n_ctx": bad, "n_prompt_tokens": bad, "id_task": bad}
+    assert parse_slots([entry]) == [SlotSample(0, 0, True, 0, 0, 35)]
+
+
 def test_smoothing_is_time_aware() -> None:
     deriver = ModelDeriver("m", smoothing_seconds=5.0)
     deriver.update(metrics(0), [], now=0.0)
