@@ -104,6 +104,10 @@ class MetricsStore:
         self._polls.pop(model, None)
         self._props.pop(model, None)
 
+    def discard_latest(self, model: str) -> None:
+        """Forget the latest snapshot only (its live values can no longer be trusted)."""
+        self._latest.pop(model, None)
+
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Call callback (on the loop) with every new snapshot; returns an unsubscribe."""
         self._subscribers.append(callback)
@@ -254,14 +258,28 @@ class Poller:
         deriver.begin_process()
         interval = max(0.01, self._config.poll.interval)
         have_props = False
+        failing = False  # the previous tick raised: log a repeat at debug level only
         next_at = self._monotonic()
         while True:
             watch = self._watches.get(model)
             if watch is None or watch.task is not asyncio.current_task():
                 return
-            if not have_props:
-                have_props = await self._read_props(watch.status)
-            await self._poll_once(watch.status, deriver)
+            try:
+                if not have_props:
+                    have_props = await self._read_props(watch.status)
+                await self._poll_once(watch.status, deriver)
+                failing = False
+            except Exception:  # a bug must not end polling (CancelledError is not caught)
+                log.log(
+                    logging.DEBUG if failing else logging.ERROR,
+                    "model %s: poll failed unexpectedly; polling again at the next tick",
+                    model,
+                    exc_info=True,
+                )
+                failing = True
+                self._store.record_error(model, "poll", "internal")
+                watch.idle_slots = None  # read /slots again next time
+                self._store.discard_latest(model)  # never export stale live values
             now = self._monotonic()
             next_at += interval
             if next_at <= now:  # fell behind: skip to the next tick in the future

@@ -339,3 +339,61 @@ async def test_idle_instance_skips_slots_but_sees_work_at_once(
         await wait_for(lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"])
     finally:
         await poller.close()
+
+
+async def test_unexpected_error_in_a_tick_is_counted_and_polling_goes_on(
+    aiohttp_server: MakeServer,
+    session: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server = await aiohttp_server(create_app(FakeOptions(metrics=True)))
+    store = MetricsStore()
+    poller = Poller(config(interval=0.05), store, session=session)
+    poller.on_status(ready("m", server.port))
+
+    def broken(*_: Any, **__: Any) -> ModelSnapshot:
+        raise RuntimeError("boom")
+
+    try:
+        await wait_for(lambda: store.latest("m") is not None)
+        monkeypatch.setattr(ModelDeriver, "update", broken)
+        await wait_for(lambda: store.poll_errors().get(("m", "poll", "internal"), 0) >= 2, 3.0)
+        assert store.latest("m") is None  # no frozen live values
+        assert poller.polling() == ["m"]
+        monkeypatch.undo()
+        await wait_for(lambda: store.latest("m") is not None, 3.0)  # the same task carries on
+    finally:
+        await poller.close()
+    assert "m" in caplog.text and "boom" in caplog.text
+
+
+async def test_non_finite_metrics_do_not_stop_polling(
+    aiohttp_server: MakeServer, session: aiohttp.ClientSession
+) -> None:
+    text = (
+        "llamacpp:tokens_predicted_total 5\n"
+        "llamacpp:requests_deferred NaN\n"
+        "llamacpp:requests_processing +Inf\n"
+    )
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/metrics":
+            return web.Response(text=text)
+        return web.json_response([{"id": 0, "n_ctx": 8}] if request.path == "/slots" else {})
+
+    app = web.Application()
+    for path in ("/metrics", "/slots", "/props"):
+        app.router.add_get(path, handler)
+    server = await aiohttp_server(app)
+    store = MetricsStore()
+    seen: list[ModelSnapshot] = []
+    store.subscribe(seen.append)
+    poller = Poller(config(interval=0.05), store, session=session)
+    poller.on_status(ready("m", server.port))
+    try:
+        await wait_for(lambda: len(seen) >= 3, 3.0)
+        assert all(s.requests_waiting == 0 for s in seen)
+        assert store.poll_errors() == {}
+    finally:
+        await poller.close()
