@@ -79,6 +79,11 @@ class StartDurationHistogram(Collector):
         counts[bisect.bisect_left(self._bounds, seconds)] += 1
         self._sums[model] = self._sums.get(model, 0.0) + seconds
 
+    def forget(self, model: str) -> None:
+        """Remove a deleted model's observations."""
+        self._counts.pop(model, None)
+        self._sums.pop(model, None)
+
     def collect(self) -> Iterable[Metric]:
         """The histogram family."""
         family = HistogramMetricFamily(

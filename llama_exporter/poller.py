@@ -104,6 +104,13 @@ class MetricsStore:
         self._polls.pop(model, None)
         self._props.pop(model, None)
 
+    def forget(self, model: str) -> None:
+        """Remove everything kept about a deleted model (call it once it is not polled)."""
+        self.drop(model)
+        self._counters.pop(model, None)
+        for key in [k for k in self._errors if k[0] == model]:
+            del self._errors[key]
+
     def discard_latest(self, model: str) -> None:
         """Forget the latest snapshot only (its live values can no longer be trusted)."""
         self._latest.pop(model, None)

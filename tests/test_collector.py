@@ -194,6 +194,20 @@ def test_stopped_model_has_state_and_counters_but_no_live_series() -> None:
     assert "llama_exporter_instance_ready_since_timestamp_seconds" not in values
 
 
+def test_forgotten_model_has_no_series() -> None:
+    w = world()
+    w.store.record_error("a", "metrics", "connect")
+    w.store.drop("a")  # stopped, then deleted through the API
+    w.store.forget("a")
+    w.histogram.forget("a")
+    w.statuses = [s for s in w.statuses if s.model != "a"]
+    w.infos = [i for i in w.infos if i.name != "a"]
+    text = w.render()
+    assert 'model="a"' not in text
+    assert 'model="b"' in text
+    assert parse(text)["llama_exporter_instance_up"] == {(("model", "b"),): 0.0}
+
+
 def generated_total(w: World) -> float:
     """The exported tokens_generated_total of model a."""
     return parse(w.render())["llama_exporter_tokens_generated_total"][(("model", "a"),)]

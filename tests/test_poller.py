@@ -84,6 +84,26 @@ def test_store_history_is_capped_and_drop_keeps_token_totals() -> None:
     assert store.token_counters("m")[0] is generated
 
 
+def test_store_forget_removes_everything_about_a_model() -> None:
+    store = MetricsStore()
+    for model in ("m", "other"):
+        store.token_counters(model)[0].update(7)
+        store.publish(snapshot(model, 1.0))
+        store.record_poll(model, 0.01, 1.0)
+        store.record_error(model, "slots", "timeout")
+        store.set_props(model, {"n_ctx": 8})
+    store.forget("m")
+    store.forget("never-known")  # no error
+    assert store.latest("m") is None
+    assert store.history("m") == []
+    assert store.last_poll("m") is None
+    assert store.props("m") is None
+    assert store.live_models() == ["other"]
+    assert store.token_totals() == {"other": (7.0, 0.0)}
+    assert store.poll_errors() == {("other", "slots", "timeout"): 1}
+    assert store.token_counters("m")[0].total == 0.0  # a new model of that name starts at 0
+
+
 def test_store_subscribers_and_errors() -> None:
     store = MetricsStore()
     seen: list[str] = []
