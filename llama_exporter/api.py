@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -16,7 +17,7 @@ from prometheus_client.registry import CollectorRegistry
 
 from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
-from llama_exporter.collector import render
+from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
 from llama_exporter.poller import MetricsStore
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
@@ -35,6 +36,7 @@ SUPERVISOR = web.AppKey("supervisor", sup.Supervisor)
 STORE = web.AppKey("store", MetricsStore)
 HUB = web.AppKey("hub", WebSocketHub)
 METRICS = web.AppKey("metrics", CollectorRegistry)
+HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
 SHUTTING_DOWN = web.AppKey("shutting_down", list[bool])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -261,6 +263,8 @@ async def delete_model(request: web.Request) -> web.Response:
         raise ApiError(409, f"model {name!r} is {status.state}: stop it first")
     request.app[REGISTRY].remove(name)
     request.app[SUPERVISOR].forget(name)
+    request.app[STORE].forget(name)  # no series of a deleted model linger in /metrics
+    request.app[HISTOGRAM].forget(name)
     return web.json_response({"deleted": name})
 
 
@@ -285,7 +289,8 @@ async def start_model(request: web.Request) -> web.Response:
 async def stop_model(request: web.Request) -> web.Response:
     """Stop a model (SIGTERM, then SIGKILL after the grace period)."""
     name = _name(request)
-    status = await request.app[SUPERVISOR].stop(name)
+    # Shielded: a client that hangs up (or a shutdown) must not leave it half-stopped.
+    status = await asyncio.shield(request.app[SUPERVISOR].stop(name))
     return web.json_response(status_json(status, time.time()))
 
 
@@ -314,9 +319,8 @@ async def logs(request: web.Request) -> web.Response:
         raise ApiError(
             400, f"lines must be an integer from 1 to {MAX_LOG_LINES}, got {raw!r}", field="lines"
         )
-    return web.json_response(
-        {"model": name, "lines": request.app[SUPERVISOR].log_tail(name, lines)}
-    )
+    tail = await asyncio.to_thread(request.app[SUPERVISOR].log_tail, name, lines)
+    return web.json_response({"model": name, "lines": tail})
 
 
 async def model_metrics(request: web.Request) -> web.Response:

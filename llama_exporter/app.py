@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -22,6 +22,12 @@ from llama_exporter.targets import TargetsWriter
 from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
 
 log = logging.getLogger(__name__)
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """Log a background task that died with an error (it would otherwise go unseen)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
 
 def create_app(
@@ -50,6 +56,7 @@ def create_app(
     app[api.SUPERVISOR] = supervisor
     app[api.STORE] = store
     app[api.HUB] = hub
+    app[api.HISTOGRAM] = histogram
     app[api.SHUTTING_DOWN] = [False]
     app[api.METRICS] = build_registry(
         store=store,
@@ -82,18 +89,25 @@ def create_app(
             asyncio.create_task(registry.load_metadata(), name="gguf-metadata"),
             asyncio.create_task(supervisor.start_autostart(), name="autostart"),
         ]
+        for task in background:
+            task.add_done_callback(_log_failure)
         yield
-        app[api.SHUTTING_DOWN][0] = True
         for task in background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        await hub.close()
-        await supervisor.shutdown()
+        await asyncio.gather(*background, return_exceptions=True)
+        await supervisor.shutdown()  # normally done already by on_shutdown
         for undo in unsubscribe:
             undo()
         await poller.close()
         targets.on_status(None)
 
+    async def begin_shutdown(app: web.Application) -> None:
+        # on_shutdown runs before aiohttp waits for in-flight requests: stop the
+        # instances now, so a WebSocket client or a waiting start cannot delay it.
+        app[api.SHUTTING_DOWN][0] = True
+        await hub.close()
+        await supervisor.shutdown()
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(begin_shutdown)
     return app

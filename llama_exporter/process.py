@@ -74,14 +74,34 @@ def describe_exit(returncode: int, *, during_load: bool, log_tail: Sequence[str]
     return text
 
 
+# Looked up once in the parent: between fork and exec the child must not dlopen or
+# take locks that another thread of the parent may hold.
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
 def _pdeathsig_preexec(parent: int) -> None:
     """In the child before exec: die with the parent (Linux), even if it is SIGKILLed."""
-    if not sys.platform.startswith("linux"):
+    if _PRCTL is None:
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def tail_file(path: Path, n: int, *, block: int = 64 * 1024) -> list[str]:
+    """The last n lines of a text file, read backwards from its end (not the whole file)."""
+    if n <= 0:
+        return []
+    with path.open("rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        data = b""
+        pos = end
+        while pos > 0 and data.count(b"\n") <= n:
+            step = min(block, pos)
+            pos -= step
+            f.seek(pos)
+            data = f.read(step) + data
+    return data.decode(errors="replace").splitlines()[-n:]
 
 
 async def health_status(host: str, port: int, within: float, path: str = "/health") -> int | None:

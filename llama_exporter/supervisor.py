@@ -26,6 +26,7 @@ from llama_exporter.process import (
     StartError,
     hang_watch,
     port_bindable,
+    tail_file,
 )
 from llama_exporter.states import (
     COUNTS_AGAINST_CAP,
@@ -180,17 +181,16 @@ class Supervisor:
         del self._entries[name]
 
     def log_tail(self, name: str, n: int = 50) -> list[str]:
-        """Last n log lines of the current or last process, else from the log file."""
-        entry = self._entries.get(name)
-        proc = (entry.proc or entry.last_proc) if entry else None
-        if proc is not None:
-            return proc.tail(n)
-        path = self._log_path(name)
+        """Last n lines of the model's log file (all runs); the in-memory tail if unreadable.
+
+        Reads the file from its end, so call it off the event loop for large n.
+        """
         try:
-            lines = path.read_text(errors="replace").splitlines()
+            return tail_file(self._log_path(name), n)
         except OSError:
-            return []
-        return lines[-n:] if n > 0 else []
+            entry = self._entries.get(name)
+            proc = (entry.proc or entry.last_proc) if entry else None
+            return proc.tail(n) if proc is not None else []
 
     async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
         """Wait until the model is READY, FAILED or STOPPED; returns that status."""
@@ -236,8 +236,8 @@ class Supervisor:
         if state is State.STOPPING:
             raise Conflict(f"{name!r} is stopping; start it again once it has stopped")
         if state is State.BACKOFF:  # the user asks now: skip the rest of the wait
-            assert entry.task is not None
-            entry.task.cancel()
+            if entry.task is not None:
+                entry.task.cancel()
             return self._launch(entry, model, automatic=True)
         # No await between the cap check and the transition to STARTING.
         if self.running_count >= self.cap:
@@ -265,10 +265,17 @@ class Supervisor:
         if state in (State.STOPPED,):
             return entry.status
         if state in (State.FAILED, State.BACKOFF):
-            await self._cancel_task(entry)
-            return self._set_state(
+            # STOPPED first, with no await before it: a start() racing this stop then
+            # begins from STOPPED instead of being overwritten by it.
+            task, entry.task = entry.task, None
+            status = self._set_state(
                 entry, State.STOPPED, last_error=None, next_retry_at=None, pid=None, port=None
             )
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            return status
         self._set_state(entry, State.STOPPING, next_retry_at=None)
         await self._cancel_task(entry)
         proc = entry.proc
@@ -326,7 +333,9 @@ class Supervisor:
         """Launch, then watch until a crash or hang; restart per policy. Cancelled by stop()."""
         while True:
             reason = await self._bring_up(entry, model)
-            if reason is None:
+            if reason is not None:
+                self._count(entry, start_failures_total=1)
+            else:
                 reason = await self._watch(entry)
             delay = self._restart_delay(entry) if automatic or entry.status.ready_at else None
             gone: dict[str, Any] = {"last_error": reason, "pid": None, "port": None}
@@ -381,7 +390,8 @@ class Supervisor:
                 raise
             except OSError as exc:
                 reason = (
-                    f"cannot run {self.config.llama_server}: {exc} (check llama_server in config)"
+                    f"cannot start {self.config.llama_server}: {exc} (check llama_server in the "
+                    f"config, and that {self.config.log_dir} is writable)"
                 )
                 break
             entry.proc = entry.last_proc = proc
@@ -397,7 +407,6 @@ class Supervisor:
                 lowered = reason.lower()
                 if "couldn't bind" in lowered or "address already in use" in lowered:
                     continue  # another program took the port after our bind test
-                self._count(entry, start_failures_total=1)
                 break
             if self._observe is not None:
                 self._observe(model.name, time.monotonic() - begun)

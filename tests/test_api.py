@@ -340,3 +340,25 @@ async def test_websocket_filter_can_change(client: Client) -> None:
     await ws.close()
     assert ws.closed
     assert WSMsgType.CLOSED
+
+
+async def test_deleted_model_leaves_no_series_in_metrics(client: Client, tmp_path: Path) -> None:
+    path = write_minimal_gguf(tmp_path / "gone.gguf")
+    assert (
+        await client.post(f"{API}/models", json={"name": "gone", "path": str(path)})
+    ).status == 201
+    resp = await client.post(f"{API}/models/gone/start", params={"wait": "true"})
+    assert resp.status == 200, await resp.text()
+    await _wait_metrics_of(client, "gone")
+    assert (await client.post(f"{API}/models/gone/stop")).status == 200
+    assert (await client.delete(f"{API}/models/gone")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert 'model="gone"' not in text
+
+
+async def _wait_metrics_of(client: Client, model: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while (await _json(await client.get(f"{API}/models/{model}/metrics")))["latest"] is None:
+        assert loop.time() < deadline, f"no live metrics for {model}"
+        await asyncio.sleep(0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 import pytest
 from promstack import free_port
@@ -170,3 +172,60 @@ def test_sigkill_of_the_service_leaves_no_llama_server(
         assert again.status("m0")["state"] == "stopped"
     finally:
         again.stop()
+
+
+def test_a_second_service_on_the_same_state_dir_refuses_and_harms_nothing(
+    service: ServiceProcess,
+) -> None:
+    pids = _start_both(service)
+    second = cli("serve", "--config", str(service.config_file), "--port", str(free_port()))
+    assert second.returncode == 2
+    assert "another llama-exporter" in second.stderr
+    assert str(service.state_dir) in second.stderr
+    assert "Traceback" not in second.stderr
+    assert all(alive(pid) for pid in pids)
+    assert [service.status(m)["pid"] for m in ("m0", "m1")] == pids
+
+
+def test_a_taken_port_is_a_clear_error(tmp_path: Path, service: ServiceProcess) -> None:
+    result = cli(
+        "serve",
+        "--config",
+        str(service.config_file),
+        "--port",
+        str(service.port),
+        timeout=30,
+    )
+    # The state folder is locked first: either message is clear, neither is a traceback.
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    other = tmp_path / "other.yaml"
+    other.write_text(
+        service.config_file.read_text().replace(
+            str(service.state_dir), str(tmp_path / "other-state")
+        )
+    )
+    result = cli("serve", "--config", str(other), "--port", str(service.port), timeout=30)
+    assert result.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{service.port}" in result.stderr
+
+
+def test_sigterm_is_not_held_up_by_an_open_websocket(service: ServiceProcess) -> None:
+    pids = _start_both(service)
+
+    async def watch_then_terminate() -> int | None:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(service.api + "/ws") as ws,
+        ):
+            await ws.receive(timeout=5)
+            service.proc.send_signal(signal.SIGTERM)
+            while True:
+                msg = await ws.receive(timeout=20)
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+                    return ws.close_code
+
+    code = asyncio.run(watch_then_terminate())
+    assert code == aiohttp.WSCloseCode.GOING_AWAY
+    assert service.proc.wait(timeout=20) == 0
+    assert not any(alive(pid) for pid in pids)

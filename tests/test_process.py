@@ -237,3 +237,16 @@ async def test_model_env_reaches_the_child(tmp_path: Path, spawned: list[LlamaPr
     with pytest.raises(StartError, match="exited with code 0 while loading"):
         await proc.wait_ready(5)
     assert "X=42" in proc.tail(5)
+
+
+def test_tail_file_reads_many_lines_from_the_end(tmp_path: Path) -> None:
+    from llama_exporter.process import tail_file
+
+    log = tmp_path / "m.log"
+    log.write_text("".join(f"line {i}\n" for i in range(50_000)))
+    assert tail_file(log, 1000, block=4096) == [f"line {i}" for i in range(49_000, 50_000)]
+    assert tail_file(log, 3) == ["line 49997", "line 49998", "line 49999"]
+    assert tail_file(log, 0) == []
+    short = tmp_path / "short.log"
+    short.write_text("a\nb")
+    assert tail_file(short, 10) == ["a", "b"]

@@ -683,3 +683,35 @@ async def test_recover_kills_a_recorded_live_process(tmp_path: Path, fake_server
     finally:
         proc.kill()
         proc.wait()
+
+
+async def test_a_binary_that_cannot_run_is_a_counted_start_failure(tmp_path: Path) -> None:
+    async def cannot_exec(
+        binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
+    ) -> Any:
+        raise PermissionError(13, "Permission denied", str(binary))
+
+    sup = Supervisor(
+        config(tmp_path, Path("/nonexistent/llama-server")),
+        models(1, tmp_path / "x.gguf"),
+        spawn=cannot_exec,
+    )
+    await sup.start("m0")
+    status = await sup.wait_settled("m0", timeout=5)
+    assert status.state is State.FAILED
+    assert status.last_error is not None and "Permission denied" in status.last_error
+    assert sup.counters("m0").start_failures_total == 1
+
+
+async def test_start_during_a_stop_from_backoff_does_not_crash(tmp_path: Path) -> None:
+    policy = RestartPolicy(max_retries=3, backoff_initial=5, backoff_max=5)
+    spawner = FakeSpawner(crash_after_ready=0.01)
+    sup, _, _ = fake_supervisor(tmp_path, spawner=spawner, restart=policy)
+    await sup.start("m0")
+    await until(sup, "m0", lambda s: s.state is State.BACKOFF)
+    stopping = asyncio.create_task(sup.stop("m0"))
+    await asyncio.sleep(0)
+    status = await sup.start("m0")  # raced with the stop: never an AssertionError
+    assert status.state in (State.STARTING, State.READY, State.STOPPED)
+    await stopping
+    await sup.shutdown()
