@@ -50,6 +50,7 @@ class WebSocketHub:
         self._queue_size = queue_size
         self._heartbeat = heartbeat
         self.dropped_clients = 0
+        self._closing: set[asyncio.Task[bool]] = set()
 
     @property
     def client_count(self) -> int:
@@ -63,20 +64,27 @@ class WebSocketHub:
         text = json.dumps(event, separators=(",", ":"))
         model = str(event.get("model", ""))
         for client in list(self._clients):
-            if client.dropped or not client.wants(model):
-                continue
-            try:
-                client.queue.put_nowait(text)
-            except asyncio.QueueFull:
-                self._drop(client)
+            if not client.dropped and client.wants(model):
+                self._enqueue(client, text)
+
+    def _enqueue(self, client: _Client, text: str) -> None:
+        """Queue text for one client; a client whose queue is full is closed instead."""
+        if client.dropped:
+            return
+        try:
+            client.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            self._drop(client)
 
     def _drop(self, client: _Client) -> None:
         client.dropped = True
         self.dropped_clients += 1
         log.warning("websocket client too slow, closing it (model filter %s)", client.model)
-        asyncio.get_running_loop().create_task(
+        task = asyncio.get_running_loop().create_task(
             client.ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"too slow")
         )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def handle(
         self,
@@ -91,9 +99,15 @@ class WebSocketHub:
         ws = web.WebSocketResponse(heartbeat=self._heartbeat, max_msg_size=1 << 16)
         await ws.prepare(request)
         client = _Client(ws, model, asyncio.Queue(maxsize=self._queue_size))
-        for event in initial(model):
-            client.queue.put_nowait(json.dumps(event, separators=(",", ":")))
+        # Registered first, so nothing published while the current state is being sent
+        # is lost; the current state goes out directly, however many models there are.
         self._clients.add(client)
+        try:
+            for event in initial(model):
+                await ws.send_str(json.dumps(event, separators=(",", ":")))
+        except (ConnectionError, RuntimeError):
+            self._clients.discard(client)
+            return ws
         sender = asyncio.create_task(self._send_loop(client))
         try:
             async for msg in ws:
@@ -122,17 +136,16 @@ class WebSocketHub:
             request = None
         if not isinstance(request, dict) or "model" not in request:
             reply = {"type": "error", "message": 'send {"model": NAME} or {"model": null}'}
-            client.queue.put_nowait(json.dumps(reply))
+            self._enqueue(client, json.dumps(reply))
             return
         model = request["model"]
         if model is not None and (not isinstance(model, str) or not known_model(model)):
             reply = {"type": "error", "message": f"unknown model {model!r}"}
-            client.queue.put_nowait(json.dumps(reply))
+            self._enqueue(client, json.dumps(reply))
             return
         client.model = model
         for event in initial(model):
-            with contextlib.suppress(asyncio.QueueFull):
-                client.queue.put_nowait(json.dumps(event, separators=(",", ":")))
+            self._enqueue(client, json.dumps(event, separators=(",", ":")))
 
     @staticmethod
     async def _send_loop(client: _Client) -> None:
