@@ -8,6 +8,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
+from http.client import HTTPException
 from typing import Any
 
 from llama_exporter.config import DEFAULT_PORT
@@ -67,7 +68,13 @@ class Client:
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=timeout or self.timeout) as resp:
-                return json.loads(resp.read() or b"null")
+                raw = resp.read()
+            try:
+                return json.loads(raw or b"null")
+            except ValueError:
+                raise ClientError(
+                    resp.status, f"{url} did not answer JSON: is it a llama-exporter service?"
+                ) from None
         except urllib.error.HTTPError as exc:
             raw = exc.read()
             try:
@@ -76,7 +83,7 @@ class Client:
             except (ValueError, KeyError, TypeError):
                 decoded, message = None, raw.decode(errors="replace") or exc.reason
             raise ClientError(exc.code, str(message), decoded) from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+        except (urllib.error.URLError, ConnectionError, TimeoutError, HTTPException) as exc:
             reason = getattr(exc, "reason", exc)
             raise ServiceUnreachable(
                 f"no llama-exporter service answers at {self.base_url} ({reason}); "
