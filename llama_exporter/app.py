@@ -43,7 +43,11 @@ def create_app(
     registry.load()
     histogram = StartDurationHistogram()
     supervisor = Supervisor(
-        config, registry.model_source(), spawn=spawn, observe_start_duration=histogram.observe
+        config,
+        registry.model_source(),
+        spawn=spawn,
+        observe_start_duration=histogram.observe,
+        instance_host=config.instance_host,
     )
     store = MetricsStore(config.poll.history)
     hub = WebSocketHub()

@@ -143,6 +143,7 @@ class Parser:
             max_parallel=max_parallel,
             llama_server=self.llama_server(top.get("llama_server")),
             ports=ports,
+            instance_host=self.string(top.get("instance_host", "127.0.0.1"), "instance_host"),
             ready_timeout=self.seconds(top.get("ready_timeout", 120.0), "ready_timeout"),
             stop_grace=self.seconds(top.get("stop_grace", 10.0), "stop_grace"),
             hang_timeout=self.seconds(top.get("hang_timeout", 15.0), "hang_timeout"),
@@ -367,6 +368,7 @@ class Parser:
 
 _TOP_KEYS = (
     "listen",
+    "instance_host",
     "max_parallel",
     "llama_server",
     "ports",

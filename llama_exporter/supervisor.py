@@ -249,7 +249,9 @@ class Supervisor:
         self, entry: _Entry, model: ModelConfig, *, automatic: bool, retries: int | None = None
     ) -> InstanceStatus:
         fields: dict[str, Any] = {"next_retry_at": None, "pid": None, "port": None}
-        fields.update(api_key=model.api_key, host=self._host)
+        # Readers connect over loopback when instances listen on every interface.
+        reach = "127.0.0.1" if self._host in ("0.0.0.0", "::", "") else self._host
+        fields.update(api_key=model.api_key, host=reach)
         if retries is not None:
             fields.update(retries=retries, last_error=None)
         status = self._set_state(entry, State.STARTING, **fields)

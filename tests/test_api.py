@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -14,7 +15,14 @@ from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from llama_exporter.app import create_app
-from llama_exporter.config import Config, ModelConfig, PollConfig, PortRange, RestartPolicy
+from llama_exporter.config import (
+    Config,
+    ModelConfig,
+    PollConfig,
+    PortRange,
+    RestartPolicy,
+    TargetsConfig,
+)
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 API = "/api/v1/llama"
@@ -362,3 +370,22 @@ async def _wait_metrics_of(client: Client, model: str) -> None:
     while (await _json(await client.get(f"{API}/models/{model}/metrics")))["latest"] is None:
         assert loop.time() < deadline, f"no live metrics for {model}"
         await asyncio.sleep(0.05)
+
+
+async def test_instances_on_every_interface_are_advertised_at_the_configured_address(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    base = make_config(tmp_path, fake_server_bin, models=1)
+    config = dataclasses.replace(
+        base,
+        instance_host="0.0.0.0",
+        targets=TargetsConfig(directory=tmp_path / "sd", address="192.0.2.10"),
+    )
+    client = await aiohttp_client(create_app(config))
+    resp = await client.post(f"{API}/models/m0/start", params={"wait": "true"})
+    body = await _json(resp)
+    assert resp.status == 200, body
+    groups = await _json(await client.get(f"{API}/targets"))
+    assert groups[0]["targets"] == [f"192.0.2.10:{body['port']}"]
+    assert json.loads((tmp_path / "sd" / "llama-servers.json").read_text()) == groups
+    await _wait_metrics_of(client, "m0")  # the service itself still reads it over loopback

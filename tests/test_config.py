@@ -81,6 +81,7 @@ FULL = """\
 listen: {host: 0.0.0.0, port: 9000}
 max_parallel: 3
 ports: {first: 20000, last: 20009}
+instance_host: 0.0.0.0
 ready_timeout: 60
 stop_grace: 5.5
 hang_timeout: 20
@@ -116,6 +117,7 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         max_parallel=3,
         llama_server=server_bin,
         ports=PortRange(20000, 20009),
+        instance_host="0.0.0.0",
         ready_timeout=60.0,
         stop_grace=5.5,
         hang_timeout=20.0,
