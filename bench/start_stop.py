@@ -25,7 +25,7 @@ from _service import HttpService, Timing, free_port
 
 from llama_exporter.config import Config, ModelConfig, PortRange
 from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status
-from llama_exporter.supervisor import Supervisor
+from llama_exporter.supervisor import StaticModels, Supervisor
 
 GOAL_START_RATIO = 1.03  # supervisor start within 3% of bare
 GOAL_STOP_EXTRA_S = 0.010  # supervisor stop within 10 ms of bare
@@ -56,17 +56,6 @@ async def bare_start_stop(binary: Path, model: ModelConfig) -> Timing:
             await proc.wait()
 
 
-class _One:
-    def __init__(self, model: ModelConfig) -> None:
-        self.model = model
-
-    def get(self, name: str) -> ModelConfig:
-        return self.model
-
-    def names(self) -> list[str]:
-        return [self.model.name]
-
-
 def make_supervisor(binary: Path, model: ModelConfig, state_dir: Path) -> Supervisor:
     """A Supervisor for the one model, with ports and state out of the way."""
     first = random.randrange(20000, 60000)
@@ -77,7 +66,7 @@ def make_supervisor(binary: Path, model: ModelConfig, state_dir: Path) -> Superv
         ports=PortRange(first, first + 50),
         ready_timeout=120,
     )
-    return Supervisor(config, _One(model))
+    return Supervisor(config, StaticModels([model]))
 
 
 async def supervisor_start_stop(supervisor: Supervisor, name: str) -> Timing:

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -74,6 +74,24 @@ class ModelSource(Protocol):
     def names(self) -> list[str]:
         """All known model names."""
         ...
+
+
+class StaticModels:
+    """A ModelSource over a fixed list of models (tests, benchmarks, embedding)."""
+
+    def __init__(self, models: Iterable[ModelConfig]) -> None:
+        self._models = {m.name: m for m in models}
+
+    def get(self, name: str) -> ModelConfig:
+        """The model's config; UnknownModel when there is none of that name."""
+        try:
+            return self._models[name]
+        except KeyError:
+            raise UnknownModel(name) from None
+
+    def names(self) -> list[str]:
+        """The names, in the order given."""
+        return list(self._models)
 
 
 @dataclass

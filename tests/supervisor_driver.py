@@ -11,18 +11,7 @@ import sys
 from pathlib import Path
 
 from llama_exporter.config import Config, ModelConfig, PortRange
-from llama_exporter.supervisor import Supervisor
-
-
-class _Models:
-    def __init__(self, models: list[ModelConfig]) -> None:
-        self._models = {m.name: m for m in models}
-
-    def get(self, name: str) -> ModelConfig:
-        return self._models[name]
-
-    def names(self) -> list[str]:
-        return list(self._models)
+from llama_exporter.supervisor import StaticModels, Supervisor
 
 
 async def _main(fake_bin: Path, state_dir: Path, first_port: int) -> None:
@@ -32,7 +21,7 @@ async def _main(fake_bin: Path, state_dir: Path, first_port: int) -> None:
         state_dir=state_dir,
         ports=PortRange(first_port, first_port + 20),
     )
-    models = _Models([ModelConfig(n, state_dir / f"{n}.gguf") for n in ("one", "two")])
+    models = StaticModels([ModelConfig(n, state_dir / f"{n}.gguf") for n in ("one", "two")])
     supervisor = Supervisor(config, models)
     for name in models.names():
         await supervisor.start(name)

@@ -16,24 +16,9 @@ import pytest
 
 from llama_exporter.config import Config, ModelConfig, PortRange, RestartPolicy
 from llama_exporter.states import InstanceStatus, State
-from llama_exporter.supervisor import Supervisor
+from llama_exporter.supervisor import StaticModels, Supervisor
 
 pytestmark = pytest.mark.real
-
-
-class OneModel:
-    """ModelSource with a single model."""
-
-    def __init__(self, model: ModelConfig) -> None:
-        self.model = model
-
-    def get(self, name: str) -> ModelConfig:
-        if name != self.model.name:
-            raise KeyError(name)
-        return self.model
-
-    def names(self) -> list[str]:
-        return [self.model.name]
 
 
 @pytest.fixture
@@ -50,7 +35,7 @@ async def supervisor(
         restart=RestartPolicy(backoff_initial=0.1),
     )
     model = ModelConfig("gemma", gemma_gguf, ctx_size=2048, parallel=2)
-    sup = Supervisor(config, OneModel(model))
+    sup = Supervisor(config, StaticModels([model]))
     yield sup
     await sup.shutdown()
 

@@ -28,6 +28,7 @@ from llama_exporter.supervisor import (
     CapExceeded,
     Conflict,
     ShuttingDown,
+    StaticModels,
     Supervisor,
     UnknownModel,
 )
@@ -35,21 +36,8 @@ from llama_exporter.supervisor import (
 HERE = Path(__file__).parent
 
 
-class Models:
-    """A ModelSource over a fixed list."""
-
-    def __init__(self, models: list[ModelConfig]) -> None:
-        self._models = {m.name: m for m in models}
-
-    def get(self, name: str) -> ModelConfig:
-        return self._models[name]
-
-    def names(self) -> list[str]:
-        return list(self._models)
-
-
-def models(n: int, path: Path, *args: str, **kw: Any) -> Models:
-    return Models([ModelConfig(f"m{i}", path, args=args, **kw) for i in range(n)])
+def models(n: int, path: Path, *args: str, **kw: Any) -> StaticModels:
+    return StaticModels([ModelConfig(f"m{i}", path, args=args, **kw) for i in range(n)])
 
 
 def port_range() -> PortRange:
@@ -452,7 +440,9 @@ async def test_no_free_port_fails_with_advice(tmp_path: Path) -> None:
 
 
 async def test_start_autostart_in_order_within_cap(tmp_path: Path) -> None:
-    src = Models([ModelConfig(f"a{i}", tmp_path / "x.gguf", autostart=i != 1) for i in range(5)])
+    src = StaticModels(
+        [ModelConfig(f"a{i}", tmp_path / "x.gguf", autostart=i != 1) for i in range(5)]
+    )
     sup = Supervisor(config(tmp_path, Path("/x"), max_parallel=2), src, spawn=FakeSpawner())
     assert await sup.start_autostart() == ["a0", "a2"]
     assert sup.running_models() == ["a0", "a2"]
