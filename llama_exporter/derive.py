@@ -101,8 +101,14 @@ def parse_metrics(text: str, only: Collection[str] | None = None) -> dict[str, f
     parser costs about a millisecond per llama-server /metrics page otherwise.
     """
     if only is not None:
-        wanted = set(only) | {n.removesuffix("_total") for n in only}
-        text = "\n".join(line for line in text.splitlines() if _metric_name(line) in wanted)
+        # Sample lines only: their names are exact, and HELP/TYPE lines cost the
+        # parser more than the samples (131 -> 56 us for a llama-server page).
+        wanted = set(only)
+        text = "\n".join(
+            line
+            for line in text.splitlines()
+            if not line.startswith("#") and _metric_name(line) in wanted
+        )
         text += "\n"
     values: dict[str, float] = {}
     try:
