@@ -13,6 +13,7 @@ from aiohttp import web
 from llama_exporter import api
 from llama_exporter.collector import StartDurationHistogram, build_registry
 from llama_exporter.config import Config
+from llama_exporter.derive import ModelSnapshot
 from llama_exporter.gguf_meta import GGUFInfoCache
 from llama_exporter.poller import MetricsStore, Poller
 from llama_exporter.registry import Registry
@@ -73,6 +74,10 @@ def create_app(
     )
     api.add_routes(app)
 
+    def publish_metrics(snap: ModelSnapshot) -> None:
+        if hub.client_count:  # to_dict() costs more than the rest of a poll's bookkeeping
+            hub.publish(make_event(METRICS_EVENT, snap.model, snap.to_dict()))
+
     def publish_status(status: InstanceStatus) -> None:
         hub.publish(make_event(STATUS_EVENT, status.model, api.status_json(status, time.time())))
 
@@ -82,9 +87,7 @@ def create_app(
             supervisor.subscribe(targets.on_status),
             supervisor.subscribe(poller.on_status),
             supervisor.subscribe(publish_status),
-            store.subscribe(
-                lambda snap: hub.publish(make_event(METRICS_EVENT, snap.model, snap.to_dict()))
-            ),
+            store.subscribe(publish_metrics),
         ]
         await supervisor.recover()
         targets.on_status(None)
