@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from llama_exporter.config import Config, ModelConfig
+from llama_exporter.orphans import InstanceRecord, InstancesFile
 from llama_exporter.process import (
     Instance,
-    InstanceRecord,
-    InstancesFile,
     LlamaProcess,
     SpawnFn,
     StartError,

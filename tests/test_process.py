@@ -15,9 +15,14 @@ import psutil
 import pytest
 
 from llama_exporter.config import ModelConfig
-from llama_exporter.process import (
+from llama_exporter.orphans import (
     InstanceRecord,
     InstancesFile,
+    read_records,
+    same_process,
+    write_records,
+)
+from llama_exporter.process import (
     LlamaProcess,
     StartError,
     build_argv,
@@ -25,9 +30,6 @@ from llama_exporter.process import (
     hang_watch,
     health_status,
     port_bindable,
-    read_records,
-    same_process,
-    write_records,
 )
 
 

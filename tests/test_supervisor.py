@@ -22,7 +22,8 @@ import psutil
 import pytest
 
 from llama_exporter.config import Config, ModelConfig, PortRange, RestartPolicy
-from llama_exporter.process import InstanceRecord, StartError, describe_exit, write_records
+from llama_exporter.orphans import InstanceRecord, write_records
+from llama_exporter.process import StartError, describe_exit
 from llama_exporter.states import TRANSITIONS, InstanceStatus, State
 from llama_exporter.supervisor import (
     CapExceeded,
