@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -37,7 +38,6 @@ STORE = web.AppKey("store", MetricsStore)
 HUB = web.AppKey("hub", WebSocketHub)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
-SHUTTING_DOWN = web.AppKey("shutting_down", list[bool])
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,7 +64,7 @@ def _error_for(exc: Exception) -> ApiError | None:
     """Map a domain exception to its HTTP error, or None if it is not one of ours."""
     if isinstance(exc, reg.InvalidModel):
         return ApiError(400, str(exc), field=exc.field)
-    if isinstance(exc, reg.UnknownModel | sup.UnknownModel):
+    if isinstance(exc, sup.UnknownModel):  # registry.UnknownModel is one too
         return ApiError(404, str(exc))
     if isinstance(exc, reg.ModelConflict | sup.Conflict):
         return ApiError(409, str(exc))
@@ -157,16 +157,7 @@ def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
         "args": list(cfg.args),
         "autostart": cfg.autostart,
         "state": str(status.state),
-        "metadata": None
-        if info is None
-        else {
-            "architecture": info.architecture,
-            "name": info.name,
-            "context_length": info.context_length,
-            "quantization": info.quantization,
-            "size_label": info.size_label,
-            "file_size": info.file_size,
-        },
+        "metadata": None if info is None else dataclasses.asdict(info),
         "metadata_error": model.error,
     }
 
@@ -210,7 +201,7 @@ def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False
 
 async def healthz(request: web.Request) -> web.Response:
     """Liveness of the service itself."""
-    if request.app[SHUTTING_DOWN][0]:
+    if request.app[SUPERVISOR].shutting_down:
         raise ApiError(503, "the service is shutting down")
     return web.json_response({"status": "ok"})
 

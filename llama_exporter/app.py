@@ -62,7 +62,6 @@ def create_app(
     app[api.STORE] = store
     app[api.HUB] = hub
     app[api.HISTOGRAM] = histogram
-    app[api.SHUTTING_DOWN] = [False]
     app[api.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
@@ -102,7 +101,6 @@ def create_app(
         for task in background:
             task.cancel()
         await asyncio.gather(*background, return_exceptions=True)
-        await supervisor.shutdown()  # normally done already by on_shutdown
         for undo in unsubscribe:
             undo()
         await poller.close()
@@ -111,7 +109,6 @@ def create_app(
     async def begin_shutdown(app: web.Application) -> None:
         # on_shutdown runs before aiohttp waits for in-flight requests: stop the
         # instances now, so a WebSocket client or a waiting start cannot delay it.
-        app[api.SHUTTING_DOWN][0] = True
         await hub.close()
         await supervisor.shutdown()
 

@@ -174,7 +174,6 @@ class _Watch:
     status: InstanceStatus
     task: asyncio.Task[None]
     idle_slots: list[SlotSample] | None = None  # last /slots read, if no slot was processing
-    slots_skipped: int = 0
 
 
 def host_cpu_ratio(previous: tuple[float, float] | None, current: tuple[float, float]) -> float:
@@ -334,7 +333,6 @@ class Poller:
             # Idle before and /metrics (read first) says no slot is processing: nothing is
             # in flight, so /slots would say what it said last time. Halves an idle poll.
             slots = watch.idle_slots
-            watch.slots_skipped += 1
         else:
             try:
                 slots = parse_slots(json.loads(await self._get(status, "slots")))

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, TypeVar
 
+from llama_exporter import states
 from llama_exporter.atomic import write_atomic
 from llama_exporter.config import (
     Config,
@@ -78,8 +79,8 @@ class InvalidModel(RegistryError):
         self.field = field
 
 
-class UnknownModel(RegistryError, KeyError):
-    """No model has this name (HTTP 404); also a KeyError for mapping-style callers."""
+class UnknownModel(RegistryError, states.UnknownModel):
+    """No model has this name (HTTP 404); the same error the supervisor raises."""
 
     status = 404
 

@@ -134,6 +134,11 @@ class Supervisor:
     # --- reading ------------------------------------------------------------------
 
     @property
+    def shutting_down(self) -> bool:
+        """True once shutdown() began: no new starts."""
+        return self._shutting_down
+
+    @property
     def cap(self) -> int:
         """max_parallel: instances that may count against the cap at once."""
         return self.config.max_parallel

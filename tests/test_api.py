@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from llama_exporter.app import create_app
@@ -347,7 +347,6 @@ async def test_websocket_filter_can_change(client: Client) -> None:
     assert msg["type"] == "error"
     await ws.close()
     assert ws.closed
-    assert WSMsgType.CLOSED
 
 
 async def test_deleted_model_leaves_no_series_in_metrics(client: Client, tmp_path: Path) -> None:
