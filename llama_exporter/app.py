@@ -88,7 +88,7 @@ def create_app(
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        poller = Poller(config, store)
+        poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
             supervisor.subscribe(poller.on_status),
