@@ -105,6 +105,7 @@ def create_app(
             undo()
         await poller.close()
         targets.on_status(None)
+        await targets.flush()  # the last state on disk before the loop ends
 
     async def begin_shutdown(app: web.Application) -> None:
         # on_shutdown runs before aiohttp waits for in-flight requests: stop the
