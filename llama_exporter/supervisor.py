@@ -161,22 +161,28 @@ class Supervisor:
             raise UnknownModel(name) from None
 
     def _entry(self, name: str) -> _Entry:
+        """The entry of a model start() checked; created on its first start."""
         entry = self._entries.get(name)
         if entry is None:
-            entry = _Entry(InstanceStatus(model=name, state=State.STOPPED, since=self._created))
+            entry = _Entry(self._never_started(name))
             self._entries[name] = entry
         return entry
 
     def status(self, name: str) -> InstanceStatus:
         """The model's current status (STOPPED if it was never started)."""
-        if name not in self._entries:
-            self._model(name)
-        return self._entry(name).status
+        entry = self._entries.get(name)
+        if entry is None:
+            self._model(name)  # UnknownModel for a name nobody knows
+            return self._never_started(name)
+        return entry.status
+
+    def _never_started(self, name: str) -> InstanceStatus:
+        return InstanceStatus(model=name, state=State.STOPPED, since=self._created)
 
     def statuses(self) -> list[InstanceStatus]:
         """Status of every known model and of every instance still tracked."""
         names = list(dict.fromkeys([*self.models.names(), *self._entries]))
-        return [self._entry(n).status for n in names]
+        return [e.status if (e := self._entries.get(n)) else self._never_started(n) for n in names]
 
     def counters(self, name: str) -> InstanceCounters:
         """Restart, failure and rejection counters of one model."""
@@ -216,7 +222,9 @@ class Supervisor:
 
     async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
         """Wait until the model is READY, FAILED or STOPPED; returns that status."""
-        entry = self._entry(name)
+        entry = self._entries.get(name)
+        if entry is None:  # never started: STOPPED, or UnknownModel (no entry is made)
+            return self.status(name)
         async with asyncio.timeout(timeout):
             while entry.status.state not in SETTLED:
                 await entry.changed.wait()
@@ -282,7 +290,9 @@ class Supervisor:
 
     async def stop(self, name: str) -> InstanceStatus:
         """Stop the model's instance: SIGTERM, grace, SIGKILL; FAILED becomes STOPPED."""
-        entry = self._entry(name)
+        entry = self._entries.get(name)
+        if entry is None:  # never started: nothing to stop, or UnknownModel
+            return self.status(name)
         state = entry.status.state
         if state is State.STOPPING:
             return await self.wait_settled(name)
@@ -322,8 +332,14 @@ class Supervisor:
         """Refuse new starts and stop every instance concurrently."""
         self._shutting_down = True
         names = [n for n, e in self._entries.items() if e.status.state is not State.STOPPED]
-        await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
-        await self._instances.flush()
+        results = await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("shutdown: stopping %s failed", name, exc_info=result)
+        try:
+            await self._instances.flush()
+        except Exception:
+            log.exception("shutdown: cannot write %s", self._instances.path)
 
     async def start_autostart(self) -> list[str]:
         """Start the autostart models in order while under the cap; returns those started."""

@@ -706,3 +706,36 @@ async def test_start_during_a_stop_from_backoff_does_not_crash(tmp_path: Path) -
     assert status.state in (State.STARTING, State.READY, State.STOPPED)
     await stopping
     await sup.shutdown()
+
+
+async def test_stop_and_wait_settled_create_no_entries(tmp_path: Path) -> None:
+    sup, _, rec = fake_supervisor(tmp_path, n=2)
+    with pytest.raises(UnknownModel):
+        await sup.stop("nope")
+    with pytest.raises(UnknownModel):
+        await sup.wait_settled("nope", timeout=5)
+    assert (await sup.stop("m1")).state is State.STOPPED
+    assert (await sup.wait_settled("m1", timeout=5)).state is State.STOPPED
+    assert [s.model for s in sup.statuses()] == ["m0", "m1"]
+    assert sup._entries == {}  # known but never started: nothing tracked either
+    assert rec.seen == []  # and nothing published
+
+
+async def test_shutdown_logs_what_it_could_not_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup, spawner, _ = fake_supervisor(tmp_path)
+    await sup.start("m0")
+    await sup.start("m1")
+    await sup.wait_settled("m0", timeout=5)
+    await sup.wait_settled("m1", timeout=5)
+
+    async def broken_stop(grace: float) -> int:
+        raise RuntimeError("stuck in D state")
+
+    spawner.by_model["m0"][0].stop = broken_stop  # type: ignore[method-assign]
+    await sup.shutdown()
+    failures = [r for r in caplog.records if r.getMessage() == "shutdown: stopping m0 failed"]
+    assert len(failures) == 1 and failures[0].levelname == "ERROR"
+    assert "stuck in D state" in caplog.text
+    assert sup.status("m1").state is State.STOPPED  # the others were stopped all the same
