@@ -82,6 +82,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         poller = Poller(config, store)
+        poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
             supervisor.subscribe(poller.on_status),

@@ -274,6 +274,13 @@ class LlamaCollector(Collector):
             cpu.add_metric([], host.cpu_utilization_ratio)
             total.add_metric([], host.memory_total_bytes)
             used.add_metric([], host.memory_used_bytes)
+        errors = _counter("host_sample_errors_total", "Failed samples of host CPU and memory.")
+        errors.add_metric([], self._store.host_errors)
+        yield errors
+        if self._store.asyncio_tasks is not None:
+            tasks = _gauge("asyncio_tasks", "The service's own asyncio tasks (at the host sample).")
+            tasks.add_metric([], self._store.asyncio_tasks)
+            yield tasks
         yield from (cpu, total, used)
 
     def _polls(self, live: list[ModelSnapshot]) -> Iterator[Metric]:

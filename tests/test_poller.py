@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -415,5 +416,33 @@ async def test_non_finite_metrics_do_not_stop_polling(
         await wait_for(lambda: len(seen) >= 3, 3.0)
         assert all(s.requests_waiting == 0 for s in seen)
         assert store.poll_errors() == {}
+    finally:
+        await poller.close()
+
+
+async def test_host_loop_survives_a_failing_sample(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="llama_exporter.poller")
+    store = MetricsStore()
+    poller = Poller(config(interval=0.02), store)
+    real = poller.sample_host
+    calls = 0
+
+    def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError(f"bug number {calls}")
+        real()
+
+    monkeypatch.setattr(poller, "sample_host", flaky)
+    poller.start()
+    try:
+        await wait_for(lambda: store.host is not None)  # the loop went on after the errors
+        assert store.host_errors == 3
+        assert store.asyncio_tasks is not None and store.asyncio_tasks >= 1
+        errors = [r for r in caplog.records if "host sample failed" in r.getMessage()]
+        assert [r.levelname for r in errors] == ["ERROR", "DEBUG", "DEBUG"]  # no log flood
     finally:
         await poller.close()
