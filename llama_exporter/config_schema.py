@@ -14,7 +14,9 @@ from types import MappingProxyType
 from typing import Any
 
 from llama_exporter.config import (
+    DEFAULT_LOG_MAX_BYTES,
     DEFAULT_MAX_PARALLEL,
+    DEFAULT_WEBSOCKET_MAX_CLIENTS,
     DEFAULT_PORT,
     Config,
     ConfigError,
@@ -147,6 +149,13 @@ class Parser:
             ready_timeout=self.seconds(top.get("ready_timeout", 120.0), "ready_timeout"),
             stop_grace=self.seconds(top.get("stop_grace", 10.0), "stop_grace"),
             hang_timeout=self.seconds(top.get("hang_timeout", 15.0), "hang_timeout"),
+            log_max_bytes=self.integer(
+                top.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES), "log_max_bytes", 4096
+            ),
+            websocket_max_clients=self.integer(
+                top.get("websocket_max_clients", DEFAULT_WEBSOCKET_MAX_CLIENTS),
+                "websocket_max_clients",
+            ),
             restart=self.restart(top.get("restart")),
             model_dirs=self.model_dirs(top.get("model_dirs")),
             defaults=defaults,
@@ -375,6 +384,8 @@ _TOP_KEYS = (
     "ready_timeout",
     "stop_grace",
     "hang_timeout",
+    "log_max_bytes",
+    "websocket_max_clients",
     "restart",
     "model_dirs",
     "defaults",

@@ -25,6 +25,7 @@ from llama_exporter.process import (
     StartError,
     hang_watch,
     port_bindable,
+    rotated_log,
     tail_file,
 )
 from llama_exporter.states import (
@@ -119,7 +120,7 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.models = models
-        self._spawn: SpawnFn = spawn or LlamaProcess.spawn
+        self._spawn: SpawnFn = spawn or self._spawn_llama_server
         self._observe = observe_start_duration
         self._clock = clock
         self._host = instance_host
@@ -130,6 +131,13 @@ class Supervisor:
         self._port_cursor = 0
         self._created = clock()
         self._instances = InstancesFile(config.state_dir / "instances.json")
+
+    async def _spawn_llama_server(
+        self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
+    ) -> Instance:
+        return await LlamaProcess.spawn(
+            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
+        )
 
     # --- reading ------------------------------------------------------------------
 
@@ -213,12 +221,17 @@ class Supervisor:
 
         Reads the file from its end, so call it off the event loop for large n.
         """
+        path = self._log_path(name)
         try:
-            return tail_file(self._log_path(name), n)
+            lines = tail_file(path, n)
         except OSError:
             entry = self._entries.get(name)
             proc = (entry.proc or entry.last_proc) if entry else None
             return proc.tail(n) if proc is not None else []
+        if len(lines) < n:  # just rotated: the rest is in <log>.1
+            with contextlib.suppress(OSError):
+                lines = tail_file(rotated_log(path), n - len(lines)) + lines
+        return lines
 
     async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
         """Wait until the model is READY, FAILED or STOPPED; returns that status."""

@@ -85,6 +85,8 @@ instance_host: 0.0.0.0
 ready_timeout: 60
 stop_grace: 5.5
 hang_timeout: 20
+log_max_bytes: 1048576
+websocket_max_clients: 8
 restart: {enabled: false, max_retries: 2, backoff_initial: 0.5, backoff_max: 8, stable_after: 30}
 model_dirs: [models]
 defaults: {ctx_size: 8192, parallel: 4, args: ["--threads", 2]}
@@ -121,6 +123,8 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         ready_timeout=60.0,
         stop_grace=5.5,
         hang_timeout=20.0,
+        log_max_bytes=1048576,
+        websocket_max_clients=8,
         restart=RestartPolicy(False, 2, 0.5, 8.0, 30.0),
         model_dirs=(cfg_dir / "models",),
         defaults=ModelDefaults(8192, 4, ("--threads", "2")),
@@ -352,6 +356,9 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("ready_timeout: 0\n", "ready_timeout", "more than 0 seconds"),
     ("stop_grace: -1\n", "stop_grace", "more than 0 seconds"),
     ("hang_timeout: soon\n", "hang_timeout", "must be a number of seconds"),
+    ("log_max_bytes: 100\n", "log_max_bytes", "must be an integer >= 4096, got 100"),
+    ("log_max_bytes: 20MB\n", "log_max_bytes", "got '20MB'"),
+    ("websocket_max_clients: 0\n", "websocket_max_clients", "must be a positive integer"),
     ("poll: {interval: 0}\n", "poll.interval", "more than 0 seconds"),
     ("poll: {history: 0}\n", "poll.history", "must be a positive integer, got 0"),
     ("restart: {backoff_initial: 10, backoff_max: 5}\n", "restart.backoff_max", "less than"),

@@ -455,6 +455,8 @@ async def test_log_tail_falls_back_to_the_log_file(tmp_path: Path) -> None:
     sup.config.log_dir.mkdir(parents=True)
     (sup.config.log_dir / "m3.log").write_text("a\nb\nc\n")
     assert sup.log_tail("m3", 2) == ["b", "c"]
+    (sup.config.log_dir / "m3.log.1").write_text("x\ny\nz\n")  # rotated a moment ago
+    assert sup.log_tail("m3", 5) == ["y", "z", "a", "b", "c"]
     await sup.start("m0")
     await sup.wait_settled("m0", timeout=5)
     assert sup.log_tail("m0", 5) == ["fake log"]
