@@ -51,7 +51,7 @@ def create_app(
         instance_host=config.instance_host,
     )
     store = MetricsStore(config.poll.history)
-    hub = WebSocketHub()
+    hub = WebSocketHub(max_clients=config.websocket_max_clients)
     labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
