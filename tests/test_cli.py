@@ -123,8 +123,11 @@ def test_client_commands_against_a_running_service(service: ServiceProcess) -> N
     assert lines[0].split()[:3] == ["NAME", "STATE", "PID"]
     assert any(line.startswith("m0") and "ready" in line for line in lines)
     assert "1 of 4 running" in ps.stdout
-    logs = cli("logs", "m0", "-n", "5", url=service.url)
-    assert logs.returncode == 0
+    logs = cli("logs", "m0", "-n", "50", url=service.url)
+    assert logs.returncode == 0, logs.stderr
+    assert "starting: " in logs.stdout and "--metrics" in logs.stdout  # not just "no error"
+    five = cli("logs", "m0", "-n", "5", url=service.url)
+    assert 0 < len(five.stdout.splitlines()) <= 5
     unknown = cli("start", "nope", url=service.url)
     assert unknown.returncode == 1
     assert "nope" in unknown.stderr
