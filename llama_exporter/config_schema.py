@@ -16,8 +16,8 @@ from typing import Any
 from llama_exporter.config import (
     DEFAULT_LOG_MAX_BYTES,
     DEFAULT_MAX_PARALLEL,
-    DEFAULT_WEBSOCKET_MAX_CLIENTS,
     DEFAULT_PORT,
+    DEFAULT_WEBSOCKET_MAX_CLIENTS,
     Config,
     ConfigError,
     ModelConfig,

@@ -156,9 +156,7 @@ def rotated_log(log_file: Path) -> Path:
     return log_file.with_name(log_file.name + ".1")
 
 
-def _open_log(
-    log_file: Path, argv: Sequence[str], max_bytes: int = LOG_ROTATE_BYTES
-) -> IO[bytes]:
+def _open_log(log_file: Path, argv: Sequence[str], max_bytes: int = LOG_ROTATE_BYTES) -> IO[bytes]:
     """Open the per-model log for appending (rotated when big) and note the command."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):

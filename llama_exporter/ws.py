@@ -206,5 +206,5 @@ class WebSocketHub:
             if not task.cancelled() and task.exception() is not None:
                 log.debug("closing a websocket client failed", exc_info=task.exception())
         if late:
-            log.warning("%d websocket clients did not close in %g s", len(late), self._close_timeout)
+            log.warning("%d websocket clients did not close in time", len(late))
             await asyncio.gather(*late, return_exceptions=True)

@@ -245,7 +245,7 @@ async def _wait_file(path: Path, expected: Any) -> None:
     deadline = loop.time() + 20
     while True:
         try:
-            if json.loads(path.read_text()) == expected:
+            if json.loads(await asyncio.to_thread(path.read_text)) == expected:
                 return
         except (OSError, ValueError):
             pass

@@ -165,7 +165,7 @@ def test_sigkill_of_the_service_leaves_no_llama_server(
     pids = _start_both(service)
     service.proc.send_signal(signal.SIGKILL)
     service.proc.wait()
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60  # the kernel's doing; the bound only catches a hang
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in pids)

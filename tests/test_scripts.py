@@ -41,7 +41,7 @@ def test_nothing_kills_processes_by_name() -> None:
 def test_the_pattern_catches_kill_by_name() -> None:
     for line in ["pkill -x prometheus || true", "killall prometheus", "pgrep x | xargs kill"]:
         assert KILL_BY_NAME.search(line), line
-    assert not KILL_BY_NAME.search('os.kill(pid, signal.SIGKILL)  # by pid')
+    assert not KILL_BY_NAME.search("os.kill(pid, signal.SIGKILL)  # by pid")
 
 
 def test_bootstrap_installs_the_packages_through_without_daemons() -> None:

@@ -81,9 +81,9 @@ class Recorder:
 
     def __call__(self, status: InstanceStatus) -> None:
         old = self.last.get(status.model)
-        if old is not None and old.state is not status.state:
-            if status.state not in TRANSITIONS[old.state]:
-                self.problems.append(f"{status.model}: illegal {old.state} -> {status.state}")
+        moved = old is not None and old.state is not status.state
+        if old is not None and moved and status.state not in TRANSITIONS[old.state]:
+            self.problems.append(f"{status.model}: illegal {old.state} -> {status.state}")
         if status.last_error is not None and "internal error" in status.last_error:
             self.problems.append(f"{status.model}: {status.last_error}")
         self.last[status.model] = status
@@ -353,7 +353,11 @@ async def test_stop_from_backoff_cancels_the_restart(tmp_path: Path) -> None:
     assert status.state is State.STOPPED and status.last_error is None
     # The pending restart is gone, not merely late: the task that would spawn it ended.
     assert life.cancelled()
-    lives = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Supervisor._run"]
+    lives = [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == "Supervisor._run"
+    ]
     assert lives == []
     assert len(spawner.instances) == 1
 
@@ -631,7 +635,10 @@ async def test_ready_timeout_fails_and_kills(
 
 
 async def test_stop_escalates_to_sigkill_after_grace(
-    tmp_path: Path, fake_server_bin: Path, cleanup: list[Supervisor], caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    fake_server_bin: Path,
+    cleanup: list[Supervisor],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="llama_exporter")
     sup, _ = real_supervisor(tmp_path, fake_server_bin, 1, "--fake-ignore-sigterm", stop_grace=0.3)
