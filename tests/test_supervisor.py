@@ -288,7 +288,9 @@ async def test_crash_loop_fails_after_max_retries(tmp_path: Path) -> None:
 async def test_backoff_doubles_up_to_max(tmp_path: Path) -> None:
     policy = RestartPolicy(max_retries=5, backoff_initial=0.01, backoff_max=0.03)
     spawner = FakeSpawner(crash_after_ready=0.0)
-    sup, _, rec = fake_supervisor(tmp_path, spawner=spawner, restart=policy)
+    # A clock that stands still: next_retry_at and since are two reads of it, and on a
+    # busy machine two reads of time.time() can be milliseconds apart.
+    sup, _, rec = fake_supervisor(tmp_path, spawner=spawner, restart=policy, clock=lambda: 1000.0)
     await sup.start("m0")
     await until(sup, "m0", lambda s: s.state is State.FAILED, limit=5)
     delays = [
