@@ -125,10 +125,15 @@ def test_start_real_model_and_complete(stack: Stack) -> None:
 def settled_tokens(service: ServiceProcess) -> float:
     """tokens_generated_total once a poll begun after now saw no slot busy (none in flight)."""
     since = time.time()
+    polls: set[float] = set()  # timestamps (taken at the end) of polls that ended after since
 
     def idle_poll() -> bool:
         latest = http_json("GET", service.api + f"/models/{MODEL}/metrics")[1]["latest"]
-        return bool(latest and latest["timestamp"] > since and latest["slots_busy"] == 0)
+        if not latest or latest["timestamp"] <= since:
+            return False
+        polls.add(latest["timestamp"])
+        # the second such poll began after the first had ended, so after since
+        return len(polls) >= 2 and latest["slots_busy"] == 0
 
     wait_for(idle_poll, timeout=60, what="a poll with no slot busy")
     value = service_metric(service, "llama_exporter_tokens_generated_total", model=MODEL)
