@@ -1,10 +1,9 @@
-"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON, bearer auth."""
+"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,14 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
+from llama_exporter import auth
 from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
+from llama_exporter.guard import Refusal
 from llama_exporter.poller import MetricsStore
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
@@ -103,25 +103,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
 
-def auth_middleware(token: str | None) -> Middleware:
-    """Require `Authorization: Bearer TOKEN` on mutating API calls when a token is set."""
-
-    expected = f"Bearer {token}".encode() if token else None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return ApiError(
-                    401,
-                    "this call needs `Authorization: Bearer <token>` (api_token in the config "
-                    "or LLAMA_EXPORTER_API_TOKEN)",
-                    headers={"WWW-Authenticate": 'Bearer realm="llama-exporter"'},
-                ).response()
-        return await handler(request)
-
-    return middleware
+def refusal_response(refusal: Refusal) -> web.Response:
+    """A guard or auth refusal in the API's JSON error shape."""
+    return ApiError(refusal.status, refusal.message).response()
 
 
 # -- JSON views ---------------------------------------------------------------
@@ -354,9 +338,11 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
             yield make_event(METRICS_EVENT, st.model, latest.to_dict())
 
 
+@auth.websocket_auth
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
     app = request.app
+    tokens = auth.Tokens(app[CONFIG].api_token, app[CONFIG].scrape_token)
 
     def known(name: str) -> bool:
         try:
@@ -365,7 +351,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             return False
         return True
 
-    return await app[HUB].handle(request, lambda m: initial_events(app, m), known)
+    return await app[HUB].handle(
+        request,
+        lambda m: initial_events(app, m),
+        known,
+        authenticate=lambda ws: auth.authenticate_websocket(request, ws, tokens),
+    )
 
 
 def add_routes(app: web.Application) -> None:
