@@ -14,13 +14,14 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
-from llama_exporter import auth
+from llama_exporter import auth, openapi
 from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
 from llama_exporter.guard import Refusal
 from llama_exporter.poller import MetricsStore
+from llama_exporter.redact import redact_args, redact_lines, redact_text, secret_values
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
 from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
@@ -123,7 +124,7 @@ def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
         "uptime_seconds": status.uptime(now),
         "restarts": status.restarts,
         "retries": status.retries,
-        "last_error": status.last_error,
+        "last_error": None if status.last_error is None else redact_text(status.last_error),
         "next_retry_at": status.next_retry_at,
     }
 
@@ -138,7 +139,7 @@ def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
         "path": str(cfg.path),
         "ctx_size": cfg.ctx_size,
         "parallel": cfg.parallel,
-        "args": list(cfg.args),
+        "args": redact_args(cfg.args),
         "autostart": cfg.autostart,
         "state": str(status.state),
         "metadata": None if info is None else dataclasses.asdict(info),
@@ -295,7 +296,10 @@ async def logs(request: web.Request) -> web.Response:
             400, f"lines must be an integer from 1 to {MAX_LOG_LINES}, got {raw!r}", field="lines"
         )
     tail = await asyncio.to_thread(request.app[SUPERVISOR].log_tail, name, lines)
-    return web.json_response({"model": name, "lines": tail})
+    # Lines written before redaction existed (or by llama-server itself) are checked again.
+    cfg = request.app[REGISTRY].get(name).config
+    secrets = secret_values(cfg.args, cfg.env, [cfg.api_key])
+    return web.json_response({"model": name, "lines": redact_lines(tail, secrets)})
 
 
 async def model_metrics(request: web.Request) -> web.Response:
@@ -359,8 +363,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     )
 
 
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3 description of every route."""
+    return web.json_response(openapi.describe())
+
+
 def add_routes(app: web.Application) -> None:
-    """Register every route of the service."""
+    """Register every route of the service (each described in openapi.py)."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get(f"{PREFIX}/models", list_models)
@@ -373,3 +382,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/status", status)
     app.router.add_get(f"{PREFIX}/targets", targets)
     app.router.add_get(f"{PREFIX}/ws", websocket)
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi_json)
