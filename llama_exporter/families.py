@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from llama_exporter.derive import ModelSnapshot
-from llama_exporter.exposition import sample
+from llama_exporter.exposition import labels_text, value_text
 from llama_exporter.poller import PollInfo
 from llama_exporter.states import InstanceStatus, State
 
@@ -256,10 +256,19 @@ def poll_rows(model: str, poll: PollInfo | None) -> Rows:
 
 def text_of(families: Sequence[Family], rows: Rows) -> tuple[str, ...]:
     """Each family's sample lines of one part."""
-    return tuple(
-        "".join(sample(f.exposed, tuple(zip(f.labels, labels, strict=True)), v) for labels, v in r)
-        for f, r in zip(families, rows, strict=True)
-    )
+    # The families of a part mostly share their labels ({model="m"}): write each once.
+    written: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+    texts: list[str] = []
+    for family, family_rows in zip(families, rows, strict=True):
+        lines: list[str] = []
+        for labels, value in family_rows:
+            key = (family.labels, labels)
+            body = written.get(key)
+            if body is None:
+                body = written[key] = labels_text(tuple(zip(family.labels, labels, strict=True)))
+            lines.append(f"{family.exposed}{body} {value_text(value)}\n")
+        texts.append("".join(lines))
+    return tuple(texts)
 
 
 @dataclass(frozen=True, eq=False)

@@ -150,6 +150,9 @@ def discovered_model(path: Path, defaults: ModelDefaults) -> ModelConfig:
         ctx_size=defaults.ctx_size,
         parallel=defaults.parallel,
         args=defaults.args,
+        pinned=defaults.pinned,
+        idle_ttl=defaults.idle_ttl,
+        stop_drain=defaults.stop_drain,
     )
 
 
@@ -329,7 +332,7 @@ class Registry:
             )
             return []
         try:
-            models = models_from_json(json.loads(text))
+            stored = models_from_json(json.loads(text))
         except (ValueError, TypeError, AttributeError) as exc:
             aside = self._move_aside()
             log.error(
@@ -339,7 +342,13 @@ class Registry:
                 aside,
             )
             return []
-        return self._within_limits(models)
+        d = self.config.defaults  # gateway settings are not stored: today's defaults apply
+        return self._within_limits(
+            [
+                replace(m, pinned=d.pinned, idle_ttl=d.idle_ttl, stop_drain=d.stop_drain)
+                for m in stored
+            ]
+        )
 
     def _within_limits(self, models: list[ModelConfig]) -> list[ModelConfig]:
         """The persisted models the API limits allow; the others are logged and set aside.
@@ -499,6 +508,9 @@ class Registry:
             parallel=slots,
             args=tuple(args) or defaults.args,
             env=MappingProxyType(dict(env)),
+            pinned=defaults.pinned,
+            idle_ttl=defaults.idle_ttl,
+            stop_drain=defaults.stop_drain,
         )
 
     def remove(self, name: str) -> Model:
