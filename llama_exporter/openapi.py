@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_exporter import __version__
+from llama_exporter.gateway import openapi as gateway_openapi
 from llama_exporter.states import State
 
 Schema = dict[str, Any]
@@ -115,6 +116,10 @@ def schemas() -> dict[str, Schema]:
             retries=integer,
             last_error=_nullable(string),
             next_retry_at=_nullable(number),
+            pinned={"type": "boolean"},
+            idle_ttl=number,
+            in_flight=integer,
+            last_used=_nullable(number),
         ),
         "Model": _obj(
             ["name", "source", "path", "ctx_size", "parallel", "args", "state"],
@@ -227,11 +232,12 @@ def paths() -> dict[str, Schema]:
                 "503",
                 parameters=[
                     {
-                        "name": "wait",
+                        "name": flag,
                         "in": "query",
                         "required": False,
                         "schema": {"type": "string", "enum": ["true", "false"]},
                     }
+                    for flag in ("wait", "evict")
                 ],
             ),
         },
@@ -333,7 +339,7 @@ def describe() -> Schema:
             "version": __version__,
             "description": "Start and stop llama-server instances, watch them, feed Prometheus.",
         },
-        "paths": paths(),
+        "paths": {**paths(), **gateway_openapi.paths()},
         "components": {
             "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -25,7 +25,9 @@ def app_routes(app: web.Application) -> set[tuple[str, str]]:
         assert path is not None, f"cannot tell the path of {route}"
         # aiohttp writes {name:regex}; OpenAPI writes {name}.
         path = re.sub(r"\{(\w+):[^}]*\}", r"{\1}", str(path))
-        found.add((route.method, path))
+        # A route for any method ("*") must be described for each of them.
+        for method in sorted(_METHODS) if route.method == "*" else [route.method]:
+            found.add((method, path))
     return found
 
 

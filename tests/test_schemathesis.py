@@ -39,6 +39,8 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
 ) -> None:
     config = fake_config(tmp_path, fake_server_bin, models=2)
     config["max_parallel"] = 2
+    for model in config["models"]:
+        model["args"] = ["--embeddings"]  # else /v1/embeddings passes on llama-server's 501
     service = start_service(tmp_path / "svc", config)
     report = tmp_path / "schemathesis.json"
     st = Path(sys.executable).with_name("st")

@@ -103,6 +103,27 @@ async def test_foreign_origin_cannot_stop_or_start_a_model(client: Client) -> No
     assert resp.status == 200
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/upstream/m0/completion"]
+)
+async def test_the_gateway_refuses_cross_site_requests_and_loads_nothing(
+    client: Client, path: str
+) -> None:
+    body = json.dumps({"model": "m0", "prompt": "hi", "messages": []})
+    resp = await client.post(path, data=body, headers={"Content-Type": "text/plain"})
+    assert resp.status == 415
+    resp = await client.post(
+        path, data=body, headers={"Content-Type": "application/json", "Origin": EVIL}
+    )
+    assert resp.status == 403
+    resp = await client.get("/v1/models", headers={"Origin": EVIL})
+    assert resp.status == 403
+    resp = await client.post(path, data=body, headers={"Host": "evil.example:80"})
+    assert resp.status == 421
+    status = await (await client.get(f"{API}/status")).json()
+    assert status["running"] == 0  # nothing was loaded on demand
+
+
 async def test_websocket_from_a_foreign_origin_is_refused(client: Client) -> None:
     with pytest.raises(aiohttp.WSServerHandshakeError) as err:
         await client.ws_connect(f"{API}/ws", headers={"Origin": EVIL})
@@ -147,13 +168,15 @@ def _routes(app: web.Application) -> list[tuple[str, str]]:
     """Every (method, concrete path) the app serves, with {name} filled in."""
     found = []
     for route in app.router.routes():
-        if route.method in ("HEAD", "*"):
+        if route.method == "HEAD":
             continue
         info = route.resource.get_info() if route.resource else {}
         path = info.get("path") or info.get("formatter") or info.get("prefix")
-        if path is None:
-            continue
-        found.append((route.method, str(path).replace("{name}", "m0").replace("{path}", "x")))
+        assert path is not None, route
+        concrete = str(path).replace("{name}", "m0").replace("{model}", "m0")
+        concrete = concrete.replace("{path}", "health")
+        for method in ("GET", "POST", "DELETE") if route.method == "*" else (route.method,):
+            found.append((method, concrete))
     return found
 
 
