@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from promstack import missing
 
 from llama_exporter import families
@@ -30,6 +31,7 @@ from llama_exporter.derive import (
     TokenCounter,
     parse_slots,
 )
+from llama_exporter.exposition import value_text
 from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.states import InstanceCounters, InstanceStatus, State
 
@@ -472,3 +474,8 @@ def test_promtool_check_metrics() -> None:
         check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+@given(st.one_of(st.integers(-(10**18), 10**18), st.floats(allow_nan=True)))
+def test_value_text_is_float_to_go_string(value: float) -> None:
+    assert value_text(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
