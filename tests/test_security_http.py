@@ -264,3 +264,43 @@ async def test_websocket_that_says_nothing_is_closed_after_the_auth_timeout(
 
 async def test_a_plain_get_of_the_websocket_route_needs_the_token(token_client: Client) -> None:
     assert (await token_client.get(f"{API}/ws")).status == 401
+
+
+def test_the_cli_sends_the_token_on_every_call(tmp_path: Path, fake_server_bin: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from service_proc import start_service
+    from test_cli import fake_config
+
+    config = {**fake_config(tmp_path, fake_server_bin), "api_token": TOKEN}
+    service = start_service(tmp_path / "svc", config)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_EXPORTER_")}
+
+    def cli(*args: str, token_env: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"LLAMA_EXPORTER_API_TOKEN": token_env} if token_env else {}
+        return subprocess.run(
+            [sys.executable, "-m", "llama_exporter", *args, "--url", service.url],
+            capture_output=True,
+            text=True,
+            env={**env, **extra},
+            timeout=60,
+            check=False,
+        )
+
+    try:
+        refused = cli("models")
+        assert refused.returncode == 1
+        assert "HTTP 401" in refused.stderr and "api_token" in refused.stderr
+        assert cli("ps").returncode == 1
+        assert cli("models", "--token", TOKEN).returncode == 0
+        start = cli("start", "m0", "--wait", token_env=TOKEN)
+        assert start.returncode == 0, start.stderr
+        ps = cli("ps", token_env=TOKEN)
+        assert ps.returncode == 0 and "m0" in ps.stdout and "ready" in ps.stdout
+        assert cli("logs", "m0", "--token", TOKEN).returncode == 0
+        stop = cli("stop", "m0", "--token", TOKEN)
+        assert stop.returncode == 0 and "stopped" in stop.stdout
+    finally:
+        service.stop()
