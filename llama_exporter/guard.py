@@ -151,12 +151,16 @@ def machine_names() -> set[str]:
     return {n.lower() for n in found if n}
 
 
-def _is_address(name: str) -> bool:
+def _same_address(name: str, local: str) -> bool:
+    """True when name is the IP address local (an IPv4-mapped IPv6 local counts as IPv4)."""
     try:
-        ipaddress.ip_address(name)
+        wanted = ipaddress.ip_address(name)
+        got = ipaddress.ip_address(local.split("%", 1)[0])
     except ValueError:
         return False
-    return True
+    if isinstance(got, ipaddress.IPv6Address) and got.ipv4_mapped is not None:
+        got = got.ipv4_mapped  # a dual-stack socket on "::" sees IPv4 clients this way
+    return wanted == got
 
 
 def check_host(
@@ -171,8 +175,7 @@ def check_host(
         ours = name in policy.names or (
             policy.accept_local_address
             and local_address is not None
-            and _is_address(name)
-            and ipaddress.ip_address(name) == ipaddress.ip_address(local_address)
+            and _same_address(name, local_address)
         )
         if ours and (port or 80) == local_port:
             return None

@@ -112,6 +112,9 @@ def test_listening_everywhere_accepts_machine_names_the_dialled_address_and_allo
     assert ok("gw.lan:8443") and not ok("gw.lan:8444")
     assert not ok("evil.example:9777")
     assert not ok("0.0.0.0:9777", local="10.0.0.1")
+    assert ok("192.168.1.5:9777", local="::ffff:192.168.1.5")  # dual-stack "::" socket
+    assert ok("[fe80::1]:9777", local="fe80::1%eth0")
+    assert not ok("[::ffff:192.168.1.6]:9777", local="::ffff:192.168.1.5")
 
 
 def test_a_specific_listen_address_is_accepted_but_not_machine_names() -> None:
