@@ -19,6 +19,7 @@ from typing import IO, Protocol
 import psutil
 
 from llama_exporter.config import ModelConfig
+from llama_exporter.redact import MASK, redact_args, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,7 @@ def _open_log(log_file: Path, argv: Sequence[str], max_bytes: int = LOG_ROTATE_B
             log_file.replace(rotated_log(log_file))
     out = log_file.open("ab")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    shown = ["***" if p == "--api-key" else a for p, a in zip(["", *argv], argv, strict=False)]
-    out.write(f"--- {stamp} starting: {' '.join(shown)}\n".encode())
+    out.write(f"--- {stamp} starting: {' '.join(redact_args(argv))}\n".encode())
     out.flush()
     return out
 
@@ -182,8 +182,11 @@ class LlamaProcess:
         *,
         log_path: Path | None = None,
         log_max_bytes: int = LOG_ROTATE_BYTES,
+        secrets: frozenset[str] = frozenset(),
     ) -> None:
         self._proc = proc
+        # Values hidden from the log and the tail if llama-server ever prints them.
+        self._secrets = [s.encode() for s in secrets]
         self.host = host
         self.port = port
         self.pid: int = proc.pid
@@ -228,7 +231,10 @@ class LlamaProcess:
         except BaseException:
             out.close()
             raise
-        return cls(proc, host, port, out, log_path=log_file, log_max_bytes=log_max_bytes)
+        secrets = secret_values(model.args, model.env, [model.api_key])
+        return cls(
+            proc, host, port, out, secrets=secrets, log_path=log_file, log_max_bytes=log_max_bytes
+        )
 
     async def _read_output(self) -> None:
         stream = self._proc.stdout
@@ -241,6 +247,8 @@ class LlamaProcess:
                     raw = await stream.read(65536)
                 if not raw:
                     break
+                for secret in self._secrets:
+                    raw = raw.replace(secret, MASK.encode())
                 self._log_file.write(raw)
                 self._log_file.flush()
                 self._log_size += len(raw)

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,8 +102,13 @@ class WebSocketHub:
         request: web.Request,
         initial: Callable[[str | None], Iterable[Event]],
         known_model: Callable[[str], bool],
+        authenticate: Callable[[web.WebSocketResponse], Awaitable[bool]] | None = None,
     ) -> web.WebSocketResponse:
-        """Serve one client: current state first, then live events until it leaves."""
+        """Serve one client: current state first, then live events until it leaves.
+
+        authenticate (after the handshake, before anything is sent) may close the socket
+        and return False: then nothing is sent.
+        """
         model = request.query.get("model") or None
         if model is not None and not known_model(model):
             raise web.HTTPNotFound(reason=f"unknown model {model!r}")
@@ -119,9 +124,14 @@ class WebSocketHub:
         self._clients.add(client)
         try:
             await ws.prepare(request)
+            if authenticate is not None and not await authenticate(ws):
+                self._clients.discard(client)  # (its queue was never sent)
+                return ws
         except BaseException:
             self._clients.discard(client)
             raise
+        while not client.queue.empty():  # queued during the handshake: older than what follows
+            client.queue.get_nowait()
         try:
             for event in initial(model):
                 await ws.send_str(json.dumps(event, separators=(",", ":")))
@@ -165,6 +175,8 @@ class WebSocketHub:
             request = json.loads(text)
         except ValueError:
             request = None
+        if isinstance(request, dict) and request.get("type") == "auth":
+            return  # a page sends its token whether or not the handshake carried one
         if not isinstance(request, dict) or "model" not in request:
             reply = {"type": "error", "message": 'send {"model": NAME} or {"model": null}'}
             self._enqueue(client, json.dumps(reply))
