@@ -30,12 +30,14 @@ from llama_exporter.exposition import render as render
 from llama_exporter.families import (
     CAP,
     HOST,
+    HOST_ERRORS,
     LIVE_PART,
     ORDER,
     PARTS,
     POLL_PART,
     PREFIX,
     RUNNING,
+    TASKS,
     TOKENS_PART,
     Family,
     ModelInfo,
@@ -181,6 +183,11 @@ class LlamaCollector(Collector):
             return [((), self._running())]
         if family is CAP:
             return [((), self._cap())]
+        if family is HOST_ERRORS:
+            return [((), self._store.host_errors)]
+        if family is TASKS:
+            tasks = self._store.asyncio_tasks
+            return [] if tasks is None else [((), tasks)]
         return self._host(family) if family in HOST else None
 
     def collect(self) -> Iterator[Metric]:

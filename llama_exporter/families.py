@@ -140,6 +140,8 @@ HOST = (
     _g("host_memory_total_bytes", "Host memory."),
     _g("host_memory_used_bytes", "Host memory in use."),
 )
+HOST_ERRORS = _c("host_sample_errors", "Failed samples of host CPU and memory.")
+TASKS = _g("asyncio_tasks", "The service's own asyncio tasks (at the last host sample).")
 ERRORS = (_c("poll_errors", "Failed reads of llama-server.", "model", "endpoint", "reason"),)
 POLL = (
     _g("poll_duration_seconds", "Duration of the last poll.", *M),
@@ -303,4 +305,16 @@ PARTS = (
     Part("poll", POLL, poll_rows),
 )
 INSTANCE_PART, INFO_PART, TOKENS_PART, LIVE_PART, ERRORS_PART, POLL_PART = PARTS
-ORDER = (*INSTANCE, RUNNING, CAP, *MODEL_INFO, *TOKENS, *LIVE, *HOST, *ERRORS, *POLL)
+ORDER = (
+    *INSTANCE,
+    RUNNING,
+    CAP,
+    *MODEL_INFO,
+    *TOKENS,
+    *LIVE,
+    *HOST,
+    HOST_ERRORS,
+    TASKS,
+    *ERRORS,
+    *POLL,
+)

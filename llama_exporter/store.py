@@ -50,6 +50,8 @@ class MetricsStore:
         self._props: dict[str, dict[str, Any]] = {}
         self._subscribers: list[Subscriber] = []
         self.host: HostSample | None = None
+        self.host_errors = 0  # host samples that failed
+        self.asyncio_tasks: int | None = None  # the service's own tasks at the last host sample
 
     def publish(self, snapshot: ModelSnapshot) -> None:
         """Record a new snapshot and tell the subscribers."""
