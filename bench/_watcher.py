@@ -58,8 +58,13 @@ async def serve(targets: list[tuple[int, int]]) -> None:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def stats(_: web.Request) -> web.Response:
-        errors = sum(store.poll_errors().values())
-        return web.json_response({"polls": polls, "renders": renders, "errors": errors})
+        reasons: dict[str, int] = {}
+        for (_, endpoint, reason), n in store.poll_errors().items():
+            reasons[f"{endpoint}/{reason}"] = reasons.get(f"{endpoint}/{reason}", 0) + n
+        errors = sum(reasons.values())
+        return web.json_response(
+            {"polls": polls, "renders": renders, "errors": errors, "reasons": reasons}
+        )
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

@@ -57,8 +57,10 @@ class Result:
     render_median_ms: float
     render_p95_ms: float
     render_cpu_median_ms: float
+    render_cpu_p95_ms: float  # CPU time: what the wall time is without other processes' load
     polls_per_second: float
     errors: int
+    reasons: str  # endpoint/reason=count of the poll errors
 
 
 def say(text: str) -> None:
@@ -167,8 +169,10 @@ async def measure(
         render_median_ms=statistics.median(walls),
         render_p95_ms=statistics.quantiles(walls, n=20)[-1],
         render_cpu_median_ms=statistics.median(c for _, c in renders),
+        render_cpu_p95_ms=statistics.quantiles([c for _, c in renders], n=20)[-1],
         polls_per_second=(middle["polls"] - before["polls"]) / wall,
         errors=int(after["errors"]),
+        reasons=", ".join(f"{k}={v}" for k, v in sorted(after.get("reasons", {}).items())),
     )
 
 
@@ -187,14 +191,19 @@ def report(results: list[Result]) -> str:
     """The table, slopes and goal ratios."""
     lines = [
         f"{'scenario':<8} {'tree':<8} {'instances':>9} {'cpu %core':>9} {'rss MB':>7} "
-        f"{'render med ms':>13} {'p95 ms':>7} {'cpu ms':>7} {'polls/s':>8} {'errors':>6}"
+        f"{'render med ms':>13} {'p95 ms':>7} {'cpu med':>7} {'cpu p95':>7} {'polls/s':>8} "
+        f"{'errors':>6}"
     ]
     for r in sorted(results, key=lambda r: (r.scenario, r.instances, r.tree)):
         lines.append(
             f"{r.scenario:<8} {r.tree:<8} {r.instances:>9} {r.cpu_percent:>9.2f} "
             f"{r.rss_mb:>7.1f} {r.render_median_ms:>13.2f} {r.render_p95_ms:>7.2f} "
-            f"{r.render_cpu_median_ms:>7.2f} {r.polls_per_second:>8.1f} {r.errors:>6}"
+            f"{r.render_cpu_median_ms:>7.2f} {r.render_cpu_p95_ms:>7.2f} "
+            f"{r.polls_per_second:>8.1f} {r.errors:>6}"
         )
+    for r in results:
+        if r.errors:
+            lines.append(f"errors {r.scenario}/{r.tree}/{r.instances}: {r.reasons}")
     groups: dict[tuple[str, str], list[Result]] = {}
     for r in results:
         groups.setdefault((r.scenario, r.tree), []).append(r)
@@ -213,7 +222,8 @@ def report(results: list[Result]) -> str:
                 f"{r.render_p95_ms / GOAL_RENDER_P95_MS:.2f}x the {GOAL_RENDER_P95_MS:g} ms goal; "
                 f"median {r.render_median_ms:.2f} ms = "
                 f"{r.render_median_ms / GOAL_RENDER_MEDIAN_MS:.2f}x "
-                f"the {GOAL_RENDER_MEDIAN_MS:g} ms goal"
+                f"the {GOAL_RENDER_MEDIAN_MS:g} ms goal; "
+                f"render CPU p95 {r.render_cpu_p95_ms:.2f} ms"
             )
     return "\n".join(lines)
 
@@ -263,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", default=BASELINE_REV, help="git revision to compare with")
     parser.add_argument("--no-baseline", action="store_true")
     args = parser.parse_args(argv)
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="overhead-") as folder:
         tmp = Path(folder)
         trees = [("current", ROOT)]
@@ -272,10 +283,13 @@ def main(argv: list[str] | None = None) -> int:
             trees.insert(0, ("baseline", unpack_baseline(args.baseline, base)))
         results = asyncio.run(run(args, trees, tmp))
     print(
-        f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; poll interval 1 s; "
-        f"busy = one slot generating in each instance; baseline = {args.baseline}"
+        f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; "
+        "poll interval 1 s; "
+        f"busy = one slot generating in each instance; baseline = {args.baseline}; "
+        f"load average at the start {load_at_start:.1f}"
     )
     print("cpu %core: the watcher process's CPU time over the window (polls + 1 Hz scrapes)")
+    print("render ms: wall time in the /metrics handler; cpu med/p95: its thread CPU time")
     print(report(results))
     return 0
 
