@@ -59,7 +59,7 @@ async def serve(targets: list[tuple[int, int]]) -> None:
 
     async def stats(_: web.Request) -> web.Response:
         reasons: dict[str, int] = {}
-        for (_, endpoint, reason), n in store.poll_errors().items():
+        for (_model, endpoint, reason), n in store.poll_errors().items():
             reasons[f"{endpoint}/{reason}"] = reasons.get(f"{endpoint}/{reason}", 0) + n
         errors = sum(reasons.values())
         return web.json_response(
