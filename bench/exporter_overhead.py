@@ -141,6 +141,7 @@ async def measure(
                 models=lambda: [],
                 running=lambda: count,
                 cap=lambda: count,
+                host="bench",  # as the service renders it: every series carries host
             )
             config = Config(source=None, poll=PollConfig(interval=1.0, timeout=0.8))
             poller = Poller(config, store)

@@ -42,7 +42,7 @@ def create_app(
     app = web.Application(middlewares=[api.error_middleware, api.auth_middleware(config.api_token)])
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
-    histogram = StartDurationHistogram()
+    histogram = StartDurationHistogram(host=config.host_label)
     supervisor = Supervisor(
         config,
         registry.model_source(),
@@ -52,9 +52,8 @@ def create_app(
     )
     store = MetricsStore(config.poll.history)
     hub = WebSocketHub()
-    labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
-    targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
+    targets = TargetsWriter(config.targets_dir, config.target_labels, address, supervisor.statuses)
 
     app[api.CONFIG] = config
     app[api.REGISTRY] = registry
@@ -70,6 +69,7 @@ def create_app(
         running=lambda: supervisor.running_count,
         cap=lambda: supervisor.cap,
         histogram=histogram,
+        host=config.host_label,
     )
     api.add_routes(app)
 

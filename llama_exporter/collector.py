@@ -12,7 +12,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -67,7 +67,8 @@ class ModelInfo(Protocol):
 class StartDurationHistogram(Collector):
     """instance_start_duration_seconds: spawn to /health 200, per model (no _created series)."""
 
-    def __init__(self, buckets: Sequence[float] = START_BUCKETS) -> None:
+    def __init__(self, buckets: Sequence[float] = START_BUCKETS, host: str | None = None) -> None:
+        self._const = [] if host is None else [host]
         self._bounds = sorted(float(b) for b in buckets if math.isfinite(b))
         self._counts: dict[str, list[int]] = {}  # per bucket, not cumulative; last is +Inf
         self._sums: dict[str, float] = {}
@@ -89,13 +90,13 @@ class StartDurationHistogram(Collector):
         family = HistogramMetricFamily(
             f"{PREFIX}instance_start_duration_seconds",
             "Seconds from spawn to /health 200.",
-            labels=["model"],
+            labels=[*(["host"] if self._const else []), "model"],
         )
         for model in sorted(self._counts):
             cumulative = list(itertools.accumulate(self._counts[model]))
             bounds = [*map(_go_float, self._bounds), "+Inf"]
             family.add_metric(
-                [model], list(zip(bounds, cumulative, strict=True)), self._sums[model]
+                [*self._const, model], list(zip(bounds, cumulative, strict=True)), self._sums[model]
             )
         yield family
 
@@ -104,12 +105,30 @@ POLL_ENDPOINTS = ("metrics", "slots", "props")
 POLL_REASONS = ("timeout", "connect", "parse")
 
 
-def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+class _Gauge(GaugeMetricFamily):
+    """A gauge whose every sample starts with the same label values (the host)."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], const: Sequence[str]) -> None:
+        self._const = list(const)
+        names = [*(["host"] if const else []), *labels]
+        super().__init__(PREFIX + name, doc, labels=names)
+
+    def add_metric(self, labels: Sequence[str], value: float, *args: Any, **kwargs: Any) -> None:
+        """Add a sample; labels are the family's own, without the host."""
+        super().add_metric([*self._const, *labels], value, *args, **kwargs)
 
 
-def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+class _Counter(CounterMetricFamily):
+    """A counter whose every sample starts with the same label values (the host)."""
+
+    def __init__(self, name: str, doc: str, labels: Sequence[str], const: Sequence[str]) -> None:
+        self._const = list(const)
+        names = [*(["host"] if const else []), *labels]
+        super().__init__(PREFIX + name, doc, labels=names)
+
+    def add_metric(self, labels: Sequence[str], value: float, *args: Any, **kwargs: Any) -> None:
+        """Add a sample; labels are the family's own, without the host."""
+        super().add_metric([*self._const, *labels], value, *args, **kwargs)
 
 
 class LlamaCollector(Collector):
@@ -123,6 +142,7 @@ class LlamaCollector(Collector):
         models: Callable[[], Sequence[ModelInfo]],
         running: Callable[[], int],
         cap: Callable[[], int],
+        host: str | None = None,
     ) -> None:
         self._store = store
         self._statuses = statuses
@@ -130,6 +150,15 @@ class LlamaCollector(Collector):
         self._models = models
         self._running = running
         self._cap = cap
+        # The host label is set here (not only as a Prometheus target label) so that a
+        # reader of /metrics without our service discovery still sees which machine.
+        self._const = () if host is None else (host,)
+
+    def _gauge(self, name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
+        return _Gauge(name, doc, labels, self._const)
+
+    def _counter(self, name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
+        return _Counter(name, doc, labels, self._const)
 
     def collect(self) -> Iterator[Metric]:
         """All families (no I/O: everything was read by the poller and the supervisor)."""
@@ -148,15 +177,17 @@ class LlamaCollector(Collector):
         yield from self._polls(live)
 
     def _instances(self, known: list[str], statuses: dict[str, InstanceStatus]) -> Iterator[Metric]:
-        state = _gauge("instance_state", "1 for the current state.", ["model", "state"])
-        up = _gauge("instance_up", "1 when ready.", ["model"])
-        info = _gauge("instance_info", "1 while a process exists.", ["model", "pid", "port"])
-        since = _gauge(
+        state = self._gauge("instance_state", "1 for the current state.", ["model", "state"])
+        up = self._gauge("instance_up", "1 when ready.", ["model"])
+        info = self._gauge("instance_info", "1 while a process exists.", ["model", "pid", "port"])
+        since = self._gauge(
             "instance_ready_since_timestamp_seconds", "Unix time it became ready.", ["model"]
         )
-        restarts = _counter("instance_restarts_total", "Restarts after a crash/hang.", ["model"])
-        failures = _counter("instance_start_failures_total", "Starts not ready.", ["model"])
-        rejected = _counter("instance_start_rejected_total", "Starts refused: cap.", ["model"])
+        restarts = self._counter(
+            "instance_restarts_total", "Restarts after a crash/hang.", ["model"]
+        )
+        failures = self._counter("instance_start_failures_total", "Starts not ready.", ["model"])
+        rejected = self._counter("instance_start_rejected_total", "Starts refused: cap.", ["model"])
         for model in known:
             status = statuses.get(model)
             current = status.state if status is not None else State.STOPPED
@@ -172,17 +203,17 @@ class LlamaCollector(Collector):
             restarts.add_metric([model], counts.restarts_total)
             failures.add_metric([model], counts.start_failures_total)
             rejected.add_metric([model], counts.start_rejected_total)
-        running = _gauge("instances_running", "Instances counted against the cap.")
+        running = self._gauge("instances_running", "Instances counted against the cap.")
         running.add_metric([], self._running())
-        cap = _gauge("instances_max", "The cap on instances.")
+        cap = self._gauge("instances_max", "The cap on instances.")
         cap.add_metric([], self._cap())
         yield from (state, up, info, restarts, failures, rejected, since, running, cap)
 
     def _models_info(self, infos: dict[str, ModelInfo]) -> Iterator[Metric]:
         labels = ["model", "path", "source", "architecture", "quantization", "size_label"]
-        info = _gauge("model_info", "1 per known model.", labels)
-        trained = _gauge("model_trained_context_tokens", "Trained context length.", ["model"])
-        size = _gauge("model_file_size_bytes", "GGUF file size.", ["model"])
+        info = self._gauge("model_info", "1 per known model.", labels)
+        trained = self._gauge("model_trained_context_tokens", "Trained context length.", ["model"])
+        size = self._gauge("model_file_size_bytes", "GGUF file size.", ["model"])
         for name in sorted(infos):
             m = infos[name]
             values = [m.architecture, m.quantization, m.size_label]
@@ -194,10 +225,10 @@ class LlamaCollector(Collector):
         yield from (info, trained, size)
 
     def _tokens(self, known: list[str], totals: dict[str, tuple[float, float]]) -> Iterator[Metric]:
-        generated = _counter(
+        generated = self._counter(
             "tokens_generated_total", "Tokens generated: completed + in flight.", ["model"]
         )
-        prompt = _counter("prompt_tokens_total", "Prompt tokens processed.", ["model"])
+        prompt = self._counter("prompt_tokens_total", "Prompt tokens processed.", ["model"])
         for model in known:
             gen_total, prompt_total = totals.get(model, (0.0, 0.0))
             generated.add_metric([model], gen_total)
@@ -225,7 +256,7 @@ class LlamaCollector(Collector):
             ),
         ]
         for name, doc, value in rows:
-            family = _gauge(name, doc, ["model"])
+            family = self._gauge(name, doc, ["model"])
             for snap in live:
                 v = value(snap)
                 if v is not None:
@@ -234,12 +265,12 @@ class LlamaCollector(Collector):
 
     def _slots(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
         labels = ["model", "slot"]
-        busy = _gauge("slot_busy", "1 when processing.", labels)
-        size = _gauge("slot_context_size_tokens", "Slot context.", labels)
-        used = _gauge("slot_context_used_tokens", "Slot context in use.", labels)
-        used_ratio = _gauge("slot_context_used_ratio", "Slot context in use (0..1).", labels)
-        rate = _gauge("slot_tokens_per_second", "Slot generation rate.", labels)
-        per_token = _gauge("slot_time_per_token_seconds", "Seconds per token.", labels)
+        busy = self._gauge("slot_busy", "1 when processing.", labels)
+        size = self._gauge("slot_context_size_tokens", "Slot context.", labels)
+        used = self._gauge("slot_context_used_tokens", "Slot context in use.", labels)
+        used_ratio = self._gauge("slot_context_used_ratio", "Slot context in use (0..1).", labels)
+        rate = self._gauge("slot_tokens_per_second", "Slot generation rate.", labels)
+        per_token = self._gauge("slot_time_per_token_seconds", "Seconds per token.", labels)
         for snap in live:
             for slot in snap.slots:
                 key = [snap.model, str(slot.id)]
@@ -253,9 +284,9 @@ class LlamaCollector(Collector):
         yield from (busy, size, used, used_ratio, rate, per_token)
 
     def _process(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
-        cpu = _counter("process_cpu_seconds_total", "llama-server CPU seconds.", ["model"])
-        share = _gauge("process_cpu_utilization_ratio", "Share of host CPU (0..1).", ["model"])
-        rss = _gauge("process_resident_memory_bytes", "llama-server RSS.", ["model"])
+        cpu = self._counter("process_cpu_seconds_total", "llama-server CPU seconds.", ["model"])
+        share = self._gauge("process_cpu_utilization_ratio", "Share of host CPU (0..1).", ["model"])
+        rss = self._gauge("process_resident_memory_bytes", "llama-server RSS.", ["model"])
         for snap in live:
             if snap.cpu_seconds_total is not None:
                 cpu.add_metric([snap.model], snap.cpu_seconds_total)
@@ -267,9 +298,9 @@ class LlamaCollector(Collector):
 
     def _host(self) -> Iterator[Metric]:
         host = self._store.host
-        cpu = _gauge("host_cpu_utilization_ratio", "Host CPU in use (0..1).")
-        total = _gauge("host_memory_total_bytes", "Host memory.")
-        used = _gauge("host_memory_used_bytes", "Host memory in use.")
+        cpu = self._gauge("host_cpu_utilization_ratio", "Host CPU in use (0..1).")
+        total = self._gauge("host_memory_total_bytes", "Host memory.")
+        used = self._gauge("host_memory_used_bytes", "Host memory in use.")
         if host is not None:
             cpu.add_metric([], host.cpu_utilization_ratio)
             total.add_metric([], host.memory_total_bytes)
@@ -277,7 +308,7 @@ class LlamaCollector(Collector):
         yield from (cpu, total, used)
 
     def _polls(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
-        errors = _counter(
+        errors = self._counter(
             "poll_errors_total", "Failed reads of llama-server.", ["model", "endpoint", "reason"]
         )
         # Known label values start at 0 while a model is polled, so increase() and
@@ -291,8 +322,8 @@ class LlamaCollector(Collector):
         counts.update(self._store.poll_errors())
         for (model, endpoint, reason), count in sorted(counts.items()):
             errors.add_metric([model, endpoint, reason], count)
-        duration = _gauge("poll_duration_seconds", "Duration of the last poll.", ["model"])
-        last = _gauge("last_poll_timestamp_seconds", "Unix time of the last poll.", ["model"])
+        duration = self._gauge("poll_duration_seconds", "Duration of the last poll.", ["model"])
+        last = self._gauge("last_poll_timestamp_seconds", "Unix time of the last poll.", ["model"])
         for snap in live:
             poll = self._store.last_poll(snap.model)
             if poll is not None:
@@ -310,10 +341,14 @@ def build_registry(
     running: Callable[[], int],
     cap: Callable[[], int],
     histogram: StartDurationHistogram | None = None,
+    host: str | None = None,
 ) -> CollectorRegistry:
-    """A registry of our own (never the global one) with the collector and the histogram."""
+    """A registry of our own (never the global one) with the collector and the histogram.
+
+    host: the value of a `host` label on every series (None: no host label).
+    """
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(LlamaCollector(store, statuses, counters, models, running, cap))
+    registry.register(LlamaCollector(store, statuses, counters, models, running, cap, host))
     if histogram is not None:
         registry.register(histogram)
     return registry

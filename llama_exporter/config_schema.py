@@ -26,10 +26,12 @@ from llama_exporter.config import (
     TargetsConfig,
     _empty_env,
     _env_token,
+    default_host_label,
     default_state_dir,
     expand_path,
     find_managed_flag,
     resolve_llama_server,
+    validate_host_label,
     validate_model_name,
 )
 
@@ -136,6 +138,7 @@ class Parser:
         )
         token = top.get("api_token")
         token = None if token is None else self.string(token, "api_token")
+        host_label = self.host_label(top.get("host_label"))
         return Config(
             source=self.file,
             host=host,
@@ -155,7 +158,22 @@ class Parser:
             targets=self.targets(top.get("targets"), state_dir),
             poll=self.poll(top.get("poll")),
             api_token=_env_token(self.env) or token,
+            host_label=host_label,
         )
+
+    def host_label(self, value: object) -> str:
+        if value is None:
+            return default_host_label()
+        if isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool):
+            value = str(value)  # `host_label: 7` is a fine name for box 7
+        if not isinstance(value, str):
+            raise self.error("host_label", f"must be a string, got {_kind(value)}", "quote it")
+        problem = validate_host_label(value)
+        if problem is not None:
+            raise self.error(
+                "host_label", problem, "name the machine as in its hostname, e.g. gpu-box-1"
+            )
+        return value
 
     def llama_server(self, value: object) -> Path:
         explicit: Path | None = None
@@ -344,6 +362,10 @@ class Parser:
                 raise self.error(
                     key, "'model' is set per instance by the service", "pick another label name"
                 )
+            if label == "host":
+                raise self.error(
+                    key, "'host' is set from the host_label setting", "set host_label instead"
+                )
         directory = raw.get("directory")
         address = raw.get("address")
         return TargetsConfig(
@@ -382,6 +404,7 @@ _TOP_KEYS = (
     "targets",
     "poll",
     "api_token",
+    "host_label",
     "models",
 )
 _RESTART_KEYS = ("enabled", "max_retries", "backoff_initial", "backoff_max", "stable_after")

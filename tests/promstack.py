@@ -335,7 +335,7 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
     return {
         "route": {
             "receiver": "webhook",
-            "group_by": ["alertname", "model"],
+            "group_by": ["alertname", "host", "model"],
             "group_wait": "0s",
             "group_interval": "1s",
             "repeat_interval": "1h",
