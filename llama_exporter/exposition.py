@@ -44,13 +44,17 @@ def header(name: str, kind: str, doc: str) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {TYPES[kind]}\n"
 
 
-def sample(name: str, labels: Sequence[tuple[str, str]], value: float) -> str:
-    """One sample line; labels in any order (written sorted by name, as generate_latest)."""
+def labels_text(labels: Sequence[tuple[str, str]]) -> str:
+    """'{name="value",...}' sorted by name as generate_latest writes it ('' for none)."""
     if not labels:
-        return f"{name} {value_text(value)}\n"
+        return ""
     pairs = sorted(labels) if len(labels) > 1 else labels
-    body = ",".join([f'{k}="{escape(v)}"' for k, v in pairs])
-    return f"{name}{{{body}}} {value_text(value)}\n"
+    return "{" + ",".join([f'{k}="{escape(v)}"' for k, v in pairs]) + "}"
+
+
+def sample(name: str, labels: Sequence[tuple[str, str]], value: float) -> str:
+    """One sample line; labels in any order."""
+    return f"{name}{labels_text(labels)} {value_text(value)}\n"
 
 
 def exposed_name(family: Metric) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from llama_exporter.derive import ModelSnapshot
-from llama_exporter.exposition import sample
+from llama_exporter.exposition import labels_text, value_text
 from llama_exporter.poller import PollInfo
 from llama_exporter.states import InstanceStatus, State
 
@@ -259,12 +259,20 @@ Labels = tuple[tuple[str, str], ...]  # (name, value) pairs
 
 def text_of(families: Sequence[Family], rows: Rows, const: Labels = ()) -> tuple[str, ...]:
     """Each family's sample lines of one part; const labels (the host) on every sample."""
-    return tuple(
-        "".join(
-            sample(f.exposed, (*const, *zip(f.labels, labels, strict=True)), v) for labels, v in r
-        )
-        for f, r in zip(families, rows, strict=True)
-    )
+    # The families of a part mostly share their labels ({model="m"}): write each once.
+    written: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+    texts: list[str] = []
+    for family, family_rows in zip(families, rows, strict=True):
+        lines: list[str] = []
+        for labels, value in family_rows:
+            key = (family.labels, labels)
+            body = written.get(key)
+            if body is None:
+                pairs = (*const, *zip(family.labels, labels, strict=True))
+                body = written[key] = labels_text(pairs)
+            lines.append(f"{family.exposed}{body} {value_text(value)}\n")
+        texts.append("".join(lines))
+    return tuple(texts)
 
 
 @dataclass(frozen=True, eq=False)

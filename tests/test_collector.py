@@ -126,10 +126,21 @@ def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def contract() -> dict[str, tuple[str, set[str]]]:
-    """{full name: (type, labels)} from the table in docs/ARCHITECTURE.md."""
+def contract(section: str | None = None) -> dict[str, tuple[str, set[str]]]:
+    """{full name: (type, labels)} from the tables in docs/ARCHITECTURE.md.
+
+    section None: the collector's table (before "### Gateway metrics"); else the rows
+    under the heading named section.
+    """
     rows: dict[str, tuple[str, set[str]]] = {}
-    for line in ARCHITECTURE.read_text().splitlines():
+    lines = ARCHITECTURE.read_text().splitlines()
+    if section is None:
+        lines = lines[: lines.index("### Gateway metrics")]
+    else:
+        start = lines.index(section)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), None)
+        lines = lines[start:end]
+    for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 4 or cells[1] not in ("gauge", "counter", "histogram"):
             continue
