@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from llama_exporter import api
-from llama_exporter.collector import StartDurationHistogram, build_registry
+from llama_exporter.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
 from llama_exporter.gateway import Gateway
@@ -74,7 +74,7 @@ def create_app(
         histogram=histogram,
         host=config.host_label,
     )
-    app[api.METRICS].register(gateway.metrics)
+    app[api.METRICS].register(WithHost(gateway.metrics, config.host_label))
     api.add_routes(app)
     gateway.add_routes(app)
 

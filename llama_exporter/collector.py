@@ -245,6 +245,27 @@ class LlamaCollector(Collector):
         return "".join(out)
 
 
+class WithHost(Collector):
+    """Another collector's families with host="..." added to every sample.
+
+    For collectors that do not know the host (the gateway's): every series the
+    service exports carries it. Costs a copy of each sample per scrape, so our own
+    collectors write the label into their cached text instead.
+    """
+
+    def __init__(self, inner: Collector, host: str) -> None:
+        self._inner = inner
+        self._host = host
+
+    def collect(self) -> Iterator[Metric]:
+        """The inner collector's families, relabelled."""
+        for family in self._inner.collect():
+            family.samples = [
+                s._replace(labels={**s.labels, "host": self._host}) for s in family.samples
+            ]
+            yield family
+
+
 def build_registry(
     *,
     store: MetricsStore,

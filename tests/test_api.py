@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from llama_exporter.app import create_app
 from llama_exporter.config import (
@@ -98,6 +99,19 @@ async def test_healthz_and_metrics(client: Client) -> None:
     assert resp.status == 200
     assert 'llama_exporter_instance_state{host="box-1",model="m0",state="stopped"} 1.0' in text
     assert 'llama_exporter_instances_max{host="box-1"} 4.0' in text
+
+
+async def test_every_exported_series_carries_the_host_label(client: Client) -> None:
+    resp = await client.post(f"{API}/models/m0/start", params={"wait": "true"})
+    assert resp.status == 200, await resp.text()
+    await _wait_metrics_of(client, "m0")
+    text = await (await client.get("/metrics")).text()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    names = {s.name for s in samples}
+    # Ours (cached text), the start histogram and the gateway's collector alike.
+    assert {"llama_exporter_slots", "llama_exporter_gateway_queue_length"} <= names
+    assert "llama_exporter_instance_start_duration_seconds_count" in names
+    assert [s for s in samples if s.labels.get("host") != "box-1"] == []
 
 
 async def test_models_list_shows_metadata(client: Client) -> None:
