@@ -29,6 +29,7 @@ from typing import Any
 import psutil
 import pytest
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 from promstack import PromHandle, require_binary, run_prometheus, wait_for
 from service_proc import ServiceProcess, start_service
 
@@ -262,6 +263,42 @@ def test_same_model_on_two_hosts_gives_two_series(fleet: Fleet) -> None:
 
         series = prom.wait_for(two, timeout=30, what=f"two series of {expr}") or []
         assert {s["metric"]["host"] for s in series} == {"a", "b"}, (expr, series)
+
+
+def test_cardinality_per_host_and_model(
+    fleet: Fleet, record_property: Callable[[str, object], None]
+) -> None:
+    """Series per model and per host, counted from real /metrics pages (for docs/FLEET.md)."""
+    service = fleet.services["a"]
+    _, page = request_text(service.url + "/metrics")
+    samples = [s for f in text_string_to_metric_families(page) for s in f.samples]
+    assert samples and all(s.labels.get("host") == "a" for s in samples)
+    per_model = sum(1 for s in samples if s.labels.get("model") == HOSTS["a"])
+    per_host = sum(1 for s in samples if "model" not in s.labels)
+    slot_series = sum(1 for s in samples if "slot" in s.labels)
+    _, own = request_text(f"http://127.0.0.1:{fleet.ports['a']}/metrics")
+    llamacpp = sum(len(f.samples) for f in text_string_to_metric_families(own))
+    rules = fleet.prom.query(f'count({{__name__=~"model:.*",host="a",model="{HOSTS["a"]}"}})')
+    recorded = int(float(rules[0]["value"][1])) if rules else 0
+    figures = {
+        "service_series_per_model": per_model,
+        "of_which_per_slot_2_slots": slot_series,
+        "service_series_per_host": per_host,
+        "llama_server_series_per_instance": llamacpp,
+        "recording_rule_series_per_model": recorded,
+        "prometheus_series_per_target": 5,  # up, scrape_duration_seconds, scrape_samples_*...
+    }
+    print("\ncardinality (host a, one model with 2 slots):", figures)
+    for name, value in figures.items():
+        record_property(name, value)
+    assert per_model > 0 and per_host > 0 and llamacpp > 0 and recorded > 0
+
+
+def request_text(url: str) -> tuple[int, str]:
+    """GET with the fleet's token; (status, text)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.status, resp.read().decode()
 
 
 def test_killing_one_service_fires_exporter_down_naming_its_host(fleet: Fleet) -> None:
