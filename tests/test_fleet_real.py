@@ -270,10 +270,32 @@ def test_cardinality_per_host_and_model(
 ) -> None:
     """Series per model and per host, counted from real /metrics pages (for docs/FLEET.md)."""
     service = fleet.services["a"]
-    _, page = request_text(service.url + "/metrics")
-    samples = [s for f in text_string_to_metric_families(page) for s in f.samples]
-    assert samples and all(s.labels.get("host") == "a" for s in samples)
+
+    def model_series() -> list[Any]:
+        _, page = request_text(service.url + "/metrics")
+        samples = [s for f in text_string_to_metric_families(page) for s in f.samples]
+        assert samples and all(s.labels.get("host") == "a" for s in samples)
+        return samples
+
+    samples = model_series()
     per_model = sum(1 for s in samples if s.labels.get("model") == HOSTS["a"])
+    # One streamed request through the gateway: its histograms appear for the model.
+    body = {
+        "model": HOSTS["a"],
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 4,
+        "stream": True,
+    }
+    req = urllib.request.Request(
+        service.url + "/v1/chat/completions",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=180) as resp:
+        assert resp.status == 200
+        resp.read()
+    with_gateway = sum(1 for s in model_series() if s.labels.get("model") == HOSTS["a"])
     per_host = sum(1 for s in samples if "model" not in s.labels)
     slot_series = sum(1 for s in samples if "slot" in s.labels)
     _, own = request_text(f"http://127.0.0.1:{fleet.ports['a']}/metrics")
@@ -282,6 +304,7 @@ def test_cardinality_per_host_and_model(
     recorded = int(float(rules[0]["value"][1])) if rules else 0
     figures = {
         "service_series_per_model": per_model,
+        "service_series_per_model_after_a_gateway_request": with_gateway,
         "of_which_per_slot_2_slots": slot_series,
         "service_series_per_host": per_host,
         "llama_server_series_per_instance": llamacpp,
