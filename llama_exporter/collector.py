@@ -41,6 +41,7 @@ from llama_exporter.families import (
     Labels,
     ModelInfo,
     Part,
+    Prefixes,
     Row,
     info_key,
     text_of,
@@ -146,6 +147,7 @@ class LlamaCollector(Collector):
         self._running = running
         self._cap = cap
         self._cache: dict[tuple[str, Part], _Cached] = {}
+        self._prefixes: Prefixes = {}  # see text_of
 
     def _keys(self) -> Iterator[tuple[str, tuple[object, ...]]]:
         """(model, one key per part of PARTS) for every known model, sorted by name."""
@@ -206,7 +208,7 @@ class LlamaCollector(Collector):
         cached = self._cache.get((model, part))
         if cached is not None and (cached.key is key or cached.key == key):
             return cached.text
-        text = text_of(part.families, part.rows(model, key), self._const)
+        text = text_of(part.families, part.rows(model, key), self._prefixes, self._const)
         self._cache[(model, part)] = _Cached(key, text)
         return text
 
@@ -229,6 +231,7 @@ class LlamaCollector(Collector):
         if len(self._cache) > models * len(PARTS):  # a model was deleted: drop its text
             known = {model for model, _ in self._keys()}
             self._cache = {k: v for k, v in self._cache.items() if k[0] in known}
+            self._prefixes = {}
         lines: dict[Family, str] = {}
         for part, texts in zip(PARTS, written, strict=True):
             columns = zip(*texts, strict=True) if texts else [() for _ in part.families]

@@ -255,22 +255,26 @@ def poll_rows(model: str, poll: PollInfo | None) -> Rows:
 
 
 Labels = tuple[tuple[str, str], ...]  # (name, value) pairs
+Prefixes = dict[tuple[Family, tuple[str, ...]], str]
 
 
-def text_of(families: Sequence[Family], rows: Rows, const: Labels = ()) -> tuple[str, ...]:
-    """Each family's sample lines of one part; const labels (the host) on every sample."""
-    # The families of a part mostly share their labels ({model="m"}): write each once.
-    written: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+def text_of(
+    families: Sequence[Family], rows: Rows, prefixes: Prefixes, const: Labels = ()
+) -> tuple[str, ...]:
+    """Each family's sample lines of one part; const labels (the host) on every sample.
+
+    prefixes keeps 'name{labels} ' per (family, label values) between calls: a
+    model's label values rarely change, so most lines only format their value.
+    """
     texts: list[str] = []
     for family, family_rows in zip(families, rows, strict=True):
         lines: list[str] = []
         for labels, value in family_rows:
-            key = (family.labels, labels)
-            body = written.get(key)
-            if body is None:
+            prefix = prefixes.get((family, labels))
+            if prefix is None:
                 pairs = (*const, *zip(family.labels, labels, strict=True))
-                body = written[key] = labels_text(pairs)
-            lines.append(f"{family.exposed}{body} {value_text(value)}\n")
+                prefix = prefixes[(family, labels)] = f"{family.exposed}{labels_text(pairs)} "
+            lines.append(f"{prefix}{value_text(value)}\n")
         texts.append("".join(lines))
     return tuple(texts)
 

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from promstack import missing
 
 from llama_exporter import families
@@ -30,6 +31,7 @@ from llama_exporter.derive import (
     TokenCounter,
     parse_slots,
 )
+from llama_exporter.exposition import value_text
 from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.states import InstanceCounters, InstanceStatus, State
 
@@ -502,3 +504,8 @@ def test_host_label_on_every_series_and_byte_identical() -> None:
         name: {tuple(kv for kv in key if kv[0] != "host"): v for key, v in series.items()}
         for name, series in with_host.items()
     } == without
+
+
+@given(st.one_of(st.integers(-(10**18), 10**18), st.floats(allow_nan=True)))
+def test_value_text_is_float_to_go_string(value: float) -> None:
+    assert value_text(value) == floatToGoString(value)  # type: ignore[no-untyped-call]
