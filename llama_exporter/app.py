@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import api
+from llama_exporter import api, auth, guard
 from llama_exporter.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
@@ -40,7 +40,22 @@ def create_app(
     spawn: Spawn | None = None,
 ) -> web.Application:
     """The aiohttp application with every component wired; started by cleanup_ctx."""
-    app = web.Application(middlewares=[api.error_middleware, api.auth_middleware(config.api_token)])
+    listen_host = host or config.host
+    policy = guard.build_policy(
+        listen_host,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+        machine_names=guard.machine_names() if listen_host in guard.WILDCARD_HOSTS else (),
+    )
+    tokens = auth.Tokens(config.api_token, config.scrape_token)
+    # Outermost first: errors become JSON, then Host/Origin/body checks, then the token.
+    app = web.Application(
+        middlewares=[
+            api.error_middleware,
+            guard.guard_middleware(policy, api.refusal_response),
+            auth.auth_middleware(tokens, api.refusal_response),
+        ]
+    )
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
     histogram = StartDurationHistogram(host=config.host_label)

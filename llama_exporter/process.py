@@ -19,6 +19,7 @@ from typing import IO, Protocol
 import psutil
 
 from llama_exporter.config import ModelConfig
+from llama_exporter.redact import MASK, redact_args, secret_values
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +160,7 @@ def _open_log(log_file: Path, argv: Sequence[str]) -> IO[bytes]:
             log_file.replace(log_file.with_name(log_file.name + ".1"))
     out = log_file.open("ab")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    shown = ["***" if p == "--api-key" else a for p, a in zip(["", *argv], argv, strict=False)]
-    out.write(f"--- {stamp} starting: {' '.join(shown)}\n".encode())
+    out.write(f"--- {stamp} starting: {' '.join(redact_args(argv))}\n".encode())
     out.flush()
     return out
 
@@ -169,9 +169,17 @@ class LlamaProcess:
     """A running llama-server child process and its log."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, host: str, port: int, log_file: IO[bytes]
+        self,
+        proc: asyncio.subprocess.Process,
+        host: str,
+        port: int,
+        log_file: IO[bytes],
+        *,
+        secrets: frozenset[str] = frozenset(),
     ) -> None:
         self._proc = proc
+        # Values hidden from the log and the tail if llama-server ever prints them.
+        self._secrets = [s.encode() for s in secrets]
         self.host = host
         self.port = port
         self.pid: int = proc.pid
@@ -206,7 +214,8 @@ class LlamaProcess:
         except BaseException:
             out.close()
             raise
-        return cls(proc, host, port, out)
+        secrets = secret_values(model.args, model.env, [model.api_key])
+        return cls(proc, host, port, out, secrets=secrets)
 
     async def _read_output(self) -> None:
         stream = self._proc.stdout
@@ -219,6 +228,8 @@ class LlamaProcess:
                     raw = await stream.read(65536)
                 if not raw:
                     break
+                for secret in self._secrets:
+                    raw = raw.replace(secret, MASK.encode())
                 self._log_file.write(raw)
                 self._log_file.flush()
                 self._tail.append(raw.decode(errors="replace").rstrip("\r\n"))

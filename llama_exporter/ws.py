@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,13 +91,20 @@ class WebSocketHub:
         request: web.Request,
         initial: Callable[[str | None], Iterable[Event]],
         known_model: Callable[[str], bool],
+        authenticate: Callable[[web.WebSocketResponse], Awaitable[bool]] | None = None,
     ) -> web.WebSocketResponse:
-        """Serve one client: current state first, then live events until it leaves."""
+        """Serve one client: current state first, then live events until it leaves.
+
+        authenticate (after the handshake, before anything is sent) may close the socket
+        and return False: then nothing is sent.
+        """
         model = request.query.get("model") or None
         if model is not None and not known_model(model):
             raise web.HTTPNotFound(reason=f"unknown model {model!r}")
         ws = web.WebSocketResponse(heartbeat=self._heartbeat, max_msg_size=1 << 16)
         await ws.prepare(request)
+        if authenticate is not None and not await authenticate(ws):
+            return ws
         client = _Client(ws, model, asyncio.Queue(maxsize=self._queue_size))
         # Registered first, so nothing published while the current state is being sent
         # is lost; the current state goes out directly, however many models there are.
@@ -134,6 +141,8 @@ class WebSocketHub:
             request = json.loads(text)
         except ValueError:
             request = None
+        if isinstance(request, dict) and request.get("type") == "auth":
+            return  # a page sends its token whether or not the handshake carried one
         if not isinstance(request, dict) or "model" not in request:
             reply = {"type": "error", "message": 'send {"model": NAME} or {"model": null}'}
             self._enqueue(client, json.dumps(reply))

@@ -110,6 +110,37 @@ def test_check_config_names_file_key_and_problem(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("via_flag", [False, True])
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(
+    tmp_path: Path, fake_server_bin: Path, via_flag: bool
+) -> None:
+    config = tmp_path / "open.yaml"
+    port = free_port()
+    host = "127.0.0.1" if via_flag else "0.0.0.0"
+    config.write_text(
+        f"llama_server: {fake_server_bin}\nstate_dir: {tmp_path / 'state'}\n"
+        f"listen: {{host: {host}, port: {port}}}\n"
+    )
+    extra = ["--host", "0.0.0.0"] if via_flag else []
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_EXPORTER_API_TOKEN"}
+    result = subprocess.run(
+        [sys.executable, "-m", "llama_exporter", "serve", "--config", str(config), *extra],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "api_token" in result.stderr
+    assert "allow_unauthenticated" in result.stderr
+    assert ("--host" if via_flag else "listen.host") in result.stderr
+    assert "Traceback" not in result.stderr
+    if not via_flag:
+        check = cli("check-config", str(config))
+        assert check.returncode == 2 and "api_token" in check.stderr
+
+
 def test_client_commands_against_a_running_service(service: ServiceProcess) -> None:
     models = cli("models", url=service.url)
     assert models.returncode == 0, models.stderr

@@ -414,6 +414,17 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("host_label: [a]\n", "host_label", "must be a string"),
     (f"host_label: {'x' * 129}\n", "host_label", "at most 128"),
     ("api_token: 5\n", "api_token", "non-empty string"),
+    ("scrape_token: ''\n", "scrape_token", "non-empty string"),
+    ("listen: {host: 0.0.0.0}\n", "api_token", "listen.host is 0.0.0.0"),
+    ("listen: {host: '::'}\n", "api_token", "reachable from other machines"),
+    ("listen: {host: 192.168.1.5}\n", "api_token", "not set"),
+    ("listen: {host: box.lan}\n", "api_token", "not set"),
+    ("listen: {host: 0.0.0.0}\nscrape_token: x\n", "api_token", "not set"),
+    ("allow_unauthenticated: 1\n", "allow_unauthenticated", "true or false"),
+    ("allowed_origins: http://a\n", "allowed_origins", "must be a list"),
+    ("allowed_origins: [grafana.lan]\n", "allowed_origins[0]", "not valid"),
+    ("allowed_origins: ['null']\n", "allowed_origins[0]", "not valid"),
+    ("allowed_hosts: ['a/b']\n", "allowed_hosts[0]", "not valid"),
     ("gateway: {when_full: drop}\n", "gateway.when_full", "evict, queue, reject"),
     ("gateway: {max_queue: -1}\n", "gateway.max_queue", "integer >= 0"),
     ("gateway: {queue_timeout: 0}\n", "gateway.queue_timeout", "more than 0 seconds"),
@@ -502,6 +513,42 @@ def test_host_label_defaults_to_the_hostname(
 @given(st.text(max_size=300))
 def test_default_host_label_is_always_valid(hostname: str) -> None:
     assert validate_host_label(default_host_label(hostname)) is None
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_needs_no_token(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path, host: str
+) -> None:
+    path = write_config(cfg_dir, f"llama_server: {server_bin}\nlisten: {{host: '{host}'}}\n")
+    assert load_config(path, env=env).api_token is None
+
+
+def test_beyond_loopback_with_a_token_or_the_explicit_opt_out(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path
+) -> None:
+    base = f"llama_server: {server_bin}\nlisten: {{host: 0.0.0.0}}\n"
+    config = load_config(write_config(cfg_dir, base + "api_token: t\n"), env=env)
+    assert config.api_token == "t"
+    config = load_config(write_config(cfg_dir, base), env={**env, "LLAMA_EXPORTER_API_TOKEN": "e"})
+    assert config.api_token == "e"
+    config = load_config(write_config(cfg_dir, base + "allow_unauthenticated: true\n"), env=env)
+    assert config.allow_unauthenticated and config.api_token is None
+
+
+def test_security_keys_parse(cfg_dir: Path, env: dict[str, str], server_bin: Path) -> None:
+    text = f"""\
+        llama_server: {server_bin}
+        api_token: a
+        scrape_token: s
+        allowed_origins: ["https://grafana.lan", "http://127.0.0.1:3000"]
+        allowed_hosts: [llama.lan, "gw.lan:8443"]
+        """
+    config = load_config(write_config(cfg_dir, text), env=env)
+    assert config.scrape_token == "s"
+    assert config.allowed_origins == ("https://grafana.lan", "http://127.0.0.1:3000")
+    assert config.allowed_hosts == ("llama.lan", "gw.lan:8443")
+    env_token = {**env, "LLAMA_EXPORTER_SCRAPE_TOKEN": "from-env"}
+    assert load_config(write_config(cfg_dir, text), env=env_token).scrape_token == "from-env"
 
 
 def test_gateway_settings_and_model_defaults(
