@@ -39,7 +39,8 @@ import generate  # noqa: E402
 
 pytestmark = [pytest.mark.real, pytest.mark.prometheus]
 
-TOKEN = "fleet-test-token"
+TOKEN = "fleet-api-token"  # starts models, and the gateway's OpenAI key
+SCRAPE_TOKEN = "fleet-scrape-token"  # Prometheus's: /metrics and HTTP SD only
 HOSTS = {"a": "gemma", "b": "gemma", "c": "gemma-c"}  # a and b: the same model name
 DISCOVERY_GOAL = 10.0  # seconds, reported (not asserted: these machines are noisy)
 
@@ -56,7 +57,7 @@ class Fleet:
 
 def request(method: str, url: str, timeout: float = 180.0) -> tuple[int, Any]:
     """A request with the fleet's bearer token; (status, JSON body)."""
-    req = urllib.request.Request(url, data=b"" if method == "POST" else None, method=method)
+    req = urllib.request.Request(url, method=method)  # no body: nothing to declare
     req.add_header("Authorization", f"Bearer {TOKEN}")
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
@@ -76,7 +77,7 @@ def write_fleet_config(workdir: Path, services: dict[str, ServiceProcess]) -> Pa
         for host, service in services.items()
     ]
     (workdir / "fleet-hosts.yml").write_text(yaml.safe_dump(hosts))
-    (workdir / "fleet-token").write_text(TOKEN + "\n")
+    (workdir / "fleet-token").write_text(SCRAPE_TOKEN + "\n")
     (workdir / "fleet-token").chmod(0o600)
     script = ROOT / "scripts" / "fleet_config.py"
     subprocess.run([sys.executable, str(script), str(config)], check=True, timeout=60)
@@ -99,6 +100,7 @@ def service_config(
         "llama_server": str(llama_server_bin),
         "host_label": host,
         "api_token": TOKEN,
+        "scrape_token": SCRAPE_TOKEN,
         "max_parallel": 1,
         "ports": {"first": first, "last": first + 19},
         "poll": {"interval": 1.0},
@@ -229,8 +231,12 @@ def test_every_overview_query_has_data_for_every_host(fleet: Fleet) -> None:
             time.sleep(1)
     assert not pending, f"queries without data for a host: {sorted(pending)}"
     assert not all_hosts, f"queries missing a host under All: {sorted(all_hosts)}"
-    per_host = prom.query("sum by (host) (rate(llama_exporter_tokens_generated_total[1m]))")
-    assert {s["metric"]["host"] for s in per_host if float(s["value"][1]) > 0} == set(HOSTS)
+
+    def generating_hosts() -> bool:  # the generations reach Prometheus within a poll + scrape
+        per_host = prom.query("sum by (host) (rate(llama_exporter_tokens_generated_total[1m]))")
+        return {s["metric"]["host"] for s in per_host if float(s["value"][1]) > 0} == set(HOSTS)
+
+    prom.wait_for(generating_hosts, timeout=30, what="tokens/s > 0 on every host")
 
 
 def request_completion(port: int) -> tuple[int, Any]:
@@ -318,15 +324,17 @@ def test_cardinality_per_host_and_model(
 
 
 def request_text(url: str) -> tuple[int, str]:
-    """GET with the fleet's token; (status, text)."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    """GET with Prometheus's scrape token; (status, text)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return resp.status, resp.read().decode()
 
 
 def test_killing_one_service_fires_exporter_down_naming_its_host(fleet: Fleet) -> None:
     service = fleet.services["b"]
-    llama = psutil.Process(service.status(HOSTS["b"])["pid"])
+    _, status = request("GET", service.api + "/status")
+    (entry,) = [m for m in status["models"] if m["model"] == HOSTS["b"]]
+    llama = psutil.Process(entry["pid"])
     killed = time.monotonic()
     os.kill(service.proc.pid, signal.SIGKILL)
     service.proc.wait()
