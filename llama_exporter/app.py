@@ -40,7 +40,11 @@ def create_app(
     spawn: Spawn | None = None,
 ) -> web.Application:
     """The aiohttp application with every component wired; started by cleanup_ctx."""
-    app = web.Application(middlewares=[api.error_middleware, api.auth_middleware(config.api_token)])
+    app = web.Application(
+        middlewares=[api.error_middleware, api.auth_middleware(config.api_token)],
+        # Gateway bodies may be larger than aiohttp's 1 MiB default (gateway.max_body_bytes).
+        client_max_size=max(1024**2, config.gateway.max_body_bytes + 1),
+    )
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
     histogram = StartDurationHistogram()

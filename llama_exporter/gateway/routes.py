@@ -21,7 +21,7 @@ from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
 from llama_exporter.gateway.scheduler import GatewayError, Scheduler
-from llama_exporter.supervisor import Supervisor, UnknownModel
+from llama_exporter.supervisor import ShuttingDown, Supervisor, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +205,11 @@ class Gateway:
         except GatewayError as err:
             code = err.status
             return error_response(err)
+        except ShuttingDown:
+            code = 503
+            return error_response(
+                GatewayError(503, "the service is shutting down", "server_error", "shutting_down")
+            )
         except proxy.UpstreamUnreachable as exc:
             code = 502
             return error_response(
@@ -242,17 +247,13 @@ class Gateway:
         limit = self.config.gateway.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise self._too_big(request.content_length)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise self._too_big(size)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            body = await request.read()  # cached: a middleware may have read it already
+        except web.HTTPRequestEntityTooLarge:
+            raise self._too_big(limit + 1) from None
+        if len(body) > limit:
+            raise self._too_big(len(body))
+        return body
 
     def _too_big(self, size: int) -> GatewayError:
         limit = self.config.gateway.max_body_bytes
