@@ -56,7 +56,7 @@ class Outcome:
     """What happened to a forwarded request, for the metrics."""
 
     code: int
-    watch: StreamWatch | None = None  # set for streamed answers
+    streamed: bool = False
     usage: Usage | None = None
 
 
@@ -88,10 +88,14 @@ async def forward(
     url: str,
     body: bytes,
     api_key: str | None,
-    started: float,
+    watch: StreamWatch,
     clock: Callable[[], float],
 ) -> tuple[web.StreamResponse, Outcome]:
-    """Send the request to url and answer the client with llama-server's answer."""
+    """Send the request to url and answer the client with llama-server's answer.
+
+    A streamed answer is fed to watch as it passes, so what it saw (first token,
+    gaps) is there even when the client leaves half-way.
+    """
     headers = upstream_headers(request.headers, api_key)
     try:
         upstream = await session.request(request.method, url, data=body or None, headers=headers)
@@ -99,7 +103,7 @@ async def forward(
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
     try:
         if upstream.content_type == "text/event-stream":
-            return await _stream(request, upstream, started, clock)
+            return await _stream(request, upstream, watch, clock)
         data = await upstream.read()
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"the answer broke off: {exc}") from exc
@@ -118,14 +122,13 @@ async def forward(
 async def _stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    started: float,
+    watch: StreamWatch,
     clock: Callable[[], float],
 ) -> tuple[web.StreamResponse, Outcome]:
     response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # proxies in front of us must not buffer
-    watch = StreamWatch(started)
-    outcome = Outcome(upstream.status, watch=watch)
+    outcome = Outcome(upstream.status, streamed=True)
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
