@@ -278,10 +278,15 @@ async def fake_part(rounds: int, tmp: Path) -> None:
             ours: list[float] = []
             base: list[float] = []
             errors = 0
+            proc = psutil.Process(service.proc.pid if service.proc else 0)
+            service_cpu = 0.0
             for i in range(max(2, rounds // 5)):
                 first, second = (gw_url, direct_url) if i % 2 else (direct_url, gw_url)
                 for url in (first, second):
+                    cpu0 = sum(proc.cpu_times()[:2])
                     rps, err = await throughput(session, url, body, n, conc)
+                    if url == gw_url:
+                        service_cpu += sum(proc.cpu_times()[:2]) - cpu0
                     errors += err
                     (ours if url == gw_url else base).append(rps)
             print(
@@ -291,8 +296,12 @@ async def fake_part(rounds: int, tmp: Path) -> None:
                 f"  direct {statistics.median(base):7.0f} req/s   gateway "
                 f"{statistics.median(ours):7.0f} req/s (goal >= {GOAL_RPS:.0f})   errors {errors}"
             )
+            per_request = service_cpu / (n * len(ours))
+            print(
+                f"  service CPU {per_request * 1e6:.0f} us per request"
+                f" (one core could serve {1 / per_request:.0f} req/s)"
+            )
 
-            proc = psutil.Process(service.proc.pid if service.proc else 0)
             cpu0 = sum(proc.cpu_times()[:2])
             began = time.monotonic()
             answers = await asyncio.gather(

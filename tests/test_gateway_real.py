@@ -9,6 +9,7 @@ and idle unload. The tests of a service run in file order and build on each othe
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import threading
@@ -78,6 +79,29 @@ class Gw:
                 self.client_ttfts.append(ttft)
                 return stream, ttft, chunk.choices[0].delta.content
         raise AssertionError("the stream ended without any text")
+
+    def hold(self, model: str) -> http.client.HTTPConnection:
+        """Keep model busy with a long non-streamed generation until the connection is closed.
+
+        Not streamed and not through the openai client: the TTFT comparison stays
+        about the streams whose first token the client timed.
+        """
+        self.sent += 1
+        before = self.service.status(model)["in_flight"]
+        conn = http.client.HTTPConnection("127.0.0.1", self.service.port, timeout=120)
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": LONG,
+            "ignore_eos": True,
+        }
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        wait_until(
+            lambda: self.service.status(model)["in_flight"] > before, f"a request in {model}"
+        )
+        return conn
 
     def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of name matching labels (0 when none)."""
@@ -235,7 +259,7 @@ def test_client_disconnect_mid_stream_frees_the_slot(gw: Gw) -> None:
 
 def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     # g0 and g2 are loaded; keep both busy with long generations.
-    busy = {m: gw.stream(m, max_tokens=LONG)[0] for m in ("g0", "g2")}
+    busy = {m: gw.hold(m) for m in ("g0", "g2")}
     with ThreadPoolExecutor(5) as pool:
         queued = [pool.submit(gw.chat, "g1", 2) for _ in range(4)]
         wait_until(lambda: gw.summary()["queue_length"] == 4, "4 queued requests for g1")
@@ -250,7 +274,7 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
     assert gw.metric("llama_exporter_gateway_queue_wait_seconds_count", model="g1") == 4
     # Now g1 and g2 both busy: a request for g0 waits 4 s in the queue, then 503.
-    busy["g1"] = gw.stream("g1", max_tokens=LONG)[0]
+    busy["g1"] = gw.hold("g1")
     with pytest.raises(openai.InternalServerError) as late:
         gw.chat("g0", max_tokens=2)
     assert late.value.status_code == 503

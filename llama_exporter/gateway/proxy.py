@@ -79,6 +79,8 @@ def new_session() -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # llama-server sets none; skip the jar's work
+        skip_auto_headers=("User-Agent",),
     )
 
 
@@ -101,14 +103,21 @@ async def forward(
         upstream = await session.request(request.method, url, data=body or None, headers=headers)
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
+    whole = False  # read to the end: the connection may serve the next request
     try:
         if upstream.content_type == "text/event-stream":
-            return await _stream(request, upstream, watch, clock)
+            response, outcome = await _stream(request, upstream, watch, clock)
+            whole = outcome.code not in (CLIENT_CLOSED, UPSTREAM_BROKE)
+            return response, outcome
         data = await upstream.read()
+        whole = True
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"the answer broke off: {exc}") from exc
     finally:
-        upstream.close()  # mid-stream (client gone, cancelled): llama-server stops generating
+        if whole:
+            upstream.release()
+        else:  # client gone or cancelled mid-answer: closing stops llama-server generating
+            upstream.close()
     usage = None
     if upstream.status == 200 and upstream.content_type == "application/json":
         try:
