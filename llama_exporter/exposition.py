@@ -23,7 +23,9 @@ _go_float: Callable[[float], str] = floatToGoString  # the value format generate
 
 
 def value_text(value: float) -> str:
-    """floatToGoString, with a fast path for the common finite, short numbers."""
+    """floatToGoString, with fast paths for the common small integers and short numbers."""
+    if type(value) is int and -(10**15) < value < 10**6:  # what repr(float(value)) writes
+        return f"{value}.0"
     if math.isfinite(value):
         text = repr(float(value))
         if value <= 0 or text.find(".") <= 6:
@@ -44,13 +46,17 @@ def header(name: str, kind: str, doc: str) -> str:
     return f"# HELP {name} {doc}\n# TYPE {name} {TYPES[kind]}\n"
 
 
-def sample(name: str, labels: Sequence[tuple[str, str]], value: float) -> str:
-    """One sample line; labels in any order (written sorted by name, as generate_latest)."""
+def labels_text(labels: Sequence[tuple[str, str]]) -> str:
+    """'{name="value",...}' sorted by name as generate_latest writes it ('' for none)."""
     if not labels:
-        return f"{name} {value_text(value)}\n"
+        return ""
     pairs = sorted(labels) if len(labels) > 1 else labels
-    body = ",".join([f'{k}="{escape(v)}"' for k, v in pairs])
-    return f"{name}{{{body}}} {value_text(value)}\n"
+    return "{" + ",".join([f'{k}="{escape(v)}"' for k, v in pairs]) + "}"
+
+
+def sample(name: str, labels: Sequence[tuple[str, str]], value: float) -> str:
+    """One sample line; labels in any order."""
+    return f"{name}{labels_text(labels)} {value_text(value)}\n"
 
 
 def exposed_name(family: Metric) -> str:
