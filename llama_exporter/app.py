@@ -68,7 +68,7 @@ def create_app(
     )
     store = MetricsStore(config.poll.history)
     gateway = Gateway(config, supervisor)
-    hub = WebSocketHub()
+    hub = WebSocketHub(max_clients=config.websocket_max_clients)
     labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
@@ -103,7 +103,8 @@ def create_app(
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        poller = Poller(config, store)
+        poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
+        poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
             supervisor.subscribe(poller.on_status),
@@ -127,6 +128,7 @@ def create_app(
             undo()
         await poller.close()
         targets.on_status(None)
+        await targets.flush()  # the last state on disk before the loop ends
 
     async def begin_shutdown(app: web.Application) -> None:
         # on_shutdown runs before aiohttp waits for in-flight requests: stop the

@@ -30,23 +30,26 @@ from llama_exporter.exposition import render as render
 from llama_exporter.families import (
     CAP,
     HOST,
+    HOST_ERRORS,
     LIVE_PART,
     ORDER,
     PARTS,
     POLL_PART,
     PREFIX,
     RUNNING,
+    TASKS,
     TOKENS_PART,
     Family,
     ModelInfo,
     Part,
     Prefixes,
     Row,
+    Rows,
     info_key,
     text_of,
 )
-from llama_exporter.poller import MetricsStore
 from llama_exporter.states import InstanceStatus
+from llama_exporter.store import MetricsStore
 
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -118,6 +121,7 @@ class StartDurationHistogram(Collector):
 @dataclass
 class _Cached:
     key: object
+    rows: Rows
     text: tuple[str, ...]
 
 
@@ -179,6 +183,11 @@ class LlamaCollector(Collector):
             return [((), self._running())]
         if family is CAP:
             return [((), self._cap())]
+        if family is HOST_ERRORS:
+            return [((), self._store.host_errors)]
+        if family is TASKS:
+            tasks = self._store.asyncio_tasks
+            return [] if tasks is None else [((), tasks)]
         return self._host(family) if family in HOST else None
 
     def collect(self) -> Iterator[Metric]:
@@ -199,8 +208,10 @@ class LlamaCollector(Collector):
         cached = self._cache.get((model, part))
         if cached is not None and (cached.key is key or cached.key == key):
             return cached.text
-        text = text_of(part.families, part.rows(model, key), self._prefixes)
-        self._cache[(model, part)] = _Cached(key, text)
+        rows = part.rows(model, key)
+        before = (cached.rows, cached.text) if cached is not None else None
+        text = text_of(part.families, rows, self._prefixes, before)
+        self._cache[(model, part)] = _Cached(key, rows, text)
         return text
 
     def on_snapshot(self, snap: ModelSnapshot) -> None:

@@ -21,6 +21,8 @@ import yaml
 
 DEFAULT_PORT = 9777
 DEFAULT_MAX_PARALLEL = 4
+DEFAULT_LOG_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_WEBSOCKET_MAX_CLIENTS = 64
 
 
 def _empty_env() -> Mapping[str, str]:
@@ -83,6 +85,7 @@ class PollConfig:
     interval: float = 1.0
     timeout: float = 0.8  # per request
     history: int = 120  # samples kept per model
+    idle_interval: float = 5.0  # an idle instance's reads (0: every interval); see pollrate
 
 
 @dataclass(frozen=True)
@@ -124,6 +127,8 @@ class Config:
     ready_timeout: float = 120.0
     stop_grace: float = 10.0
     hang_timeout: float = 15.0  # a ready instance whose /health fails this long is restarted
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES  # an instance log this big is moved to <log>.1
+    websocket_max_clients: int = DEFAULT_WEBSOCKET_MAX_CLIENTS  # more are refused (close 1013)
     restart: RestartPolicy = RestartPolicy()
     model_dirs: tuple[Path, ...] = ()
     defaults: ModelDefaults = ModelDefaults()

@@ -14,8 +14,10 @@ from types import MappingProxyType
 from typing import Any
 
 from llama_exporter.config import (
+    DEFAULT_LOG_MAX_BYTES,
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PORT,
+    DEFAULT_WEBSOCKET_MAX_CLIENTS,
     ENV_API_TOKEN,
     ENV_SCRAPE_TOKEN,
     WHEN_FULL,
@@ -163,6 +165,13 @@ class Parser:
             ready_timeout=self.seconds(top.get("ready_timeout", 120.0), "ready_timeout"),
             stop_grace=self.seconds(top.get("stop_grace", 10.0), "stop_grace"),
             hang_timeout=self.seconds(top.get("hang_timeout", 15.0), "hang_timeout"),
+            log_max_bytes=self.integer(
+                top.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES), "log_max_bytes", 4096
+            ),
+            websocket_max_clients=self.integer(
+                top.get("websocket_max_clients", DEFAULT_WEBSOCKET_MAX_CLIENTS),
+                "websocket_max_clients",
+            ),
             restart=self.restart(top.get("restart")),
             model_dirs=self.model_dirs(top.get("model_dirs")),
             defaults=defaults,
@@ -437,12 +446,14 @@ class Parser:
         )
 
     def poll(self, value: object) -> PollConfig:
-        raw = self.mapping(value, "poll", ("interval", "timeout", "history"))
+        raw = self.mapping(value, "poll", ("interval", "timeout", "history", "idle_interval"))
         base = PollConfig()
+        idle = raw.get("idle_interval", base.idle_interval)
         return PollConfig(
             interval=self.seconds(raw.get("interval", base.interval), "poll.interval"),
             timeout=self.seconds(raw.get("timeout", base.timeout), "poll.timeout"),
             history=self.integer(raw.get("history", base.history), "poll.history"),
+            idle_interval=self.seconds_or_zero(idle, "poll.idle_interval"),
         )
 
 
@@ -455,6 +466,8 @@ _TOP_KEYS = (
     "ready_timeout",
     "stop_grace",
     "hang_timeout",
+    "log_max_bytes",
+    "websocket_max_clients",
     "restart",
     "model_dirs",
     "defaults",

@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from llama_exporter.derive import ModelSnapshot
 from llama_exporter.exposition import labels_text, value_text
-from llama_exporter.poller import PollInfo
 from llama_exporter.states import InstanceStatus, State
+from llama_exporter.store import PollInfo
 
 PREFIX = "llama_exporter_"
 
@@ -140,6 +140,8 @@ HOST = (
     _g("host_memory_total_bytes", "Host memory."),
     _g("host_memory_used_bytes", "Host memory in use."),
 )
+HOST_ERRORS = _c("host_sample_errors", "Failed samples of host CPU and memory.")
+TASKS = _g("asyncio_tasks", "The service's own asyncio tasks (at the last host sample).")
 ERRORS = (_c("poll_errors", "Failed reads of llama-server.", "model", "endpoint", "reason"),)
 POLL = (
     _g("poll_duration_seconds", "Duration of the last poll.", *M),
@@ -257,14 +259,23 @@ def poll_rows(model: str, poll: PollInfo | None) -> Rows:
 Prefixes = dict[tuple[Family, tuple[str, ...]], str]
 
 
-def text_of(families: Sequence[Family], rows: Rows, prefixes: Prefixes) -> tuple[str, ...]:
+def text_of(
+    families: Sequence[Family],
+    rows: Rows,
+    prefixes: Prefixes,
+    before: tuple[Rows, tuple[str, ...]] | None = None,
+) -> tuple[str, ...]:
     """Each family's sample lines of one part.
 
-    prefixes keeps 'name{labels} ' per (family, label values) between calls: a
-    model's label values rarely change, so most lines only format their value.
+    before: the rows and text written last time; a family whose rows are equal keeps
+    its text (a busy snapshot changes about half of its families). prefixes keeps
+    'name{labels} ' per (family, label values) between calls.
     """
     texts: list[str] = []
-    for family, family_rows in zip(families, rows, strict=True):
+    for index, (family, family_rows) in enumerate(zip(families, rows, strict=True)):
+        if before is not None and before[0][index] == family_rows:
+            texts.append(before[1][index])
+            continue
         lines: list[str] = []
         for labels, value in family_rows:
             prefix = prefixes.get((family, labels))
@@ -294,4 +305,16 @@ PARTS = (
     Part("poll", POLL, poll_rows),
 )
 INSTANCE_PART, INFO_PART, TOKENS_PART, LIVE_PART, ERRORS_PART, POLL_PART = PARTS
-ORDER = (*INSTANCE, RUNNING, CAP, *MODEL_INFO, *TOKENS, *LIVE, *HOST, *ERRORS, *POLL)
+ORDER = (
+    *INSTANCE,
+    RUNNING,
+    CAP,
+    *MODEL_INFO,
+    *TOKENS,
+    *LIVE,
+    *HOST,
+    HOST_ERRORS,
+    TASKS,
+    *ERRORS,
+    *POLL,
+)

@@ -155,8 +155,11 @@ def test_client_commands_against_a_running_service(service: ServiceProcess) -> N
     assert "IN FLIGHT" in lines[0] and "IDLE" in lines[0]
     assert any(line.startswith("m0") and "ready" in line for line in lines)
     assert "1 of 4 running" in ps.stdout
-    logs = cli("logs", "m0", "-n", "5", url=service.url)
-    assert logs.returncode == 0
+    logs = cli("logs", "m0", "-n", "50", url=service.url)
+    assert logs.returncode == 0, logs.stderr
+    assert "starting: " in logs.stdout and "--metrics" in logs.stdout  # not just "no error"
+    five = cli("logs", "m0", "-n", "5", url=service.url)
+    assert 0 < len(five.stdout.splitlines()) <= 5
     unknown = cli("start", "nope", url=service.url)
     assert unknown.returncode == 1
     assert "nope" in unknown.stderr
@@ -194,7 +197,7 @@ def test_sigkill_of_the_service_leaves_no_llama_server(
     pids = _start_both(service)
     service.proc.send_signal(signal.SIGKILL)
     service.proc.wait()
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 60  # the kernel's doing; the bound only catches a hang
     while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(alive(pid) for pid in pids)

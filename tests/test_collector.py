@@ -114,6 +114,7 @@ def world() -> World:
     w.store.record_poll("a", 0.004, 101.0)
     w.store.record_error("a", "slots", "timeout")
     w.store.host = HostSample(0.5, 8_000_000_000, 3_000_000_000)
+    w.store.asyncio_tasks = 7
     w.histogram.observe("a", 1.2)
     return w
 
@@ -186,6 +187,8 @@ def test_values() -> None:
     assert values["llama_exporter_process_cpu_utilization_ratio"][a] == pytest.approx(0.25)
     assert values["llama_exporter_instances_max"][()] == 4
     assert values["llama_exporter_instances_running"][()] == 1
+    assert values["llama_exporter_asyncio_tasks"][()] == 7
+    assert values["llama_exporter_host_sample_errors_total"][()] == 0
     info = values["llama_exporter_instance_info"]
     assert info == {(("model", "a"), ("pid", "1234"), ("port", "18080")): 1.0}
     assert values["llama_exporter_instance_start_duration_seconds_count"][a] == 1

@@ -86,12 +86,14 @@ instance_host: 0.0.0.0
 ready_timeout: 60
 stop_grace: 5.5
 hang_timeout: 20
+log_max_bytes: 1048576
+websocket_max_clients: 8
 restart: {enabled: false, max_retries: 2, backoff_initial: 0.5, backoff_max: 8, stable_after: 30}
 model_dirs: [models]
 defaults: {ctx_size: 8192, parallel: 4, args: ["--threads", 2]}
 state_dir: ~/state
 targets: {directory: /srv/targets, labels: {env: lab}, address: 10.0.0.1}
-poll: {interval: 2, timeout: 1.5, history: 60}
+poll: {interval: 2, timeout: 1.5, history: 60, idle_interval: 0}
 api_token: from-file
 models:
   - name: gemma
@@ -122,6 +124,8 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         ready_timeout=60.0,
         stop_grace=5.5,
         hang_timeout=20.0,
+        log_max_bytes=1048576,
+        websocket_max_clients=8,
         restart=RestartPolicy(False, 2, 0.5, 8.0, 30.0),
         model_dirs=(cfg_dir / "models",),
         defaults=ModelDefaults(8192, 4, ("--threads", "2")),
@@ -146,7 +150,7 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         ),
         state_dir=home / "state",
         targets=TargetsConfig(Path("/srv/targets"), {"env": "lab"}, "10.0.0.1"),
-        poll=PollConfig(2.0, 1.5, 60),
+        poll=PollConfig(2.0, 1.5, 60, idle_interval=0.0),
         api_token="from-file",
     )
     assert config.log_dir == home / "state" / "logs"
@@ -353,8 +357,12 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("ready_timeout: 0\n", "ready_timeout", "more than 0 seconds"),
     ("stop_grace: -1\n", "stop_grace", "more than 0 seconds"),
     ("hang_timeout: soon\n", "hang_timeout", "must be a number of seconds"),
+    ("log_max_bytes: 100\n", "log_max_bytes", "must be an integer >= 4096, got 100"),
+    ("log_max_bytes: 20MB\n", "log_max_bytes", "got '20MB'"),
+    ("websocket_max_clients: 0\n", "websocket_max_clients", "must be a positive integer"),
     ("poll: {interval: 0}\n", "poll.interval", "more than 0 seconds"),
     ("poll: {history: 0}\n", "poll.history", "must be a positive integer, got 0"),
+    ("poll: {idle_interval: -1}\n", "poll.idle_interval", "must be 0 or more seconds"),
     ("restart: {backoff_initial: 10, backoff_max: 5}\n", "restart.backoff_max", "less than"),
     ("restart: {enabled: yes please}\n", "restart.enabled", "true or false"),
     ("restart: {max_retries: -1}\n", "restart.max_retries", "must be an integer >= 0"),
