@@ -54,7 +54,9 @@ def create_app(
             api.error_middleware,
             guard.guard_middleware(policy, api.refusal_response),
             auth.auth_middleware(tokens, api.refusal_response),
-        ]
+        ],
+        # Gateway bodies may be larger than aiohttp's 1 MiB default (gateway.max_body_bytes).
+        client_max_size=max(1024**2, config.gateway.max_body_bytes + 1),
     )
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
