@@ -61,11 +61,15 @@ class World:
     counters: dict[str, InstanceCounters] = field(default_factory=dict)
     infos: list[Info] = field(default_factory=list)
     histogram: StartDurationHistogram = field(default_factory=StartDurationHistogram)
+    host: str | None = None  # the host label on every series, if any
     registry: CollectorRegistry = field(init=False)
 
     def __post_init__(self) -> None:
         # One registry for the world's life, as in the service: its text cache is used.
+        if self.host is not None:
+            self.histogram = StartDurationHistogram(host=self.host)
         self.registry = build_registry(
+            host=self.host,
             store=self.store,
             statuses=lambda: self.statuses,
             counters=lambda m: self.counters.get(m, InstanceCounters()),
@@ -328,8 +332,8 @@ def test_token_counter_starting_total_is_exported() -> None:
 class Lab:
     """A World driven by the events the service sees: polls, stops, restarts, deletes..."""
 
-    def __init__(self) -> None:
-        self.w = World()
+    def __init__(self, host: str | None = None) -> None:
+        self.w = World(host=host)
         self.derivers: dict[str, ModelDeriver] = {}
         self.pids = itertools.count(100)
         self.t = 0.0
@@ -399,11 +403,14 @@ OPS = ("poll", "restart", "stop", "delete", "error", "counters", "metadata", "ob
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(("a", "b", "c"))), max_size=40))
+@given(
+    st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(("a", "b", "c"))), max_size=40),
+    st.sampled_from([None, "box-a", 'we"ird\\host']),
+)
 def test_cached_text_is_what_generate_latest_writes_after_any_events(
-    events: list[tuple[str, str]],
+    events: list[tuple[str, str]], host: str | None
 ) -> None:
-    lab = Lab()
+    lab = Lab(host)
     for op, model in events:
         lab.apply(op, model)
         text = lab.w.render()  # asserts the bytes equal generate_latest's
