@@ -202,7 +202,8 @@ def gw_pinned(
     """Models g0 (pinned), g1, g2 (idle_ttl 3 s), cap 2, the poller at 2 Hz."""
     tmp = tmp_path_factory.mktemp("gw-pinned")
     extra: dict[int, dict[str, Any]] = {0: {"pinned": True}, 2: {"idle_ttl": 3}}
-    with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll={"interval": 0.5}) as g:
+    poll = {"interval": 0.5, "idle_interval": 0}  # idle models read at 2 Hz too (see pollrate)
+    with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll=poll) as g:
         yield g
 
 
