@@ -189,9 +189,12 @@ def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) ->
         for board_file in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
             board = json.loads(board_file.read_text())
             queries += generate.panel_queries(board, {"model": MODEL, "datasource": "x"})
+        # The gateway's rules (group llama-gateway) need requests through the gateway,
+        # which does not exist yet (issue 8); they get their end-to-end check with it.
         recording = [
             (rule["name"], rule["name"], "")
             for group in prom.rules()
+            if group["name"] != "llama-gateway"
             for rule in group["rules"]
             if rule.get("type") == "recording"
         ]
