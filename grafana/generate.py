@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import gateway_panels
 from metric_catalog import known_metrics, unknown_metrics
 from panels import (
     DATASOURCE_UID as DATASOURCE_UID,  # re-exported: the tests read it here
@@ -178,6 +179,7 @@ def overview() -> Json:
         timeseries(lay, "Instances up", "1 while the service reports the model ready.",
                    "none", [target("max by (model) (llama_exporter_instance_up)", "{{model}}")],
                    stepped=True, maximum=1, size=(24, 6)),
+        *gateway_panels.overview_row(lay),
     ]  # fmt: skip
     return dashboard(OVERVIEW_UID, "llama: overview", panels, [datasource_variable()])
 
@@ -296,6 +298,7 @@ def model_dashboard() -> Json:
                    [target(f"sum by (endpoint, reason) (increase(llama_exporter_poll_errors_total"
                            f"{m}[$__rate_interval]))", "{{endpoint}} {{reason}}")],
                    bars=True, size=(24, 6)),
+        *gateway_panels.model_row(lay, m),
     ]  # fmt: skip
     model_variable: Json = {
         "type": "query",

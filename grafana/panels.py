@@ -214,3 +214,15 @@ def dashboard(uid: str, title: str, panels: list[Json], variables: list[Json]) -
         ],
         "panels": panels,
     }
+
+
+def row(layout: Layout, title: str) -> Json:
+    """A (not collapsed) row header across the whole width; the panels after it follow."""
+    return {
+        "id": layout.new_id(),
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "gridPos": layout.place(24, 1),
+        "panels": [],
+    }
