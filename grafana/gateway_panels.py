@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from panels import Json, Layout, row, target, timeseries
 
+ROW = "Gateway (/v1)"
 GATEWAY = "llama_exporter_gateway_"
 RULE_TTFT = "model:llama_exporter_gateway_time_to_first_token_seconds:"
 RULE_LATENCY = "model:llama_exporter_gateway_request_duration_seconds:"
@@ -33,7 +34,7 @@ def overview_row(lay: Layout) -> list[Json]:
     """Every model's gateway traffic, latency, queue and loads."""
     size = (8, 8)
     return [
-        row(lay, "Gateway (/v1)"),
+        row(lay, ROW),
         timeseries(lay, "Gateway requests/s", "Requests through the gateway per second, by "
                    "model and HTTP status code.", "reqps",
                    [target(f"sum by (model, code) (rate({GATEWAY}requests_total{RATE}))",
@@ -77,7 +78,7 @@ def overview_row(lay: Layout) -> list[Json]:
 def model_row(lay: Layout, m: str) -> list[Json]:
     """One model's gateway traffic, latencies, waits and loads; m is its label selector."""
     return [
-        row(lay, "Gateway (/v1)"),
+        row(lay, ROW),
         timeseries(lay, "Gateway requests/s", "Requests for this model through the gateway "
                    "per second, by endpoint and HTTP status code.", "reqps",
                    [target(f"sum by (endpoint, code) (rate({GATEWAY}requests_total{m}{RATE}))",

@@ -335,6 +335,19 @@ def iter_panels(board: Json) -> Iterator[Json]:
         yield from item.get("panels", [])
 
 
+def split_row(board: Json, title: str) -> tuple[Json, Json]:
+    """(the panels under the row titled `title`, every other panel), each as a board."""
+    inside: list[Json] = []
+    outside: list[Json] = []
+    current = ""
+    for item in board.get("panels", []):
+        if item.get("type") == "row":
+            current = item["title"]
+        else:
+            (inside if current == title else outside).append(item)
+    return {**board, "panels": inside}, {**board, "panels": outside}
+
+
 _VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
 
 
