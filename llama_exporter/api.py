@@ -20,6 +20,7 @@ from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
+from llama_exporter.gateway import Gateway
 from llama_exporter.poller import MetricsStore
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
@@ -38,6 +39,7 @@ STORE = web.AppKey("store", MetricsStore)
 HUB = web.AppKey("hub", WebSocketHub)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
+GATEWAY = web.AppKey("gateway", Gateway)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -127,8 +129,15 @@ def auth_middleware(token: str | None) -> Middleware:
 # -- JSON views ---------------------------------------------------------------
 
 
-def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
-    """One instance's status as the API shows it."""
+def status_json(
+    status: InstanceStatus, now: float, gateway: Gateway | None = None
+) -> dict[str, Any]:
+    """One instance's status as the API shows it (with the gateway's view of its use)."""
+    use = (
+        gateway.status_fields(status.model)
+        if gateway is not None
+        else {"pinned": False, "idle_ttl": 0.0, "in_flight": 0, "last_used": None}
+    )
     return {
         "model": status.model,
         "state": str(status.state),
@@ -141,6 +150,7 @@ def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
         "retries": status.retries,
         "last_error": status.last_error,
         "next_retry_at": status.next_retry_at,
+        **use,
     }
 
 
@@ -197,6 +207,10 @@ def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False
     if kind is not int and not isinstance(value, kind):
         raise ApiError(400, f"field {key!r} must be {_KIND_NAMES[kind]}", field=key)
     return value
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -262,19 +276,21 @@ async def delete_model(request: web.Request) -> web.Response:
 async def start_model(request: web.Request) -> web.Response:
     """Start a model; with ?wait=true answer when it is ready or has failed."""
     name = _name(request)
-    wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
+    wait = _flag(request, "wait")
     supervisor = request.app[SUPERVISOR]
-    status = await supervisor.start(name)
+    gateway = request.app[GATEWAY]
+    # An explicit start counts as use; ?evict=true makes room like a gateway request.
+    status = await gateway.scheduler.start_for_api(name, evict=_flag(request, "evict"))
     if wait:
         status = await supervisor.wait_settled(name)
         if status.state is not State.READY:
             raise ApiError(
                 502,
                 f"model {name!r} did not start: {status.last_error or status.state}",
-                instance=status_json(status, time.time()),
+                instance=status_json(status, time.time(), gateway),
             )
     code = 200 if status.state is State.READY else 202
-    return web.json_response(status_json(status, time.time()), status=code)
+    return web.json_response(status_json(status, time.time(), gateway), status=code)
 
 
 async def stop_model(request: web.Request) -> web.Response:
@@ -282,7 +298,7 @@ async def stop_model(request: web.Request) -> web.Response:
     name = _name(request)
     # Shielded: a client that hangs up (or a shutdown) must not leave it half-stopped.
     status = await asyncio.shield(request.app[SUPERVISOR].stop(name))
-    return web.json_response(status_json(status, time.time()))
+    return web.json_response(status_json(status, time.time(), request.app[GATEWAY]))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -291,7 +307,7 @@ async def status(request: web.Request) -> web.Response:
     now = time.time()
     return web.json_response(
         {
-            "models": [status_json(s, now) for s in supervisor.statuses()],
+            "models": [status_json(s, now, request.app[GATEWAY]) for s in supervisor.statuses()],
             "running": supervisor.running_count,
             "cap": supervisor.cap,
         }
@@ -348,7 +364,7 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
     for st in app[SUPERVISOR].statuses():
         if model is not None and st.model != model:
             continue
-        yield make_event(STATUS_EVENT, st.model, status_json(st, now))
+        yield make_event(STATUS_EVENT, st.model, status_json(st, now, app[GATEWAY]))
         latest = store.latest(st.model)
         if latest is not None:
             yield make_event(METRICS_EVENT, st.model, latest.to_dict())

@@ -14,6 +14,7 @@ from llama_exporter import api
 from llama_exporter.collector import StartDurationHistogram, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
+from llama_exporter.gateway import Gateway
 from llama_exporter.gguf_meta import GGUFInfoCache
 from llama_exporter.poller import MetricsStore, Poller
 from llama_exporter.registry import Registry
@@ -51,6 +52,7 @@ def create_app(
         instance_host=config.instance_host,
     )
     store = MetricsStore(config.poll.history)
+    gateway = Gateway(config, supervisor)
     hub = WebSocketHub()
     labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
@@ -62,6 +64,7 @@ def create_app(
     app[api.STORE] = store
     app[api.HUB] = hub
     app[api.HISTOGRAM] = histogram
+    app[api.GATEWAY] = gateway
     app[api.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
@@ -71,14 +74,18 @@ def create_app(
         cap=lambda: supervisor.cap,
         histogram=histogram,
     )
+    app[api.METRICS].register(gateway.metrics)
     api.add_routes(app)
+    gateway.add_routes(app)
 
     def publish_metrics(snap: ModelSnapshot) -> None:
         if hub.client_count:  # to_dict() costs more than the rest of a poll's bookkeeping
             hub.publish(make_event(METRICS_EVENT, snap.model, snap.to_dict()))
 
     def publish_status(status: InstanceStatus) -> None:
-        hub.publish(make_event(STATUS_EVENT, status.model, api.status_json(status, time.time())))
+        hub.publish(
+            make_event(STATUS_EVENT, status.model, api.status_json(status, time.time(), gateway))
+        )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         poller = Poller(config, store)
@@ -113,5 +120,6 @@ def create_app(
         await supervisor.shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(gateway.lifecycle)
     app.on_shutdown.append(begin_shutdown)
     return app

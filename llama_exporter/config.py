@@ -38,6 +38,9 @@ class ModelConfig:
     env: Mapping[str, str] = field(default_factory=_empty_env)
     autostart: bool = False
     api_key: str | None = None  # passed as --api-key; the poller then sends it
+    pinned: bool = False  # never evicted (nor unloaded when idle) by the gateway
+    idle_ttl: float = 0.0  # seconds without a request before unloading; 0 = never
+    stop_drain: float = 30.0  # an explicit stop waits this long for requests in flight
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,22 @@ class ModelDefaults:
     ctx_size: int = 4096
     parallel: int = 2
     args: tuple[str, ...] = ()
+    pinned: bool = False
+    idle_ttl: float = 0.0
+    stop_drain: float = 30.0
+
+
+WHEN_FULL = ("evict", "queue", "reject")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The OpenAI-compatible gateway: what to do when the cap is full, the queue's bounds."""
+
+    when_full: str = "evict"  # evict | queue | reject
+    max_queue: int = 64  # requests waiting for the cap; past it: 429
+    queue_timeout: float = 120.0  # seconds in the queue before 503
+    max_body_bytes: int = 16 * 1024 * 1024  # larger request bodies: 413
 
 
 @dataclass(frozen=True)
@@ -112,6 +131,7 @@ class Config:
     targets: TargetsConfig | None = None  # None: <state_dir>/targets
     poll: PollConfig = PollConfig()
     api_token: str | None = None  # bearer token for mutating API calls
+    gateway: GatewayConfig = GatewayConfig()
 
     @property
     def log_dir(self) -> Path:

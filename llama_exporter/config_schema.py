@@ -16,8 +16,10 @@ from typing import Any
 from llama_exporter.config import (
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PORT,
+    WHEN_FULL,
     Config,
     ConfigError,
+    GatewayConfig,
     ModelConfig,
     ModelDefaults,
     PollConfig,
@@ -84,6 +86,13 @@ class Parser:
             raise self.error(key, f"must be a number of seconds, got {value!r}")
         if value <= 0:
             raise self.error(key, f"must be more than 0 seconds, got {value}")
+        return float(value)
+
+    def seconds_or_zero(self, value: object, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
+            raise self.error(key, f"must be a number of seconds, got {value!r}")
+        if value < 0:
+            raise self.error(key, f"must be 0 or more seconds, got {value}", "0 means never")
         return float(value)
 
     def boolean(self, value: object, key: str) -> bool:
@@ -155,6 +164,7 @@ class Parser:
             targets=self.targets(top.get("targets"), state_dir),
             poll=self.poll(top.get("poll")),
             api_token=_env_token(self.env) or token,
+            gateway=self.gateway(top.get("gateway")),
         )
 
     def llama_server(self, value: object) -> Path:
@@ -236,13 +246,43 @@ class Parser:
         return tuple(dirs)
 
     def defaults(self, value: object) -> ModelDefaults:
-        raw = self.mapping(value, "defaults", ("ctx_size", "parallel", "args"))
+        raw = self.mapping(value, "defaults", _DEFAULTS_KEYS)
         base = ModelDefaults()
         ctx = self.integer(raw.get("ctx_size", base.ctx_size), "defaults.ctx_size")
         parallel = self.integer(raw.get("parallel", base.parallel), "defaults.parallel")
         self.check_ctx(ctx, parallel, "defaults")
         args = self.args(raw["args"], "defaults.args") if "args" in raw else base.args
-        return ModelDefaults(ctx_size=ctx, parallel=parallel, args=args)
+        return ModelDefaults(
+            ctx_size=ctx,
+            parallel=parallel,
+            args=args,
+            pinned=self.boolean(raw.get("pinned", base.pinned), "defaults.pinned"),
+            idle_ttl=self.seconds_or_zero(raw.get("idle_ttl", base.idle_ttl), "defaults.idle_ttl"),
+            stop_drain=self.seconds_or_zero(
+                raw.get("stop_drain", base.stop_drain), "defaults.stop_drain"
+            ),
+        )
+
+    def gateway(self, value: object) -> GatewayConfig:
+        raw = self.mapping(value, "gateway", _GATEWAY_KEYS)
+        base = GatewayConfig()
+        when_full = raw.get("when_full", base.when_full)
+        if when_full not in WHEN_FULL:
+            raise self.error(
+                "gateway.when_full",
+                f"must be one of {', '.join(WHEN_FULL)}, got {when_full!r}",
+                "evict unloads the least recently used idle model, queue waits, reject answers 429",
+            )
+        return GatewayConfig(
+            when_full=str(when_full),
+            max_queue=self.integer(raw.get("max_queue", base.max_queue), "gateway.max_queue", 0),
+            queue_timeout=self.seconds(
+                raw.get("queue_timeout", base.queue_timeout), "gateway.queue_timeout"
+            ),
+            max_body_bytes=self.integer(
+                raw.get("max_body_bytes", base.max_body_bytes), "gateway.max_body_bytes"
+            ),
+        )
 
     def check_ctx(self, ctx: int, parallel: int, key: str) -> None:
         if ctx < parallel:
@@ -308,6 +348,13 @@ class Parser:
             env=self.str_map(raw["env"], f"{key}.env") if raw.get("env") else _empty_env(),
             autostart=self.boolean(raw.get("autostart", False), f"{key}.autostart"),
             api_key=None if api_key is None else self.string(api_key, f"{key}.api_key"),
+            pinned=self.boolean(raw.get("pinned", defaults.pinned), f"{key}.pinned"),
+            idle_ttl=self.seconds_or_zero(
+                raw.get("idle_ttl", defaults.idle_ttl), f"{key}.idle_ttl"
+            ),
+            stop_drain=self.seconds_or_zero(
+                raw.get("stop_drain", defaults.stop_drain), f"{key}.stop_drain"
+            ),
         )
 
     def gguf_path(self, value: object, key: str) -> Path:
@@ -382,10 +429,25 @@ _TOP_KEYS = (
     "targets",
     "poll",
     "api_token",
+    "gateway",
     "models",
 )
+_DEFAULTS_KEYS = ("ctx_size", "parallel", "args", "pinned", "idle_ttl", "stop_drain")
+_GATEWAY_KEYS = ("when_full", "max_queue", "queue_timeout", "max_body_bytes")
 _RESTART_KEYS = ("enabled", "max_retries", "backoff_initial", "backoff_max", "stable_after")
-_MODEL_KEYS = ("name", "path", "ctx_size", "parallel", "args", "env", "autostart", "api_key")
+_MODEL_KEYS = (
+    "name",
+    "path",
+    "ctx_size",
+    "parallel",
+    "args",
+    "env",
+    "autostart",
+    "api_key",
+    "pinned",
+    "idle_ttl",
+    "stop_drain",
+)
 
 
 def _join(prefix: str, key: str) -> str:

@@ -150,6 +150,9 @@ def discovered_model(path: Path, defaults: ModelDefaults) -> ModelConfig:
         ctx_size=defaults.ctx_size,
         parallel=defaults.parallel,
         args=defaults.args,
+        pinned=defaults.pinned,
+        idle_ttl=defaults.idle_ttl,
+        stop_drain=defaults.stop_drain,
     )
 
 
@@ -327,7 +330,7 @@ class Registry:
             )
             return []
         try:
-            return models_from_json(json.loads(text))
+            stored = models_from_json(json.loads(text))
         except (ValueError, TypeError, AttributeError) as exc:
             aside = self._move_aside()
             log.error(
@@ -337,6 +340,11 @@ class Registry:
                 aside,
             )
             return []
+        d = self.config.defaults  # gateway settings are not stored: today's defaults apply
+        return [
+            replace(m, pinned=d.pinned, idle_ttl=d.idle_ttl, stop_drain=d.stop_drain)
+            for m in stored
+        ]
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -469,6 +477,9 @@ class Registry:
             parallel=slots,
             args=tuple(args) or defaults.args,
             env=MappingProxyType(dict(env)),
+            pinned=defaults.pinned,
+            idle_ttl=defaults.idle_ttl,
+            stop_drain=defaults.stop_drain,
         )
 
     def remove(self, name: str) -> Model:

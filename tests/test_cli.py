@@ -121,6 +121,7 @@ def test_client_commands_against_a_running_service(service: ServiceProcess) -> N
     assert ps.returncode == 0, ps.stderr
     lines = ps.stdout.splitlines()
     assert lines[0].split()[:3] == ["NAME", "STATE", "PID"]
+    assert "IN FLIGHT" in lines[0] and "IDLE" in lines[0]
     assert any(line.startswith("m0") and "ready" in line for line in lines)
     assert "1 of 4 running" in ps.stdout
     logs = cli("logs", "m0", "-n", "5", url=service.url)
@@ -229,3 +230,15 @@ def test_sigterm_is_not_held_up_by_an_open_websocket(service: ServiceProcess) ->
     assert code == aiohttp.WSCloseCode.GOING_AWAY
     assert service.proc.wait(timeout=20) == 0
     assert not any(alive(pid) for pid in pids)
+
+
+def test_ps_idle_column_shows_idle_time_ttl_left_and_pinned() -> None:
+    from llama_exporter.cli import _fmt_idle
+
+    base = {"state": "ready", "in_flight": 0, "pinned": False, "idle_ttl": 0, "last_used": 100.0}
+    assert _fmt_idle(base, 130.0) == "30s"
+    assert _fmt_idle({**base, "idle_ttl": 300}, 130.0) == "30s, unload in 4m30s"
+    assert _fmt_idle({**base, "pinned": True, "idle_ttl": 300}, 130.0) == "30s, pinned"
+    assert _fmt_idle({**base, "in_flight": 2}, 130.0) == "busy"
+    assert _fmt_idle({**base, "last_used": None}, 130.0) == "unused"
+    assert _fmt_idle({**base, "state": "stopped"}, 130.0) == "-"

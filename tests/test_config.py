@@ -12,6 +12,7 @@ import pytest
 from llama_exporter.config import (
     Config,
     ConfigError,
+    GatewayConfig,
     ModelConfig,
     ModelDefaults,
     PollConfig,
@@ -400,6 +401,16 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("targets: {labels: {model: x}}\n", "targets.labels.model", "set per instance"),
     ("targets: {labels: {'a-b': x}}\n", "targets.labels.a-b", "label name"),
     ("api_token: 5\n", "api_token", "non-empty string"),
+    ("gateway: {when_full: drop}\n", "gateway.when_full", "evict, queue, reject"),
+    ("gateway: {max_queue: -1}\n", "gateway.max_queue", "integer >= 0"),
+    ("gateway: {queue_timeout: 0}\n", "gateway.queue_timeout", "more than 0 seconds"),
+    ("gateway: {max_body_bytes: 0}\n", "gateway.max_body_bytes", "positive integer"),
+    ("gateway: {max_qeue: 1}\n", "gateway.max_qeue", "unknown key"),
+    ("defaults: {idle_ttl: -5}\n", "defaults.idle_ttl", "0 or more seconds"),
+    ("defaults: {pinned: maybe}\n", "defaults.pinned", "true or false"),
+    ("models: [{name: a, path: a.gguf, idle_ttl: x}]\n", "models[0].idle_ttl", "seconds"),
+    ("models: [{name: a, path: a.gguf, stop_drain: -1}]\n", "models[0].stop_drain", "0 or more"),
+    ("models: [{name: a, path: a.gguf, pinned: 1}]\n", "models[0].pinned", "true or false"),
 ]
 
 
@@ -462,3 +473,23 @@ def test_example_config_parses(env: dict[str, str]) -> None:
     assert [m.name for m in config.models] == ["gemma"]
     assert config.models[0].autostart
     assert config.targets is not None and dict(config.targets.labels) == {"env": "lab"}
+
+
+def test_gateway_settings_and_model_defaults(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path
+) -> None:
+    text = (
+        f"llama_server: {server_bin}\n"
+        "gateway: {when_full: queue, max_queue: 3, queue_timeout: 9, max_body_bytes: 100}\n"
+        "defaults: {idle_ttl: 600, stop_drain: 5}\n"
+        "models:\n"
+        "  - {name: a, path: a.gguf}\n"
+        "  - {name: b, path: a.gguf, pinned: true, idle_ttl: 0, stop_drain: 0}\n"
+    )
+    (cfg_dir / "config.yaml").write_text(text)
+    config = load_config(cfg_dir / "config.yaml", env=env)
+    assert config.gateway == GatewayConfig("queue", 3, 9.0, 100)
+    a, b = config.models
+    assert (a.pinned, a.idle_ttl, a.stop_drain) == (False, 600.0, 5.0)
+    assert (b.pinned, b.idle_ttl, b.stop_drain) == (True, 0.0, 0.0)
+    assert load_config(None, env=env, check_files=False).gateway == GatewayConfig()

@@ -149,7 +149,7 @@ async def test_busy_slots_and_exact_tokens(
     store = MetricsStore()
     seen: list[ModelSnapshot] = []
     store.subscribe(seen.append)
-    poller = Poller(config(interval=0.1), store, session=session)
+    poller = Poller(config(interval=0.1), store)
     poller.on_status(ready("m", server.port))
     try:
         running = [asyncio.create_task(complete(session, server, 150)) for _ in range(2)]
@@ -188,7 +188,7 @@ async def test_short_request_between_slow_polls_is_counted(
     options = FakeOptions(metrics=True, parallel=1, tokens_per_second=500.0)
     server = await aiohttp_server(create_app(options))
     store = MetricsStore()
-    poller = Poller(config(interval=0.5), store, session=session)
+    poller = Poller(config(interval=0.5), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: store.latest("m") is not None)
@@ -203,7 +203,7 @@ async def test_stop_drops_live_values_and_keeps_total(
 ) -> None:
     server = await aiohttp_server(create_app(FakeOptions(metrics=True, tokens_per_second=500.0)))
     store = MetricsStore()
-    poller = Poller(config(), store, session=session)
+    poller = Poller(config(), store)
     status = ready("m", server.port)
     poller.on_status(status)
     try:
@@ -226,7 +226,7 @@ async def test_stop_drops_live_values_and_keeps_total(
 async def test_api_key_is_sent(aiohttp_server: MakeServer, session: aiohttp.ClientSession) -> None:
     server = await aiohttp_server(create_app(FakeOptions(metrics=True, api_key="k")))
     store = MetricsStore()
-    poller = Poller(config(), store, session=session)
+    poller = Poller(config(), store)
     poller.on_status(ready("m", server.port, api_key="k"))
     try:
         await wait_for(lambda: store.latest("m") is not None)
@@ -255,7 +255,7 @@ async def test_errors_are_counted_by_reason(
     slow = await aiohttp_server(failing_app(200, delay=5.0))
     garbage = await aiohttp_server(failing_app(200))  # JSON where Prometheus text is expected
     store = MetricsStore()
-    poller = Poller(config(interval=0.1, timeout=0.2), store, session=session)
+    poller = Poller(config(interval=0.1, timeout=0.2), store)
     poller.on_status(ready("broken", broken.port))
     poller.on_status(ready("slow", slow.port))
     poller.on_status(ready("garbage", garbage.port))
@@ -285,7 +285,7 @@ async def test_dead_instance_does_not_delay_others(
     store = MetricsStore()
     polls: list[str] = []
     store.subscribe(lambda s: polls.append(s.model))
-    poller = Poller(config(interval=0.05, timeout=5.0), store, session=session)
+    poller = Poller(config(interval=0.05, timeout=5.0), store)
     poller.on_status(ready("hung", hung.port))
     poller.on_status(ready("healthy", healthy.port))
     try:
@@ -308,7 +308,7 @@ async def test_history_is_capped(
         count += 1
 
     store.subscribe(seen)
-    poller = Poller(config(interval=0.05, history=3), store, session=session)
+    poller = Poller(config(interval=0.05, history=3), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: count >= 5)
@@ -346,7 +346,7 @@ async def test_idle_instance_skips_slots_but_sees_work_at_once(
     store = MetricsStore()
     seen: list[ModelSnapshot] = []
     store.subscribe(seen.append)
-    poller = Poller(config(interval=0.05), store, session=session)
+    poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: hits.get("/metrics", 0) >= 10)
@@ -369,7 +369,7 @@ async def test_unexpected_error_in_a_tick_is_counted_and_polling_goes_on(
 ) -> None:
     server = await aiohttp_server(create_app(FakeOptions(metrics=True)))
     store = MetricsStore()
-    poller = Poller(config(interval=0.05), store, session=session)
+    poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
 
     def broken(*_: Any, **__: Any) -> ModelSnapshot:
@@ -409,7 +409,7 @@ async def test_non_finite_metrics_do_not_stop_polling(
     store = MetricsStore()
     seen: list[ModelSnapshot] = []
     store.subscribe(seen.append)
-    poller = Poller(config(interval=0.05), store, session=session)
+    poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: len(seen) >= 3, 3.0)
@@ -417,3 +417,28 @@ async def test_non_finite_metrics_do_not_stop_polling(
         assert store.poll_errors() == {}
     finally:
         await poller.close()
+
+
+async def test_polls_reuse_one_connection_per_instance(aiohttp_server: MakeServer) -> None:
+    peers: set[object] = set()
+
+    @web.middleware
+    async def remember(request: web.Request, handler: Any) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = create_app(FakeOptions(metrics=True))
+    app.middlewares.append(remember)
+    server = await aiohttp_server(app)
+    store = MetricsStore()
+    seen: list[ModelSnapshot] = []
+    store.subscribe(seen.append)
+    poller = Poller(config(interval=0.02), store)
+    poller.on_status(ready("m", server.port))
+    try:
+        await wait_for(lambda: len(seen) >= 10)
+    finally:
+        await poller.close()
+    assert len(peers) == 1  # /props, then /metrics (and /slots) ten times: one connection
