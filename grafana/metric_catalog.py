@@ -58,31 +58,6 @@ PROMETHEUS_BUILTINS: frozenset[str] = frozenset(
 
 _HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
-# The gateway's metrics as issue 8 names them. The rules for them land before the
-# gateway's code does; once docs/ARCHITECTURE.md's contract lists these names (and the
-# collector tests hold the code to it), this set goes.
-_GATEWAY_HISTOGRAMS = (
-    "gateway_request_duration_seconds",
-    "gateway_time_to_first_token_seconds",
-    "gateway_inter_token_seconds",
-    "gateway_queue_wait_seconds",
-    "gateway_load_wait_seconds",
-)
-GATEWAY_METRICS: frozenset[str] = frozenset(
-    {
-        CONTRACT_PREFIX + name
-        for name in (
-            "gateway_requests_total",
-            "gateway_requests_in_flight",
-            "gateway_queue_length",
-            "gateway_rejected_total",
-            "model_loads_total",
-            "model_unloads_total",
-        )
-    }
-    | {CONTRACT_PREFIX + h + s for h in _GATEWAY_HISTOGRAMS for s in _HISTOGRAM_SUFFIXES}
-)
-
 
 def contract_metrics(architecture_md: Path = ARCHITECTURE_MD) -> frozenset[str]:
     """Full metric names of the service's contract table in docs/ARCHITECTURE.md."""
@@ -128,13 +103,7 @@ def rule_expressions(*paths: Path) -> list[tuple[str, str]]:
 
 def known_metrics() -> frozenset[str]:
     """Every name a rule or a panel may query."""
-    return (
-        contract_metrics()
-        | GATEWAY_METRICS
-        | LLAMACPP_METRICS
-        | PROMETHEUS_BUILTINS
-        | recording_rule_names()
-    )
+    return contract_metrics() | LLAMACPP_METRICS | PROMETHEUS_BUILTINS | recording_rule_names()
 
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
