@@ -36,7 +36,7 @@ MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "user", "content": "Tell a long story about a lighthouse keeper and the sea."}
 ]
 # Long enough that the stream is still running while another request arrives.
-LONG_STREAM_TOKENS = 400
+LONG_STREAM_TOKENS = 256
 
 
 @dataclass
