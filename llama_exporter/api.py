@@ -1,10 +1,9 @@
-"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON, bearer auth."""
+"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
+from llama_exporter import auth, openapi
 from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
 from llama_exporter.gateway import Gateway
+from llama_exporter.guard import Refusal
 from llama_exporter.poller import MetricsStore
+from llama_exporter.redact import redact_args, redact_lines, redact_text, secret_values
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
 from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
@@ -105,25 +106,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
 
-def auth_middleware(token: str | None) -> Middleware:
-    """Require `Authorization: Bearer TOKEN` on mutating API calls when a token is set."""
-
-    expected = f"Bearer {token}".encode() if token else None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return ApiError(
-                    401,
-                    "this call needs `Authorization: Bearer <token>` (api_token in the config "
-                    "or LLAMA_EXPORTER_API_TOKEN)",
-                    headers={"WWW-Authenticate": 'Bearer realm="llama-exporter"'},
-                ).response()
-        return await handler(request)
-
-    return middleware
+def refusal_response(refusal: Refusal) -> web.Response:
+    """A guard or auth refusal in the API's JSON error shape."""
+    return ApiError(refusal.status, refusal.message).response()
 
 
 # -- JSON views ---------------------------------------------------------------
@@ -148,7 +133,7 @@ def status_json(
         "uptime_seconds": status.uptime(now),
         "restarts": status.restarts,
         "retries": status.retries,
-        "last_error": status.last_error,
+        "last_error": None if status.last_error is None else redact_text(status.last_error),
         "next_retry_at": status.next_retry_at,
         **use,
     }
@@ -164,7 +149,7 @@ def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
         "path": str(cfg.path),
         "ctx_size": cfg.ctx_size,
         "parallel": cfg.parallel,
-        "args": list(cfg.args),
+        "args": redact_args(cfg.args),
         "autostart": cfg.autostart,
         "state": str(status.state),
         "metadata": None if info is None else dataclasses.asdict(info),
@@ -327,7 +312,10 @@ async def logs(request: web.Request) -> web.Response:
             400, f"lines must be an integer from 1 to {MAX_LOG_LINES}, got {raw!r}", field="lines"
         )
     tail = await asyncio.to_thread(request.app[SUPERVISOR].log_tail, name, lines)
-    return web.json_response({"model": name, "lines": tail})
+    # Lines written before redaction existed (or by llama-server itself) are checked again.
+    cfg = request.app[REGISTRY].get(name).config
+    secrets = secret_values(cfg.args, cfg.env, [cfg.api_key])
+    return web.json_response({"model": name, "lines": redact_lines(tail, secrets)})
 
 
 async def model_metrics(request: web.Request) -> web.Response:
@@ -370,9 +358,11 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
             yield make_event(METRICS_EVENT, st.model, latest.to_dict())
 
 
+@auth.websocket_auth
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
     app = request.app
+    tokens = auth.Tokens(app[CONFIG].api_token, app[CONFIG].scrape_token)
 
     def known(name: str) -> bool:
         try:
@@ -381,11 +371,21 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             return False
         return True
 
-    return await app[HUB].handle(request, lambda m: initial_events(app, m), known)
+    return await app[HUB].handle(
+        request,
+        lambda m: initial_events(app, m),
+        known,
+        authenticate=lambda ws: auth.authenticate_websocket(request, ws, tokens),
+    )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3 description of every route."""
+    return web.json_response(openapi.describe())
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every route of the service."""
+    """Register every route of the service (each described in openapi.py)."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get(f"{PREFIX}/models", list_models)
@@ -398,3 +398,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/status", status)
     app.router.add_get(f"{PREFIX}/targets", targets)
     app.router.add_get(f"{PREFIX}/ws", websocket)
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi_json)

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import api
+from llama_exporter import api, auth, guard
 from llama_exporter.collector import StartDurationHistogram, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
@@ -40,7 +40,22 @@ def create_app(
     spawn: Spawn | None = None,
 ) -> web.Application:
     """The aiohttp application with every component wired; started by cleanup_ctx."""
-    app = web.Application(middlewares=[api.error_middleware, api.auth_middleware(config.api_token)])
+    listen_host = host or config.host
+    policy = guard.build_policy(
+        listen_host,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+        machine_names=guard.machine_names() if listen_host in guard.WILDCARD_HOSTS else (),
+    )
+    tokens = auth.Tokens(config.api_token, config.scrape_token)
+    # Outermost first: errors become JSON, then Host/Origin/body checks, then the token.
+    app = web.Application(
+        middlewares=[
+            api.error_middleware,
+            guard.guard_middleware(policy, api.refusal_response),
+            auth.auth_middleware(tokens, api.refusal_response),
+        ]
+    )
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
     histogram = StartDurationHistogram()
@@ -53,7 +68,7 @@ def create_app(
     )
     store = MetricsStore(config.poll.history)
     gateway = Gateway(config, supervisor)
-    hub = WebSocketHub()
+    hub = WebSocketHub(max_clients=config.websocket_max_clients)
     labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
@@ -89,6 +104,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         poller = Poller(config, store)
+        poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
             supervisor.subscribe(poller.on_status),
@@ -112,6 +128,7 @@ def create_app(
             undo()
         await poller.close()
         targets.on_status(None)
+        await targets.flush()  # the last state on disk before the loop ends
 
     async def begin_shutdown(app: web.Application) -> None:
         # on_shutdown runs before aiohttp waits for in-flight requests: stop the

@@ -16,7 +16,7 @@ from typing import IO, Any, TextIO
 
 from llama_exporter import __version__
 from llama_exporter.client import Client, ClientError, ServiceUnreachable
-from llama_exporter.config import ConfigError, load_config
+from llama_exporter.config import ConfigError, exposure_error, load_config
 
 EXIT_USAGE = 2
 EXIT_CAP = 3
@@ -86,6 +86,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args.config))
     host = args.host or config.host
     port = args.port or config.port
+    if args.host:
+        exposed = exposure_error(
+            host, config.api_token, config.allow_unauthenticated, where="--host"
+        )
+        if exposed is not None:
+            raise exposed
     lock = lock_state_dir(config.state_dir)
     sock = listen_socket(host, port)
     try:

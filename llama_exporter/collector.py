@@ -30,16 +30,19 @@ from llama_exporter.exposition import render as render
 from llama_exporter.families import (
     CAP,
     HOST,
+    HOST_ERRORS,
     LIVE_PART,
     ORDER,
     PARTS,
     POLL_PART,
     PREFIX,
     RUNNING,
+    TASKS,
     TOKENS_PART,
     Family,
     ModelInfo,
     Part,
+    Prefixes,
     Row,
     info_key,
     text_of,
@@ -139,6 +142,7 @@ class LlamaCollector(Collector):
         self._running = running
         self._cap = cap
         self._cache: dict[tuple[str, Part], _Cached] = {}
+        self._prefixes: Prefixes = {}  # see text_of
 
     def _keys(self) -> Iterator[tuple[str, tuple[object, ...]]]:
         """(model, one key per part of PARTS) for every known model, sorted by name."""
@@ -177,6 +181,11 @@ class LlamaCollector(Collector):
             return [((), self._running())]
         if family is CAP:
             return [((), self._cap())]
+        if family is HOST_ERRORS:
+            return [((), self._store.host_errors)]
+        if family is TASKS:
+            tasks = self._store.asyncio_tasks
+            return [] if tasks is None else [((), tasks)]
         return self._host(family) if family in HOST else None
 
     def collect(self) -> Iterator[Metric]:
@@ -197,7 +206,7 @@ class LlamaCollector(Collector):
         cached = self._cache.get((model, part))
         if cached is not None and (cached.key is key or cached.key == key):
             return cached.text
-        text = text_of(part.families, part.rows(model, key))
+        text = text_of(part.families, part.rows(model, key), self._prefixes)
         self._cache[(model, part)] = _Cached(key, text)
         return text
 
@@ -220,6 +229,7 @@ class LlamaCollector(Collector):
         if len(self._cache) > models * len(PARTS):  # a model was deleted: drop its text
             known = {model for model, _ in self._keys()}
             self._cache = {k: v for k, v in self._cache.items() if k[0] in known}
+            self._prefixes = {}
         lines: dict[Family, str] = {}
         for part, texts in zip(PARTS, written, strict=True):
             columns = zip(*texts, strict=True) if texts else [() for _ in part.families]

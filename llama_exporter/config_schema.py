@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from llama_exporter.config import (
+    DEFAULT_LOG_MAX_BYTES,
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PORT,
+    DEFAULT_WEBSOCKET_MAX_CLIENTS,
+    ENV_API_TOKEN,
+    ENV_SCRAPE_TOKEN,
     WHEN_FULL,
     Config,
     ConfigError,
@@ -30,10 +34,12 @@ from llama_exporter.config import (
     _env_token,
     default_state_dir,
     expand_path,
+    exposure_error,
     find_managed_flag,
     resolve_llama_server,
     validate_model_name,
 )
+from llama_exporter.guard import normalise_origin, split_host
 
 _LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER_TYPES = (int, float)
@@ -143,8 +149,11 @@ class Parser:
             if top.get("state_dir") is not None
             else default_state_dir(self.env)
         )
-        token = top.get("api_token")
-        token = None if token is None else self.string(token, "api_token")
+        token = self.token(top, "api_token")
+        allow_open = self.boolean(top.get("allow_unauthenticated", False), "allow_unauthenticated")
+        exposed = exposure_error(host, token, allow_open, file=self.file)
+        if exposed is not None:
+            raise exposed
         return Config(
             source=self.file,
             host=host,
@@ -156,6 +165,13 @@ class Parser:
             ready_timeout=self.seconds(top.get("ready_timeout", 120.0), "ready_timeout"),
             stop_grace=self.seconds(top.get("stop_grace", 10.0), "stop_grace"),
             hang_timeout=self.seconds(top.get("hang_timeout", 15.0), "hang_timeout"),
+            log_max_bytes=self.integer(
+                top.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES), "log_max_bytes", 4096
+            ),
+            websocket_max_clients=self.integer(
+                top.get("websocket_max_clients", DEFAULT_WEBSOCKET_MAX_CLIENTS),
+                "websocket_max_clients",
+            ),
             restart=self.restart(top.get("restart")),
             model_dirs=self.model_dirs(top.get("model_dirs")),
             defaults=defaults,
@@ -163,9 +179,35 @@ class Parser:
             state_dir=state_dir,
             targets=self.targets(top.get("targets"), state_dir),
             poll=self.poll(top.get("poll")),
-            api_token=_env_token(self.env) or token,
+            api_token=token,
+            scrape_token=self.token(top, "scrape_token"),
+            allow_unauthenticated=allow_open,
+            allowed_origins=self.checked_list(top, "allowed_origins", normalise_origin),
+            allowed_hosts=self.checked_list(top, "allowed_hosts", split_host),
             gateway=self.gateway(top.get("gateway")),
         )
+
+    def token(self, top: Mapping[str, Any], key: str) -> str | None:
+        """A token from its environment variable (which wins) or the file."""
+        from_env = _env_token(
+            self.env, ENV_SCRAPE_TOKEN if key == "scrape_token" else ENV_API_TOKEN
+        )
+        value = top.get(key)
+        return from_env or (None if value is None else self.string(value, key))
+
+    def checked_list(
+        self, top: Mapping[str, Any], key: str, parse: Callable[[str], object]
+    ) -> tuple[str, ...]:
+        """A list of strings each of which parse() accepts (not None)."""
+        value = top.get(key)
+        if value is None:
+            return ()
+        items = self.strings(value, key)
+        for i, item in enumerate(items):
+            if parse(item) is None:
+                example = "http://host:port" if key == "allowed_origins" else "name or name:port"
+                raise self.error(f"{key}[{i}]", f"{item!r} is not valid", f"write it as {example}")
+        return items
 
     def llama_server(self, value: object) -> Path:
         explicit: Path | None = None
@@ -422,6 +464,8 @@ _TOP_KEYS = (
     "ready_timeout",
     "stop_grace",
     "hang_timeout",
+    "log_max_bytes",
+    "websocket_max_clients",
     "restart",
     "model_dirs",
     "defaults",
@@ -429,6 +473,10 @@ _TOP_KEYS = (
     "targets",
     "poll",
     "api_token",
+    "scrape_token",
+    "allow_unauthenticated",
+    "allowed_origins",
+    "allowed_hosts",
     "gateway",
     "models",
 )

@@ -23,7 +23,9 @@ _go_float: Callable[[float], str] = floatToGoString  # the value format generate
 
 
 def value_text(value: float) -> str:
-    """floatToGoString, with a fast path for the common finite, short numbers."""
+    """floatToGoString, with fast paths for the common small integers and short numbers."""
+    if type(value) is int and -(10**15) < value < 10**6:  # what repr(float(value)) writes
+        return f"{value}.0"
     if math.isfinite(value):
         text = repr(float(value))
         if value <= 0 or text.find(".") <= 6:

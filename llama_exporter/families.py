@@ -140,6 +140,8 @@ HOST = (
     _g("host_memory_total_bytes", "Host memory."),
     _g("host_memory_used_bytes", "Host memory in use."),
 )
+HOST_ERRORS = _c("host_sample_errors", "Failed samples of host CPU and memory.")
+TASKS = _g("asyncio_tasks", "The service's own asyncio tasks (at the last host sample).")
 ERRORS = (_c("poll_errors", "Failed reads of llama-server.", "model", "endpoint", "reason"),)
 POLL = (
     _g("poll_duration_seconds", "Duration of the last poll.", *M),
@@ -254,19 +256,24 @@ def poll_rows(model: str, poll: PollInfo | None) -> Rows:
     return [((model,), poll.duration_seconds)], [((model,), poll.timestamp)]
 
 
-def text_of(families: Sequence[Family], rows: Rows) -> tuple[str, ...]:
-    """Each family's sample lines of one part."""
-    # The families of a part mostly share their labels ({model="m"}): write each once.
-    written: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+Prefixes = dict[tuple[Family, tuple[str, ...]], str]
+
+
+def text_of(families: Sequence[Family], rows: Rows, prefixes: Prefixes) -> tuple[str, ...]:
+    """Each family's sample lines of one part.
+
+    prefixes keeps 'name{labels} ' per (family, label values) between calls: a
+    model's label values rarely change, so most lines only format their value.
+    """
     texts: list[str] = []
     for family, family_rows in zip(families, rows, strict=True):
         lines: list[str] = []
         for labels, value in family_rows:
-            key = (family.labels, labels)
-            body = written.get(key)
-            if body is None:
-                body = written[key] = labels_text(tuple(zip(family.labels, labels, strict=True)))
-            lines.append(f"{family.exposed}{body} {value_text(value)}\n")
+            prefix = prefixes.get((family, labels))
+            if prefix is None:
+                pairs = tuple(zip(family.labels, labels, strict=True))
+                prefix = prefixes[(family, labels)] = f"{family.exposed}{labels_text(pairs)} "
+            lines.append(f"{prefix}{value_text(value)}\n")
         texts.append("".join(lines))
     return tuple(texts)
 
@@ -289,4 +296,16 @@ PARTS = (
     Part("poll", POLL, poll_rows),
 )
 INSTANCE_PART, INFO_PART, TOKENS_PART, LIVE_PART, ERRORS_PART, POLL_PART = PARTS
-ORDER = (*INSTANCE, RUNNING, CAP, *MODEL_INFO, *TOKENS, *LIVE, *HOST, *ERRORS, *POLL)
+ORDER = (
+    *INSTANCE,
+    RUNNING,
+    CAP,
+    *MODEL_INFO,
+    *TOKENS,
+    *LIVE,
+    *HOST,
+    HOST_ERRORS,
+    TASKS,
+    *ERRORS,
+    *POLL,
+)

@@ -74,6 +74,8 @@ class MetricsStore:
         self._props: dict[str, dict[str, Any]] = {}
         self._subscribers: list[Subscriber] = []
         self.host: HostSample | None = None
+        self.host_errors = 0  # host samples that failed
+        self.asyncio_tasks: int | None = None  # the service's own tasks at the last host sample
 
     def publish(self, snapshot: ModelSnapshot) -> None:
         """Record a new snapshot and tell the subscribers."""
@@ -389,8 +391,20 @@ class Poller:
     async def _host_loop(self) -> None:
         interval = max(0.01, self._config.poll.interval)
         next_at = self._monotonic()
+        failing = False  # the previous tick raised: log a repeat at debug level only
         while True:
-            self.sample_host()
+            try:
+                self._store.asyncio_tasks = len(asyncio.all_tasks())
+                self.sample_host()
+                failing = False
+            except Exception:  # a bug must not freeze the host gauges for good
+                log.log(
+                    logging.DEBUG if failing else logging.ERROR,
+                    "host sample failed unexpectedly; sampling again at the next tick",
+                    exc_info=True,
+                )
+                failing = True
+                self._store.host_errors += 1
             now = self._monotonic()
             next_at += interval
             if next_at <= now:
@@ -404,6 +418,7 @@ class Poller:
             memory = psutil.virtual_memory()
         except (psutil.Error, OSError):
             log.exception("cannot read host CPU or memory")
+            self._store.host_errors += 1
             return
         idle = times.idle + getattr(times, "iowait", 0.0)
         # guest time is already part of user time on Linux

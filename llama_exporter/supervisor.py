@@ -25,6 +25,7 @@ from llama_exporter.process import (
     StartError,
     hang_watch,
     port_bindable,
+    rotated_log,
     tail_file,
 )
 from llama_exporter.states import (
@@ -129,7 +130,7 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.models = models
-        self._spawn: SpawnFn = spawn or LlamaProcess.spawn
+        self._spawn: SpawnFn = spawn or self._spawn_llama_server
         self._observe = observe_start_duration
         self._clock = clock
         self._host = instance_host
@@ -145,6 +146,13 @@ class Supervisor:
     def set_drain(self, drain: DrainFn | None) -> None:
         """Who an explicit stop asks to let requests in flight finish (the gateway)."""
         self._drain = drain
+
+    async def _spawn_llama_server(
+        self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
+    ) -> Instance:
+        return await LlamaProcess.spawn(
+            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
+        )
 
     # --- reading ------------------------------------------------------------------
 
@@ -176,22 +184,28 @@ class Supervisor:
             raise UnknownModel(name) from None
 
     def _entry(self, name: str) -> _Entry:
+        """The entry of a model start() checked; created on its first start."""
         entry = self._entries.get(name)
         if entry is None:
-            entry = _Entry(InstanceStatus(model=name, state=State.STOPPED, since=self._created))
+            entry = _Entry(self._never_started(name))
             self._entries[name] = entry
         return entry
 
     def status(self, name: str) -> InstanceStatus:
         """The model's current status (STOPPED if it was never started)."""
-        if name not in self._entries:
-            self._model(name)
-        return self._entry(name).status
+        entry = self._entries.get(name)
+        if entry is None:
+            self._model(name)  # UnknownModel for a name nobody knows
+            return self._never_started(name)
+        return entry.status
+
+    def _never_started(self, name: str) -> InstanceStatus:
+        return InstanceStatus(model=name, state=State.STOPPED, since=self._created)
 
     def statuses(self) -> list[InstanceStatus]:
         """Status of every known model and of every instance still tracked."""
         names = list(dict.fromkeys([*self.models.names(), *self._entries]))
-        return [self._entry(n).status for n in names]
+        return [e.status if (e := self._entries.get(n)) else self._never_started(n) for n in names]
 
     def counters(self, name: str) -> InstanceCounters:
         """Restart, failure and rejection counters of one model."""
@@ -229,16 +243,23 @@ class Supervisor:
 
         Reads the file from its end, so call it off the event loop for large n.
         """
+        path = self._log_path(name)
         try:
-            return tail_file(self._log_path(name), n)
+            lines = tail_file(path, n)
         except OSError:
             entry = self._entries.get(name)
             proc = (entry.proc or entry.last_proc) if entry else None
             return proc.tail(n) if proc is not None else []
+        if len(lines) < n:  # just rotated: the rest is in <log>.1
+            with contextlib.suppress(OSError):
+                lines = tail_file(rotated_log(path), n - len(lines)) + lines
+        return lines
 
     async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
         """Wait until the model is READY, FAILED or STOPPED; returns that status."""
-        entry = self._entry(name)
+        entry = self._entries.get(name)
+        if entry is None:  # never started: STOPPED, or UnknownModel (no entry is made)
+            return self.status(name)
         async with asyncio.timeout(timeout):
             while entry.status.state not in SETTLED:
                 await entry.changed.wait()
@@ -319,7 +340,9 @@ class Supervisor:
         reason (api, evicted, idle, shutdown) is counted in model_unloads_total. A ready
         instance first gets up to the model's stop_drain seconds for requests in flight.
         """
-        entry = self._entry(name)
+        entry = self._entries.get(name)
+        if entry is None:  # never started: nothing to stop, or UnknownModel
+            return self.status(name)
         state = entry.status.state
         if state is State.STOPPING:
             return await self.wait_settled(name)
@@ -369,8 +392,14 @@ class Supervisor:
         self._shutting_down = True
         names = [n for n, e in self._entries.items() if e.status.state is not State.STOPPED]
         stops = (self.stop(n, reason="shutdown") for n in names)
-        await asyncio.gather(*stops, return_exceptions=True)
-        await self._instances.flush()
+        results = await asyncio.gather(*stops, return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("shutdown: stopping %s failed", name, exc_info=result)
+        try:
+            await self._instances.flush()
+        except Exception:
+            log.exception("shutdown: cannot write %s", self._instances.path)
 
     async def start_autostart(self) -> list[str]:
         """Start the autostart models in order while under the cap; returns those started."""

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from promstack import missing
 
 from llama_exporter import families
@@ -30,6 +31,7 @@ from llama_exporter.derive import (
     TokenCounter,
     parse_slots,
 )
+from llama_exporter.exposition import value_text
 from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.states import InstanceCounters, InstanceStatus, State
 
@@ -112,6 +114,7 @@ def world() -> World:
     w.store.record_poll("a", 0.004, 101.0)
     w.store.record_error("a", "slots", "timeout")
     w.store.host = HostSample(0.5, 8_000_000_000, 3_000_000_000)
+    w.store.asyncio_tasks = 7
     w.histogram.observe("a", 1.2)
     return w
 
@@ -184,6 +187,8 @@ def test_values() -> None:
     assert values["llama_exporter_process_cpu_utilization_ratio"][a] == pytest.approx(0.25)
     assert values["llama_exporter_instances_max"][()] == 4
     assert values["llama_exporter_instances_running"][()] == 1
+    assert values["llama_exporter_asyncio_tasks"][()] == 7
+    assert values["llama_exporter_host_sample_errors_total"][()] == 0
     info = values["llama_exporter_instance_info"]
     assert info == {(("model", "a"), ("pid", "1234"), ("port", "18080")): 1.0}
     assert values["llama_exporter_instance_start_duration_seconds_count"][a] == 1
@@ -472,3 +477,8 @@ def test_promtool_check_metrics() -> None:
         check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+@given(st.one_of(st.integers(-(10**18), 10**18), st.floats(allow_nan=True)))
+def test_value_text_is_float_to_go_string(value: float) -> None:
+    assert value_text(value) == floatToGoString(value)  # type: ignore[no-untyped-call]

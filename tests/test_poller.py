@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -162,8 +163,9 @@ async def test_busy_slots_and_exact_tokens(
         answers += [await complete(session, server, n) for n in (1, 2, 3)]
         expected = sum(a["timings"]["predicted_n"] for a in answers)
         await wait_for(lambda: store.token_totals()["m"][0] == expected)
-        await asyncio.sleep(0.3)
-        assert store.token_totals()["m"][0] == expected  # and it stays there
+        polls = len(seen)
+        await wait_for(lambda: len(seen) >= polls + 3)  # three more polls...
+        assert store.token_totals()["m"][0] == expected  # ...and it stays there
         latest = store.latest("m")
         assert latest is not None and latest.slots_busy == 0
         assert latest.rss_bytes is not None and latest.rss_bytes > 0
@@ -209,11 +211,13 @@ async def test_stop_drops_live_values_and_keeps_total(
     try:
         await complete(session, server, 7)
         await wait_for(lambda: store.token_totals().get("m", (0.0, 0.0))[0] == 7)
+        task = poller._watches["m"].task
         poller.on_status(InstanceStatus("m", State.STOPPING, since=1.0, pid=status.pid))
         assert poller.polling() == []
         assert store.latest("m") is None
-        await asyncio.sleep(0.3)
-        assert store.latest("m") is None  # the cancelled task published nothing more
+        await asyncio.gather(task, return_exceptions=True)  # its loop has ended...
+        assert task.cancelled()
+        assert store.latest("m") is None  # ...and published nothing more
         # a new process of the same model (fresh counters) adds to the kept total
         server2 = await aiohttp_server(create_app(FakeOptions(metrics=True)))
         poller.on_status(ready("m", server2.port))
@@ -415,6 +419,34 @@ async def test_non_finite_metrics_do_not_stop_polling(
         await wait_for(lambda: len(seen) >= 3, 3.0)
         assert all(s.requests_waiting == 0 for s in seen)
         assert store.poll_errors() == {}
+    finally:
+        await poller.close()
+
+
+async def test_host_loop_survives_a_failing_sample(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="llama_exporter.poller")
+    store = MetricsStore()
+    poller = Poller(config(interval=0.02), store)
+    real = poller.sample_host
+    calls = 0
+
+    def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError(f"bug number {calls}")
+        real()
+
+    monkeypatch.setattr(poller, "sample_host", flaky)
+    poller.start()
+    try:
+        await wait_for(lambda: store.host is not None)  # the loop went on after the errors
+        assert store.host_errors == 3
+        assert store.asyncio_tasks is not None and store.asyncio_tasks >= 1
+        errors = [r for r in caplog.records if "host sample failed" in r.getMessage()]
+        assert [r.levelname for r in errors] == ["ERROR", "DEBUG", "DEBUG"]  # no log flood
     finally:
         await poller.close()
 

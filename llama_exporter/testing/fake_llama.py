@@ -532,6 +532,7 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     p.add_argument("--embeddings", action="store_true")
     p.add_argument("--pooling", dest="_pooling")  # accepted, ignored
     p.add_argument("-t", "--threads", type=int, dest="_threads")  # accepted, ignored
+    p.add_argument("-hft", "--hf-token", dest="_hf_token")  # accepted, ignored
     fake = {  # --fake-X -> FakeOptions field, type, default
         "load-delay": (float, 0.0),
         "crash-after": (float, None),
@@ -545,8 +546,16 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
         p.add_argument(f"--fake-{flag}", dest=flag.replace("-", "_"), type=kind, default=default)
     p.add_argument("--fake-ignore-sigterm", dest="ignore_sigterm", action="store_true")
     p.add_argument("--fake-idle-keeps-task", dest="idle_keeps_task", action="store_true")
+    # Like a verbose llama-server: print the command line and secret-looking variables.
+    p.add_argument("--fake-print-args", dest="_print_args", action="store_true")
     values = vars(p.parse_args(argv))
     values.pop("_threads")
+    values.pop("_hf_token")
+    if values.pop("_print_args"):
+        _log("fake-llama-server args: " + " ".join(sys.argv if argv is None else argv))
+        for name, value in sorted(os.environ.items()):
+            if any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD")):
+                _log(f"env {name}={value}")
     values.pop("_pooling")
     return FakeOptions(**values)
 
