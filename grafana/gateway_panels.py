@@ -16,6 +16,7 @@ RULE_TTFT = "model:llama_exporter_gateway_time_to_first_token_seconds:"
 RULE_LATENCY = "model:llama_exporter_gateway_request_duration_seconds:"
 RULE_ERRORS = "model:llama_exporter_gateway_requests_errors:ratio_rate1m"
 RATE = "[$__rate_interval]"
+HOST_MODEL = "{{host}} {{model}}"  # legend: a model name can repeat across hosts
 
 
 def quantile(q: float, histogram: str, selector: str, by: str) -> str:
@@ -30,47 +31,50 @@ def quantile(q: float, histogram: str, selector: str, by: str) -> str:
     )
 
 
-def overview_row(lay: Layout) -> list[Json]:
-    """Every model's gateway traffic, latency, queue and loads."""
+def overview_row(lay: Layout, h: str) -> list[Json]:
+    """Every model's gateway traffic, latency, queue and loads; h selects the hosts."""
     size = (8, 8)
+    by = "by (host, model)"
+    ev = '{reason="evicted",' + h[1:]
     return [
         row(lay, ROW),
         timeseries(lay, "Gateway requests/s", "Requests through the gateway per second, by "
-                   "model and HTTP status code.", "reqps",
-                   [target(f"sum by (model, code) (rate({GATEWAY}requests_total{RATE}))",
-                           "{{model}} {{code}}")], size=size),
+                   "host, model and HTTP status code.", "reqps",
+                   [target(f"sum by (host, model, code) (rate({GATEWAY}requests_total{h}{RATE}))",
+                           "{{host}} {{model}} {{code}}")], size=size),
         timeseries(lay, "Gateway 5xx share", "Share of each model's gateway requests answered "
                    "5xx over 1 minute (4xx are the client's and do not count); a gap while a "
                    "model has no requests.", "percentunit",
-                   [target(RULE_ERRORS, "{{model}}")], size=size, maximum=1),
+                   [target(f"{RULE_ERRORS}{h}", HOST_MODEL)], size=size, maximum=1),
         timeseries(lay, "Gateway requests in flight", "Gateway requests running now (queued, "
                    "loading or streaming), per model.", "none",
-                   [target(f"sum by (model) ({GATEWAY}requests_in_flight)", "{{model}}")],
+                   [target(f"sum {by} ({GATEWAY}requests_in_flight{h})", HOST_MODEL)],
                    size=size, stepped=True),
         timeseries(lay, "Time to first token p95", "95th percentile over 1 minute of streamed "
                    "requests' arrival to first generated text (includes queueing and "
                    "loading); a gap without streamed requests.", "s",
-                   [target(f"{RULE_TTFT}p95_rate1m", "{{model}}")], size=size),
+                   [target(f"{RULE_TTFT}p95_rate1m{h}", HOST_MODEL)], size=size),
         timeseries(lay, "Request latency p95", "95th percentile over 1 minute of gateway "
                    "requests' arrival to last byte, every endpoint; a gap without requests.",
-                   "s", [target(f"{RULE_LATENCY}p95_rate1m", "{{model}}")], size=size),
-        timeseries(lay, "Gateway queue", "Requests waiting for a place under the parallel cap "
-                   "(every model busy or pinned).", "none",
-                   [target(f"sum({GATEWAY}queue_length)", "queued")],
+                   "s", [target(f"{RULE_LATENCY}p95_rate1m{h}", HOST_MODEL)], size=size),
+        timeseries(lay, "Gateway queue", "Requests waiting for a place under each host's "
+                   "parallel cap (every model busy or pinned).", "none",
+                   [target(f"sum by (host) ({GATEWAY}queue_length{h})", "{{host}}")],
                    size=size, stepped=True),
         timeseries(lay, "Rejected requests", "Requests the gateway turned away per "
                    "$__rate_interval window: queue_full (429), timeout (503), or cancelled "
                    "(the client left the queue).", "none",
-                   [target(f"sum by (model, reason) (increase({GATEWAY}rejected_total{RATE}))",
-                           "{{model}} {{reason}}")], size=size, bars=True),
+                   [target(f"sum by (host, model, reason) (increase({GATEWAY}rejected_total{h}"
+                           f"{RATE}))", "{{host}} {{model}} {{reason}}")],
+                   size=size, bars=True),
         timeseries(lay, "Model loads", "Instance starts per $__rate_interval window, per "
                    "model (on request, by the API, at start-up or crash restarts).", "none",
-                   [target(f"sum by (model) (increase(llama_exporter_model_loads_total{RATE}))",
-                           "{{model}}")], size=size, bars=True),
+                   [target(f"sum {by} (increase(llama_exporter_model_loads_total{h}{RATE}))",
+                           HOST_MODEL)], size=size, bars=True),
         timeseries(lay, "Evictions", "Models unloaded to make room for another under the "
                    "cap, per $__rate_interval window.", "none",
-                   [target("sum by (model) (increase(llama_exporter_model_unloads_total"
-                           f'{{reason="evicted"}}{RATE}))', "{{model}}")],
+                   [target(f"sum {by} (increase(llama_exporter_model_unloads_total{ev}{RATE}))",
+                           HOST_MODEL)],
                    size=size, bars=True),
     ]  # fmt: skip
 
