@@ -103,7 +103,7 @@ def create_app(
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        poller = Poller(config, store)
+        poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
         poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
