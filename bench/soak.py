@@ -162,7 +162,12 @@ class Soak:
             sys.executable, "-m", "llama_exporter", "--log-level", "WARNING", "serve",
             "--config", str(self.config), stdout=log, stderr=log,
         )  # fmt: skip
-        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300))
+        # No keep-alive: an idle connection of ours would count as one of the service's
+        # fds and tasks (its connection handler) in a quiet sample and not in the other.
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=300),
+            connector=aiohttp.TCPConnector(force_close=True),
+        )
         for _ in range(1200):
             with contextlib.suppress(aiohttp.ClientError):
                 async with self.session.get(self.url + "/healthz") as resp:
