@@ -19,6 +19,7 @@ from llama_exporter.gateway.sse import StreamWatch, Usage, usage_of
 
 log = logging.getLogger(__name__)
 
+KEEPALIVE_SECONDS = 2.0
 CLIENT_CLOSED = 499  # counted when the client left before the answer ended (nginx's code)
 UPSTREAM_BROKE = 502  # counted when llama-server failed mid-answer
 
@@ -56,7 +57,7 @@ class Outcome:
     """What happened to a forwarded request, for the metrics."""
 
     code: int
-    watch: StreamWatch | None = None  # set for streamed answers
+    streamed: bool = False
     usage: Usage | None = None
 
 
@@ -76,9 +77,13 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
 def new_session() -> aiohttp.ClientSession:
     """The gateway's client session: no total timeout (generations run long), no pool cap."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: ours
+        # give up sooner, so a request rarely meets a connection the server just closed.
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # llama-server sets none; skip the jar's work
+        skip_auto_headers=("User-Agent",),
     )
 
 
@@ -88,23 +93,42 @@ async def forward(
     url: str,
     body: bytes,
     api_key: str | None,
-    started: float,
+    watch: StreamWatch,
     clock: Callable[[], float],
 ) -> tuple[web.StreamResponse, Outcome]:
-    """Send the request to url and answer the client with llama-server's answer."""
+    """Send the request to url and answer the client with llama-server's answer.
+
+    A streamed answer is fed to watch as it passes, so what it saw (first token,
+    gaps) is there even when the client leaves half-way.
+    """
     headers = upstream_headers(request.headers, api_key)
     try:
         upstream = await session.request(request.method, url, data=body or None, headers=headers)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        # A kept-alive connection the server closed meanwhile: once more on a new one.
+        try:
+            upstream = await session.request(
+                request.method, url, data=body or None, headers=headers
+            )
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
+    whole = False  # read to the end: the connection may serve the next request
     try:
         if upstream.content_type == "text/event-stream":
-            return await _stream(request, upstream, started, clock)
+            response, outcome = await _stream(request, upstream, watch, clock)
+            whole = outcome.code not in (CLIENT_CLOSED, UPSTREAM_BROKE)
+            return response, outcome
         data = await upstream.read()
+        whole = True
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"the answer broke off: {exc}") from exc
     finally:
-        upstream.close()  # mid-stream (client gone, cancelled): llama-server stops generating
+        if whole:
+            upstream.release()
+        else:  # client gone or cancelled mid-answer: closing stops llama-server generating
+            upstream.close()
     usage = None
     if upstream.status == 200 and upstream.content_type == "application/json":
         try:
@@ -118,14 +142,13 @@ async def forward(
 async def _stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    started: float,
+    watch: StreamWatch,
     clock: Callable[[], float],
 ) -> tuple[web.StreamResponse, Outcome]:
     response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # proxies in front of us must not buffer
-    watch = StreamWatch(started)
-    outcome = Outcome(upstream.status, watch=watch)
+    outcome = Outcome(upstream.status, streamed=True)
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
