@@ -115,7 +115,10 @@ def complete(port: int, n_predict: int, prompt: str = PROMPT) -> dict[str, Any]:
 
 
 def test_start_real_model_and_complete(stack: Stack) -> None:
-    status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/start?wait=true")
+    # Loading takes what the machine takes (ready_timeout is 120 s): wait as long.
+    status, body = http_json(
+        "POST", stack.service.api + f"/models/{MODEL}/start?wait=true", timeout=150
+    )
     assert status == 200, (body, stack.service.log()[-3000:])
     assert body["state"] == "ready"
     answer = complete(body["port"], 8, "The capital of France is")
@@ -254,7 +257,10 @@ def test_stop_removes_target_everywhere(stack: Stack) -> None:
 
 
 def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
-    status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/start?wait=true")
+    # Loading takes what the machine takes (ready_timeout is 120 s): wait as long.
+    status, body = http_json(
+        "POST", stack.service.api + f"/models/{MODEL}/start?wait=true", timeout=150
+    )
     assert status == 200, body
     # max_retries is 1: the first kill is restarted, the second one is for good.
     os.kill(body["pid"], signal.SIGKILL)
