@@ -20,7 +20,7 @@ from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
-from llama_exporter.poller import MetricsStore
+from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
 from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
@@ -142,6 +142,11 @@ def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
         "last_error": status.last_error,
         "next_retry_at": status.next_retry_at,
     }
+
+
+def host_json(host: HostSample | None) -> dict[str, Any] | None:
+    """The host's CPU and memory as the API shows them (None before the first sample)."""
+    return None if host is None else dataclasses.asdict(host)
 
 
 def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
@@ -294,6 +299,7 @@ async def status(request: web.Request) -> web.Response:
             "models": [status_json(s, now) for s in supervisor.statuses()],
             "running": supervisor.running_count,
             "cap": supervisor.cap,
+            "host": host_json(request.app[STORE].host),
         }
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from llama_exporter import api
+from llama_exporter import web as page
 from llama_exporter.collector import StartDurationHistogram, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
@@ -72,6 +73,7 @@ def create_app(
         histogram=histogram,
     )
     api.add_routes(app)
+    page.add_routes(app)
 
     def publish_metrics(snap: ModelSnapshot) -> None:
         if hub.client_count:  # to_dict() costs more than the rest of a poll's bookkeeping
@@ -89,6 +91,7 @@ def create_app(
             store.subscribe(publish_metrics),
         ]
         await supervisor.recover()
+        poller.start()  # host CPU and memory from the start, not only once a model is ready
         targets.on_status(None)
         targets.write_self(host or config.host, port or config.port)
         background = [
