@@ -185,3 +185,18 @@ async def test_the_service_serves_the_page_and_the_host_values(
     assert set(host) == {"cpu_utilization_ratio", "memory_total_bytes", "memory_used_bytes"}
     assert 0 <= host["cpu_utilization_ratio"] <= 1
     assert 0 < host["memory_used_bytes"] <= host["memory_total_bytes"]
+
+
+def test_every_page_file_ships_in_the_package() -> None:
+    """pyproject's package-data globs cover every file the page serves (wheel installs)."""
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).parent.parent / "pyproject.toml").read_text())
+    globs = pyproject["tool"]["setuptools"]["package-data"]["llama_exporter.web"]
+    package = STATIC_DIR.parent
+    shipped = {p for pattern in globs for p in package.glob(pattern) if p.is_file()}
+    files = {p for p in STATIC_DIR.rglob("*") if p.is_file()}
+    assert files - shipped == set()
+    assert {f"static/{name}" for name in load_assets()} <= {
+        p.relative_to(package).as_posix() for p in shipped
+    }

@@ -18,13 +18,13 @@ pytestmark = [pytest.mark.browser]
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    """Chromium on a same-origin document of a service with no models."""
+    """Chromium on the page of a service with no models."""
     require_chromium()
     tmp = tmp_path_factory.mktemp("webjs")
     service = start_service(tmp / "service", {})
     try:
         with chromium(tmp / "chromium") as result:
-            result.driver.get(service.url + "/ui/vendor/uplot/LICENSE")
+            result.driver.get(service.url + "/")
             yield result
     finally:
         service.stop()
@@ -94,8 +94,9 @@ def test_history_fill_merges_without_duplicates(browser: Browser) -> None:
         "  const xs = w.columns([(s) => s.v]);"
         "  return [w.length, xs[0][0], xs[0][xs[0].length - 1], xs[1][xs[1].length - 1]]; })()"
     )
-    # 60..119: the history fills in before the live samples, which win on equal times.
-    assert run(browser, "series.js", body) == [60, 60, 119, "live"]
+    # 59..119 (60 s back from the newest, both ends in): the history fills in before
+    # the live samples, which win on equal times.
+    assert run(browser, "series.js", body) == [61, 59, 119, "live"]
 
 
 def test_reconnect_backoff_doubles_to_a_ceiling(browser: Browser) -> None:

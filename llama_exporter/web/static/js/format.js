@@ -81,3 +81,18 @@ export function ago(then, now) {
   if (!finite(then)) return "never";
   return `${duration(now - then)} ago`;
 }
+
+/** An axis tick: 0.5, 12, 1.2k (three significant digits at most, no float noise). */
+export function tick(v) {
+  if (!finite(v)) return "";
+  if (Math.abs(v) >= 1000) return count(v);
+  return String(Number(v.toPrecision(3)));
+}
+
+/** A clock time for the time axis: 14:03:20. */
+export function clock(unixSeconds) {
+  const d = new Date(unixSeconds * 1000);
+  return [d.getHours(), d.getMinutes(), d.getSeconds()]
+    .map((n) => String(n).padStart(2, "0"))
+    .join(":");
+}

@@ -115,9 +115,14 @@ function refreshModels() {
   return refreshing;
 }
 
+/** Statuses carry `pinned` only when the service has the gateway: ask for it only then. */
+const gatewayHinted = () =>
+  [...store.status.values()].some((entry) => typeof entry.st.pinned === "boolean");
+
 /** The gateway summary, polled while the page is visible; a 404 means no gateway. */
 async function pollGateway() {
-  if (gatewayPresent !== false && document.visibilityState === "visible") {
+  const worth = gatewayPresent === true || (gatewayPresent === null && gatewayHinted());
+  if (worth && document.visibilityState === "visible") {
     try {
       store.gateway = await api.get("/gateway");
       gatewayPresent = true;

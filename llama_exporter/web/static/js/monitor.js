@@ -13,6 +13,8 @@ const BLUE = "#1f6feb";
 const GREY = "#8c959f";
 const ORANGE = "#d4661b";
 
+const TIME = { label: "at", value: (u, v) => (v === null ? fmt.DASH : fmt.clock(v)) };
+
 /** The x scale always shows the 60 s that end at the newest sample. */
 function xRange(u, min, max) {
   const end = max ?? Date.now() / 1000;
@@ -28,14 +30,15 @@ function chartOptions(kind, width, height) {
     scales: { x: { time: true, range: xRange } },
   };
   const axisY = (format) => ({ size: 56, values: (u, vals) => vals.map(format) });
+  const axisX = { space: 70, values: (u, vals) => vals.map(fmt.clock) };
   const bars = globalThis.uPlot.paths.bars({ size: [0.7, 24] });
   if (kind === "tps") {
     return {
       ...base,
       scales: { ...base.scales, y: { range: (u, min, max) => [0, Math.max(1, (max ?? 0) * 1.15)] } },
-      axes: [{}, axisY(fmt.count)],
+      axes: [axisX, axisY(fmt.tick)],
       series: [
-        {},
+        TIME,
         { label: "tok/s", stroke: BLUE, width: 2, fill: "rgba(31,111,235,0.10)",
           value: (u, v) => fmt.rate(v) },
         { label: "smoothed (5 s)", stroke: GREY, width: 1, dash: [4, 4],
@@ -47,9 +50,9 @@ function chartOptions(kind, width, height) {
     return {
       ...base,
       scales: { ...base.scales, y: { range: (u, min, max) => [0, Math.max(1, (max ?? 0) * 1.05)] } },
-      axes: [{}, axisY(fmt.count)],
+      axes: [axisX, axisY(fmt.tick)],
       series: [
-        {},
+        TIME,
         { label: "used", stroke: ORANGE, width: 2, fill: "rgba(212,102,27,0.10)",
           value: (u, v) => fmt.count(v) },
         { label: "size", stroke: GREY, width: 1, dash: [6, 4], value: (u, v) => fmt.count(v) },
@@ -60,9 +63,9 @@ function chartOptions(kind, width, height) {
   return {
     ...base,
     scales: { ...base.scales, y: { range: (u, min, max) => [0, Math.max(1, max ?? 0)] } },
-    axes: [{}, { ...axisY((v) => (Number.isInteger(v) ? String(v) : "")), incrs: [1, 2, 5, 10] }],
+    axes: [axisX, { ...axisY((v) => (Number.isInteger(v) ? String(v) : "")), incrs: [1, 2, 5, 10] }],
     series: [
-      {},
+      TIME,
       { label: "idle", stroke: GREY, fill: "rgba(140,149,159,0.45)", paths: bars, points: { show: false },
         value: (u, v, si, i) => (i === null || v === null ? fmt.DASH : String(v - (u.data[2][i] ?? 0))) },
       { label: "busy", stroke: BLUE, fill: "rgba(31,111,235,0.85)", paths: bars, points: { show: false },
@@ -87,7 +90,7 @@ export class MonitorView {
     this.visible = false;
     this.fills = 0;
     this.fillSeq = 0;
-    this.dirty = false;
+    this.shownState = null; // state of the chosen model at the last render
     $("monitor-model").addEventListener("change", (ev) => this.ctx.select(ev.target.value));
     this.resizer = new ResizeObserver(() => this._resize());
   }
@@ -171,6 +174,8 @@ export class MonitorView {
     const badge = $("monitor-state");
     setText(badge, this.model === null ? fmt.DASH : state);
     setAttr(badge, "data-state", state);
+    if (state !== "ready" && this.shownState === "ready") this._cards(null);
+    this.shownState = state;
     let hint = "";
     if (this.model === null) hint = "No model is running: load one in Models.";
     else if (state !== "ready") hint = `${this.model} is ${state}: its live values appear when it is ready.`;
@@ -225,7 +230,7 @@ export class MonitorView {
   }
 
   _size(box) {
-    const legend = 34; // uPlot puts its legend under the canvas, inside the fixed-height box
+    const legend = 44; // uPlot puts its legend under the canvas, inside the fixed-height box
     return { width: Math.max(200, box.clientWidth), height: Math.max(120, box.clientHeight - legend) };
   }
 
@@ -248,7 +253,11 @@ export class MonitorView {
     if (!this.charts) return;
     for (const [kind, { plot, figure }] of Object.entries(this.charts)) {
       const data = this._data(kind);
-      if (this.visible) plot.setData(data);
+      if (this.visible) {
+        plot.setData(data);
+        // Away from the cursor, the legend shows the newest values instead of dashes.
+        if (plot.cursor.idx == null && data[0].length) plot.setLegend({ idx: data[0].length - 1 });
+      }
       setAttr(figure, "data-points", data[0].length);
       const last = data[1].length ? data[1][data[1].length - 1] : "";
       setAttr(figure, "data-last", last);
