@@ -59,6 +59,7 @@ def fake_server(tmp: Path) -> Path:
 @contextlib.contextmanager
 def service(tmp: Path, count: int) -> Iterator[ServiceProcess]:
     """The service with `count` fake models, all started and ready."""
+    tmp.mkdir(parents=True, exist_ok=True)
     models = []
     for i in range(count):
         path = write_minimal_gguf(tmp / f"m{i}.gguf")

@@ -1,10 +1,9 @@
-"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON, bearer auth."""
+"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,15 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
+from llama_exporter import auth, openapi
 from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
+from llama_exporter.gateway import Gateway
+from llama_exporter.guard import Refusal
 from llama_exporter.poller import HostSample, MetricsStore
+from llama_exporter.redact import redact_args, redact_lines, redact_text, secret_values
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
 from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
@@ -38,6 +40,7 @@ STORE = web.AppKey("store", MetricsStore)
 HUB = web.AppKey("hub", WebSocketHub)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
+GATEWAY = web.AppKey("gateway", Gateway)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,32 +106,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
 
 
-def auth_middleware(token: str | None) -> Middleware:
-    """Require `Authorization: Bearer TOKEN` on mutating API calls when a token is set."""
-
-    expected = f"Bearer {token}".encode() if token else None
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None and request.method not in ("GET", "HEAD", "OPTIONS"):
-            given = request.headers.get("Authorization", "").encode()
-            if not hmac.compare_digest(given, expected):
-                return ApiError(
-                    401,
-                    "this call needs `Authorization: Bearer <token>` (api_token in the config "
-                    "or LLAMA_EXPORTER_API_TOKEN)",
-                    headers={"WWW-Authenticate": 'Bearer realm="llama-exporter"'},
-                ).response()
-        return await handler(request)
-
-    return middleware
+def refusal_response(refusal: Refusal) -> web.Response:
+    """A guard or auth refusal in the API's JSON error shape."""
+    return ApiError(refusal.status, refusal.message).response()
 
 
 # -- JSON views ---------------------------------------------------------------
 
 
-def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
-    """One instance's status as the API shows it."""
+def status_json(
+    status: InstanceStatus, now: float, gateway: Gateway | None = None
+) -> dict[str, Any]:
+    """One instance's status as the API shows it (with the gateway's view of its use)."""
+    use = (
+        gateway.status_fields(status.model)
+        if gateway is not None
+        else {"pinned": False, "idle_ttl": 0.0, "in_flight": 0, "last_used": None}
+    )
     return {
         "model": status.model,
         "state": str(status.state),
@@ -139,8 +133,9 @@ def status_json(status: InstanceStatus, now: float) -> dict[str, Any]:
         "uptime_seconds": status.uptime(now),
         "restarts": status.restarts,
         "retries": status.retries,
-        "last_error": status.last_error,
+        "last_error": None if status.last_error is None else redact_text(status.last_error),
         "next_retry_at": status.next_retry_at,
+        **use,
     }
 
 
@@ -159,7 +154,7 @@ def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
         "path": str(cfg.path),
         "ctx_size": cfg.ctx_size,
         "parallel": cfg.parallel,
-        "args": list(cfg.args),
+        "args": redact_args(cfg.args),
         "autostart": cfg.autostart,
         "state": str(status.state),
         "metadata": None if info is None else dataclasses.asdict(info),
@@ -202,6 +197,10 @@ def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False
     if kind is not int and not isinstance(value, kind):
         raise ApiError(400, f"field {key!r} must be {_KIND_NAMES[kind]}", field=key)
     return value
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() in ("1", "true", "yes")
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -267,19 +266,21 @@ async def delete_model(request: web.Request) -> web.Response:
 async def start_model(request: web.Request) -> web.Response:
     """Start a model; with ?wait=true answer when it is ready or has failed."""
     name = _name(request)
-    wait = request.query.get("wait", "false").lower() in ("1", "true", "yes")
+    wait = _flag(request, "wait")
     supervisor = request.app[SUPERVISOR]
-    status = await supervisor.start(name)
+    gateway = request.app[GATEWAY]
+    # An explicit start counts as use; ?evict=true makes room like a gateway request.
+    status = await gateway.scheduler.start_for_api(name, evict=_flag(request, "evict"))
     if wait:
         status = await supervisor.wait_settled(name)
         if status.state is not State.READY:
             raise ApiError(
                 502,
                 f"model {name!r} did not start: {status.last_error or status.state}",
-                instance=status_json(status, time.time()),
+                instance=status_json(status, time.time(), gateway),
             )
     code = 200 if status.state is State.READY else 202
-    return web.json_response(status_json(status, time.time()), status=code)
+    return web.json_response(status_json(status, time.time(), gateway), status=code)
 
 
 async def stop_model(request: web.Request) -> web.Response:
@@ -287,7 +288,7 @@ async def stop_model(request: web.Request) -> web.Response:
     name = _name(request)
     # Shielded: a client that hangs up (or a shutdown) must not leave it half-stopped.
     status = await asyncio.shield(request.app[SUPERVISOR].stop(name))
-    return web.json_response(status_json(status, time.time()))
+    return web.json_response(status_json(status, time.time(), request.app[GATEWAY]))
 
 
 async def status(request: web.Request) -> web.Response:
@@ -296,7 +297,7 @@ async def status(request: web.Request) -> web.Response:
     now = time.time()
     return web.json_response(
         {
-            "models": [status_json(s, now) for s in supervisor.statuses()],
+            "models": [status_json(s, now, request.app[GATEWAY]) for s in supervisor.statuses()],
             "running": supervisor.running_count,
             "cap": supervisor.cap,
             "host": host_json(request.app[STORE].host),
@@ -317,7 +318,10 @@ async def logs(request: web.Request) -> web.Response:
             400, f"lines must be an integer from 1 to {MAX_LOG_LINES}, got {raw!r}", field="lines"
         )
     tail = await asyncio.to_thread(request.app[SUPERVISOR].log_tail, name, lines)
-    return web.json_response({"model": name, "lines": tail})
+    # Lines written before redaction existed (or by llama-server itself) are checked again.
+    cfg = request.app[REGISTRY].get(name).config
+    secrets = secret_values(cfg.args, cfg.env, [cfg.api_key])
+    return web.json_response({"model": name, "lines": redact_lines(tail, secrets)})
 
 
 async def model_metrics(request: web.Request) -> web.Response:
@@ -354,15 +358,17 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
     for st in app[SUPERVISOR].statuses():
         if model is not None and st.model != model:
             continue
-        yield make_event(STATUS_EVENT, st.model, status_json(st, now))
+        yield make_event(STATUS_EVENT, st.model, status_json(st, now, app[GATEWAY]))
         latest = store.latest(st.model)
         if latest is not None:
             yield make_event(METRICS_EVENT, st.model, latest.to_dict())
 
 
+@auth.websocket_auth
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
     app = request.app
+    tokens = auth.Tokens(app[CONFIG].api_token, app[CONFIG].scrape_token)
 
     def known(name: str) -> bool:
         try:
@@ -371,11 +377,21 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             return False
         return True
 
-    return await app[HUB].handle(request, lambda m: initial_events(app, m), known)
+    return await app[HUB].handle(
+        request,
+        lambda m: initial_events(app, m),
+        known,
+        authenticate=lambda ws: auth.authenticate_websocket(request, ws, tokens),
+    )
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI 3 description of every route."""
+    return web.json_response(openapi.describe())
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every route of the service."""
+    """Register every route of the service (each described in openapi.py)."""
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get(f"{PREFIX}/models", list_models)
@@ -388,3 +404,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get(f"{PREFIX}/status", status)
     app.router.add_get(f"{PREFIX}/targets", targets)
     app.router.add_get(f"{PREFIX}/ws", websocket)
+    app.router.add_get(f"{PREFIX}/openapi.json", openapi_json)

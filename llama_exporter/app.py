@@ -10,11 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import api
+from llama_exporter import api, auth, guard
 from llama_exporter import web as page
 from llama_exporter.collector import StartDurationHistogram, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
+from llama_exporter.gateway import Gateway
 from llama_exporter.gguf_meta import GGUFInfoCache
 from llama_exporter.poller import MetricsStore, Poller
 from llama_exporter.registry import Registry
@@ -40,7 +41,22 @@ def create_app(
     spawn: Spawn | None = None,
 ) -> web.Application:
     """The aiohttp application with every component wired; started by cleanup_ctx."""
-    app = web.Application(middlewares=[api.error_middleware, api.auth_middleware(config.api_token)])
+    listen_host = host or config.host
+    policy = guard.build_policy(
+        listen_host,
+        allowed_hosts=config.allowed_hosts,
+        allowed_origins=config.allowed_origins,
+        machine_names=guard.machine_names() if listen_host in guard.WILDCARD_HOSTS else (),
+    )
+    tokens = auth.Tokens(config.api_token, config.scrape_token)
+    # Outermost first: errors become JSON, then Host/Origin/body checks, then the token.
+    app = web.Application(
+        middlewares=[
+            api.error_middleware,
+            guard.guard_middleware(policy, api.refusal_response),
+            auth.auth_middleware(tokens, api.refusal_response),
+        ]
+    )
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
     histogram = StartDurationHistogram()
@@ -52,7 +68,8 @@ def create_app(
         instance_host=config.instance_host,
     )
     store = MetricsStore(config.poll.history)
-    hub = WebSocketHub()
+    gateway = Gateway(config, supervisor)
+    hub = WebSocketHub(max_clients=config.websocket_max_clients)
     labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
@@ -63,6 +80,7 @@ def create_app(
     app[api.STORE] = store
     app[api.HUB] = hub
     app[api.HISTOGRAM] = histogram
+    app[api.GATEWAY] = gateway
     app[api.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
@@ -72,7 +90,9 @@ def create_app(
         cap=lambda: supervisor.cap,
         histogram=histogram,
     )
+    app[api.METRICS].register(gateway.metrics)
     api.add_routes(app)
+    gateway.add_routes(app)
     page.add_routes(app)
 
     def publish_metrics(snap: ModelSnapshot) -> None:
@@ -80,10 +100,13 @@ def create_app(
             hub.publish(make_event(METRICS_EVENT, snap.model, snap.to_dict()))
 
     def publish_status(status: InstanceStatus) -> None:
-        hub.publish(make_event(STATUS_EVENT, status.model, api.status_json(status, time.time())))
+        hub.publish(
+            make_event(STATUS_EVENT, status.model, api.status_json(status, time.time(), gateway))
+        )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        poller = Poller(config, store)
+        poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
+        poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
             supervisor.subscribe(poller.on_status),
@@ -91,7 +114,6 @@ def create_app(
             store.subscribe(publish_metrics),
         ]
         await supervisor.recover()
-        poller.start()  # host CPU and memory from the start, not only once a model is ready
         targets.on_status(None)
         targets.write_self(host or config.host, port or config.port)
         background = [
@@ -108,6 +130,7 @@ def create_app(
             undo()
         await poller.close()
         targets.on_status(None)
+        await targets.flush()  # the last state on disk before the loop ends
 
     async def begin_shutdown(app: web.Application) -> None:
         # on_shutdown runs before aiohttp waits for in-flight requests: stop the
@@ -116,5 +139,6 @@ def create_app(
         await supervisor.shutdown()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(gateway.lifecycle)
     app.on_shutdown.append(begin_shutdown)
     return app

@@ -16,7 +16,7 @@ from typing import IO, Any, TextIO
 
 from llama_exporter import __version__
 from llama_exporter.client import Client, ClientError, ServiceUnreachable
-from llama_exporter.config import ConfigError, load_config
+from llama_exporter.config import ConfigError, exposure_error, load_config
 
 EXIT_USAGE = 2
 EXIT_CAP = 3
@@ -86,6 +86,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(_config_path(args.config))
     host = args.host or config.host
     port = args.port or config.port
+    if args.host:
+        exposed = exposure_error(
+            host, config.api_token, config.allow_unauthenticated, where="--host"
+        )
+        if exposed is not None:
+            raise exposed
     lock = lock_state_dir(config.state_dir)
     sock = listen_socket(host, port)
     try:
@@ -99,7 +105,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             config.max_parallel,
             config.state_dir,
         )
-        web.run_app(app, sock=sock, print=None, access_log=None)
+        # handler_cancellation: a client that hangs up cancels its gateway request, which
+        # closes the upstream connection so llama-server frees the slot.
+        web.run_app(app, sock=sock, print=None, access_log=None, handler_cancellation=True)
     finally:
         sock.close()
         lock.close()
@@ -172,6 +180,25 @@ def cmd_models(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def _fmt_idle(st: dict[str, Any], now: float) -> str:
+    """Time since the last gateway request or start, and the idle TTL left (or pinned)."""
+    if st["state"] != "ready":
+        return "-"
+    if st.get("in_flight"):
+        idle = "busy"
+    elif st.get("last_used") is not None:
+        idle = _fmt_duration(max(0.0, now - st["last_used"]))
+    else:
+        idle = "unused"
+    if st.get("pinned"):
+        return f"{idle}, pinned"
+    ttl = st.get("idle_ttl") or 0
+    if ttl > 0 and st.get("last_used") is not None and not st.get("in_flight"):
+        left = max(0.0, st["last_used"] + ttl - now)
+        return f"{idle}, unload in {_fmt_duration(left)}"
+    return idle
+
+
 def cmd_ps(args: argparse.Namespace, client: Client) -> int:
     """Show running instances, like `ollama ps`."""
     status = client.get("/status")
@@ -187,9 +214,12 @@ def cmd_ps(args: argparse.Namespace, client: Client) -> int:
             "CONTEXT",
             "TOK/S",
             "MEMORY",
+            "IN FLIGHT",
+            "IDLE",
             "LAST ERROR",
         ]
     ]
+    now = time.time()
     for st in status["models"]:
         if st["state"] == "stopped" and not args.all:
             continue
@@ -215,6 +245,8 @@ def cmd_ps(args: argparse.Namespace, client: Client) -> int:
                 ctx,
                 tps,
                 _fmt_bytes(latest.get("rss_bytes")),
+                str(st.get("in_flight", 0)),
+                _fmt_idle(st, now),
                 error[0][:60] if error else "",
             ]
         )

@@ -3,6 +3,12 @@
 Names and labels are the contract in docs/ARCHITECTURE.md ("Service metrics").
 Live series exist only while a model has a latest snapshot (it is ready); state,
 counters and info series exist for every known model.
+
+Each model's samples come in parts (its state, its info, its token totals, its
+live values, its poll errors, its last poll), and each part is written once as
+text and cached under the values it was written from: a new snapshot is written
+when it is published (in the poll), so a scrape mostly joins cached text. The same
+rows feed ``collect()``, so generate_latest writes the same bytes (a parity test).
 """
 
 from __future__ import annotations
@@ -11,24 +17,39 @@ import bisect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from llama_exporter.derive import ModelSnapshot
+from llama_exporter.exposition import OrderedRegistry, header, sample, value_text
+from llama_exporter.exposition import render as render
+from llama_exporter.families import (
+    CAP,
+    HOST,
+    HOST_ERRORS,
+    LIVE_PART,
+    ORDER,
+    PARTS,
+    POLL_PART,
+    PREFIX,
+    RUNNING,
+    TASKS,
+    TOKENS_PART,
+    Family,
+    ModelInfo,
+    Part,
+    Prefixes,
+    Row,
+    info_key,
+    text_of,
+)
 from llama_exporter.poller import MetricsStore
-from llama_exporter.states import InstanceStatus, State
+from llama_exporter.states import InstanceStatus
 
-PREFIX = "llama_exporter_"
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
 
@@ -43,34 +64,17 @@ class Counters(Protocol):
     def start_rejected_total(self) -> int: ...
 
 
-class ModelInfo(Protocol):
-    """What the collector shows about a known model."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def path(self) -> Path | str: ...
-    @property
-    def source(self) -> str: ...
-    @property
-    def architecture(self) -> str | None: ...
-    @property
-    def quantization(self) -> str | None: ...
-    @property
-    def size_label(self) -> str | None: ...
-    @property
-    def context_length(self) -> int | None: ...
-    @property
-    def file_size(self) -> int | None: ...
-
-
 class StartDurationHistogram(Collector):
     """instance_start_duration_seconds: spawn to /health 200, per model (no _created series)."""
+
+    NAME = f"{PREFIX}instance_start_duration_seconds"
+    DOC = "Seconds from spawn to /health 200."
 
     def __init__(self, buckets: Sequence[float] = START_BUCKETS) -> None:
         self._bounds = sorted(float(b) for b in buckets if math.isfinite(b))
         self._counts: dict[str, list[int]] = {}  # per bucket, not cumulative; last is +Inf
         self._sums: dict[str, float] = {}
+        self._text: dict[str, str] = {}  # each model's sample lines, until it changes
 
     def observe(self, model: str, seconds: float) -> None:
         """Record one start that reached ready."""
@@ -78,42 +82,49 @@ class StartDurationHistogram(Collector):
         counts = self._counts.setdefault(model, [0] * (len(self._bounds) + 1))
         counts[bisect.bisect_left(self._bounds, seconds)] += 1
         self._sums[model] = self._sums.get(model, 0.0) + seconds
+        self._text.pop(model, None)
 
     def forget(self, model: str) -> None:
         """Remove a deleted model's observations."""
         self._counts.pop(model, None)
         self._sums.pop(model, None)
+        self._text.pop(model, None)
 
-    def collect(self) -> Iterable[Metric]:
-        """The histogram family."""
-        family = HistogramMetricFamily(
-            f"{PREFIX}instance_start_duration_seconds",
-            "Seconds from spawn to /health 200.",
-            labels=["model"],
-        )
-        for model in sorted(self._counts):
+    def _family(self, models: Iterable[str]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.NAME, self.DOC, labels=["model"])
+        for model in models:
             cumulative = list(itertools.accumulate(self._counts[model]))
-            bounds = [*map(_go_float, self._bounds), "+Inf"]
+            bounds = [*map(value_text, self._bounds), "+Inf"]
             family.add_metric(
                 [model], list(zip(bounds, cumulative, strict=True)), self._sums[model]
             )
-        yield family
+        return family
+
+    def collect(self) -> Iterable[Metric]:
+        """The histogram family."""
+        yield self._family(sorted(self._counts))
+
+    def exposition(self) -> str:
+        """The family as text; each model's lines are kept until its next observation."""
+        out = [header(self.NAME, "histogram", self.DOC)]
+        for model in sorted(self._counts):
+            text = self._text.get(model)
+            if text is None:
+                samples = self._family([model]).samples
+                text = "".join(sample(s.name, tuple(s.labels.items()), s.value) for s in samples)
+                self._text[model] = text
+            out.append(text)
+        return "".join(out)
 
 
-POLL_ENDPOINTS = ("metrics", "slots", "props")
-POLL_REASONS = ("timeout", "connect", "parse")
-
-
-def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> GaugeMetricFamily:
-    return GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
-
-
-def _counter(name: str, doc: str, labels: Sequence[str] = ()) -> CounterMetricFamily:
-    return CounterMetricFamily(PREFIX + name, doc, labels=list(labels))
+@dataclass
+class _Cached:
+    key: object
+    text: tuple[str, ...]
 
 
 class LlamaCollector(Collector):
-    """Yields every llama_exporter_* family from in-memory state."""
+    """Yields every llama_exporter_* family from in-memory state; also writes it as text."""
 
     def __init__(
         self,
@@ -130,175 +141,109 @@ class LlamaCollector(Collector):
         self._models = models
         self._running = running
         self._cap = cap
+        self._cache: dict[tuple[str, Part], _Cached] = {}
+        self._prefixes: Prefixes = {}  # see text_of
 
-    def collect(self) -> Iterator[Metric]:
-        """All families (no I/O: everything was read by the poller and the supervisor)."""
+    def _keys(self) -> Iterator[tuple[str, tuple[object, ...]]]:
+        """(model, one key per part of PARTS) for every known model, sorted by name."""
         statuses = {s.model: s for s in self._statuses()}
         infos = {m.name: m for m in self._models()}
         totals = self._store.token_totals()
-        known = sorted(set(statuses) | set(infos) | set(totals))
-        yield from self._instances(known, statuses)
-        yield from self._models_info(infos)
-        yield from self._tokens(known, totals)
-        live = [s for m in known if (s := self._store.latest(m)) is not None]
-        yield from self._live(live)
-        yield from self._slots(live)
-        yield from self._process(live)
-        yield from self._host()
-        yield from self._polls(live)
+        errors: dict[str, list[tuple[str, str, int]]] = {}
+        for (model, endpoint, reason), count in sorted(self._store.poll_errors().items()):
+            errors.setdefault(model, []).append((endpoint, reason, count))
+        for model in sorted(set(statuses) | set(infos) | set(totals) | set(errors)):
+            snap = self._store.latest(model)
+            c = self._counters(model)
+            counts = (c.restarts_total, c.start_failures_total, c.start_rejected_total)
+            yield (
+                model,
+                (
+                    (statuses.get(model), counts),
+                    info_key(infos.get(model)),
+                    totals.get(model),
+                    snap,
+                    (snap is not None, tuple(errors.get(model, ()))),
+                    self._store.last_poll(model) if snap is not None else None,
+                ),
+            )
 
-    def _instances(self, known: list[str], statuses: dict[str, InstanceStatus]) -> Iterator[Metric]:
-        state = _gauge("instance_state", "1 for the current state.", ["model", "state"])
-        up = _gauge("instance_up", "1 when ready.", ["model"])
-        info = _gauge("instance_info", "1 while a process exists.", ["model", "pid", "port"])
-        since = _gauge(
-            "instance_ready_since_timestamp_seconds", "Unix time it became ready.", ["model"]
-        )
-        restarts = _counter("instance_restarts_total", "Restarts after a crash/hang.", ["model"])
-        failures = _counter("instance_start_failures_total", "Starts not ready.", ["model"])
-        rejected = _counter("instance_start_rejected_total", "Starts refused: cap.", ["model"])
-        for model in known:
-            status = statuses.get(model)
-            current = status.state if status is not None else State.STOPPED
-            for candidate in State:
-                state.add_metric([model, candidate.value], 1.0 if candidate is current else 0.0)
-            up.add_metric([model], 1.0 if current is State.READY else 0.0)
-            if status is not None and status.pid is not None:
-                port = "" if status.port is None else str(status.port)
-                info.add_metric([model, str(status.pid), port], 1.0)
-            if status is not None and current is State.READY and status.ready_at is not None:
-                since.add_metric([model], status.ready_at)
-            counts = self._counters(model)
-            restarts.add_metric([model], counts.restarts_total)
-            failures.add_metric([model], counts.start_failures_total)
-            rejected.add_metric([model], counts.start_rejected_total)
-        running = _gauge("instances_running", "Instances counted against the cap.")
-        running.add_metric([], self._running())
-        cap = _gauge("instances_max", "The cap on instances.")
-        cap.add_metric([], self._cap())
-        yield from (state, up, info, restarts, failures, rejected, since, running, cap)
-
-    def _models_info(self, infos: dict[str, ModelInfo]) -> Iterator[Metric]:
-        labels = ["model", "path", "source", "architecture", "quantization", "size_label"]
-        info = _gauge("model_info", "1 per known model.", labels)
-        trained = _gauge("model_trained_context_tokens", "Trained context length.", ["model"])
-        size = _gauge("model_file_size_bytes", "GGUF file size.", ["model"])
-        for name in sorted(infos):
-            m = infos[name]
-            values = [m.architecture, m.quantization, m.size_label]
-            info.add_metric([name, str(m.path), m.source, *(v or "" for v in values)], 1.0)
-            if m.context_length is not None:
-                trained.add_metric([name], m.context_length)
-            if m.file_size is not None:
-                size.add_metric([name], m.file_size)
-        yield from (info, trained, size)
-
-    def _tokens(self, known: list[str], totals: dict[str, tuple[float, float]]) -> Iterator[Metric]:
-        generated = _counter(
-            "tokens_generated_total", "Tokens generated: completed + in flight.", ["model"]
-        )
-        prompt = _counter("prompt_tokens_total", "Prompt tokens processed.", ["model"])
-        for model in known:
-            gen_total, prompt_total = totals.get(model, (0.0, 0.0))
-            generated.add_metric([model], gen_total)
-            prompt.add_metric([model], prompt_total)
-        yield from (generated, prompt)
-
-    def _live(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
-        rows: list[tuple[str, str, Callable[[ModelSnapshot], float | None]]] = [
-            ("slots", "Slots (-np).", lambda s: s.slots_total),
-            ("slots_busy", "Slots processing.", lambda s: s.slots_busy),
-            ("requests_waiting", "Requests deferred.", lambda s: s.requests_waiting),
-            ("context_size_tokens", "Context, summed.", lambda s: s.context_size_tokens),
-            ("context_used_tokens", "Context in use.", lambda s: s.context_used_tokens),
-            ("context_used_ratio", "Context in use (0..1).", lambda s: s.context_used_ratio),
-            ("tokens_per_second", "Generation rate.", lambda s: s.tokens_per_second),
-            (
-                "tokens_per_second_smoothed",
-                "Generation rate, smoothed (~5 s).",
-                lambda s: s.tokens_per_second_smoothed,
-            ),
-            (
-                "time_per_token_seconds",
-                "Mean seconds per generated token over generating slots.",
-                lambda s: s.time_per_token_seconds,
-            ),
-        ]
-        for name, doc, value in rows:
-            family = _gauge(name, doc, ["model"])
-            for snap in live:
-                v = value(snap)
-                if v is not None:
-                    family.add_metric([snap.model], v)
-            yield family
-
-    def _slots(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
-        labels = ["model", "slot"]
-        busy = _gauge("slot_busy", "1 when processing.", labels)
-        size = _gauge("slot_context_size_tokens", "Slot context.", labels)
-        used = _gauge("slot_context_used_tokens", "Slot context in use.", labels)
-        used_ratio = _gauge("slot_context_used_ratio", "Slot context in use (0..1).", labels)
-        rate = _gauge("slot_tokens_per_second", "Slot generation rate.", labels)
-        per_token = _gauge("slot_time_per_token_seconds", "Seconds per token.", labels)
-        for snap in live:
-            for slot in snap.slots:
-                key = [snap.model, str(slot.id)]
-                busy.add_metric(key, 1.0 if slot.busy else 0.0)
-                size.add_metric(key, slot.n_ctx)
-                used.add_metric(key, slot.context_used_tokens)
-                used_ratio.add_metric(key, slot.context_used_ratio)
-                rate.add_metric(key, slot.tokens_per_second)
-                if slot.time_per_token_seconds is not None:
-                    per_token.add_metric(key, slot.time_per_token_seconds)
-        yield from (busy, size, used, used_ratio, rate, per_token)
-
-    def _process(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
-        cpu = _counter("process_cpu_seconds_total", "llama-server CPU seconds.", ["model"])
-        share = _gauge("process_cpu_utilization_ratio", "Share of host CPU (0..1).", ["model"])
-        rss = _gauge("process_resident_memory_bytes", "llama-server RSS.", ["model"])
-        for snap in live:
-            if snap.cpu_seconds_total is not None:
-                cpu.add_metric([snap.model], snap.cpu_seconds_total)
-            if snap.cpu_utilization_ratio is not None:
-                share.add_metric([snap.model], snap.cpu_utilization_ratio)
-            if snap.rss_bytes is not None:
-                rss.add_metric([snap.model], snap.rss_bytes)
-        yield from (cpu, share, rss)
-
-    def _host(self) -> Iterator[Metric]:
+    def _host(self, family: Family) -> list[Row]:
         host = self._store.host
-        cpu = _gauge("host_cpu_utilization_ratio", "Host CPU in use (0..1).")
-        total = _gauge("host_memory_total_bytes", "Host memory.")
-        used = _gauge("host_memory_used_bytes", "Host memory in use.")
-        if host is not None:
-            cpu.add_metric([], host.cpu_utilization_ratio)
-            total.add_metric([], host.memory_total_bytes)
-            used.add_metric([], host.memory_used_bytes)
-        yield from (cpu, total, used)
+        if host is None:
+            return []
+        values = (host.cpu_utilization_ratio, host.memory_total_bytes, host.memory_used_bytes)
+        return [((), values[HOST.index(family)])]
 
-    def _polls(self, live: list[ModelSnapshot]) -> Iterator[Metric]:
-        errors = _counter(
-            "poll_errors_total", "Failed reads of llama-server.", ["model", "endpoint", "reason"]
-        )
-        # Known label values start at 0 while a model is polled, so increase() and
-        # dashboards see "no errors" instead of "no data".
-        counts = {
-            (snap.model, endpoint, reason): 0
-            for snap in live
-            for endpoint in POLL_ENDPOINTS
-            for reason in POLL_REASONS
-        }
-        counts.update(self._store.poll_errors())
-        for (model, endpoint, reason), count in sorted(counts.items()):
-            errors.add_metric([model, endpoint, reason], count)
-        duration = _gauge("poll_duration_seconds", "Duration of the last poll.", ["model"])
-        last = _gauge("last_poll_timestamp_seconds", "Unix time of the last poll.", ["model"])
-        for snap in live:
-            poll = self._store.last_poll(snap.model)
-            if poll is not None:
-                duration.add_metric([snap.model], poll.duration_seconds)
-                last.add_metric([snap.model], poll.timestamp)
-        yield from (errors, duration, last)
+    def _global(self, family: Family) -> list[Row] | None:
+        """Rows of a family without a model label (None for per-model families)."""
+        if family is RUNNING:
+            return [((), self._running())]
+        if family is CAP:
+            return [((), self._cap())]
+        if family is HOST_ERRORS:
+            return [((), self._store.host_errors)]
+        if family is TASKS:
+            tasks = self._store.asyncio_tasks
+            return [] if tasks is None else [((), tasks)]
+        return self._host(family) if family in HOST else None
+
+    def collect(self) -> Iterator[Metric]:
+        """All families (no I/O: everything was read by the poller and the supervisor)."""
+        metrics = {family: family.metric() for family in ORDER}
+        for model, keys in self._keys():
+            for part, key in zip(PARTS, keys, strict=True):
+                for family, rows in zip(part.families, part.rows(model, key), strict=True):
+                    for labels, value in rows:
+                        metrics[family].add_metric(list(labels), value)
+        for family, metric in metrics.items():
+            for labels, value in self._global(family) or ():
+                metric.add_metric(list(labels), value)
+            yield metric
+
+    def _written(self, model: str, part: Part, key: object) -> tuple[str, ...]:
+        """The part's text for key: cached, or written now."""
+        cached = self._cache.get((model, part))
+        if cached is not None and (cached.key is key or cached.key == key):
+            return cached.text
+        text = text_of(part.families, part.rows(model, key), self._prefixes)
+        self._cache[(model, part)] = _Cached(key, text)
+        return text
+
+    def on_snapshot(self, snap: ModelSnapshot) -> None:
+        """Store subscriber: write a new snapshot's parts in the poll, not in the scrape."""
+        model = snap.model
+        generated, prompt = self._store.token_counters(model)
+        self._written(model, LIVE_PART, snap)
+        self._written(model, TOKENS_PART, (generated.total, prompt.total))
+        self._written(model, POLL_PART, self._store.last_poll(model))
+
+    def exposition(self) -> str:
+        """The text generate_latest writes for collect(), joined from cached parts."""
+        written: list[list[tuple[str, ...]]] = [[] for _ in PARTS]  # per part, per model
+        models = 0
+        for model, keys in self._keys():
+            models += 1
+            for texts, part, key in zip(written, PARTS, keys, strict=True):
+                texts.append(self._written(model, part, key))
+        if len(self._cache) > models * len(PARTS):  # a model was deleted: drop its text
+            known = {model for model, _ in self._keys()}
+            self._cache = {k: v for k, v in self._cache.items() if k[0] in known}
+            self._prefixes = {}
+        lines: dict[Family, str] = {}
+        for part, texts in zip(PARTS, written, strict=True):
+            columns = zip(*texts, strict=True) if texts else [() for _ in part.families]
+            for family, column in zip(part.families, columns, strict=True):
+                lines[family] = "".join(column)
+        out: list[str] = []
+        for family in ORDER:
+            out.append(header(family.exposed, family.kind, family.doc))
+            rows = self._global(family)
+            if rows is None:
+                out.append(lines[family])
+            else:
+                out.extend(sample(family.exposed, (), value) for _, value in rows)
+        return "".join(out)
 
 
 def build_registry(
@@ -311,55 +256,15 @@ def build_registry(
     cap: Callable[[], int],
     histogram: StartDurationHistogram | None = None,
 ) -> CollectorRegistry:
-    """A registry of our own (never the global one) with the collector and the histogram."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(LlamaCollector(store, statuses, counters, models, running, cap))
+    """A registry of our own (never the global one) with the collector and the histogram.
+
+    The collector subscribes to the store, so each new snapshot is written as text
+    once, when it is published.
+    """
+    registry = OrderedRegistry()
+    collector = LlamaCollector(store, statuses, counters, models, running, cap)
+    store.subscribe(collector.on_snapshot)
+    registry.register(collector)
     if histogram is not None:
         registry.register(histogram)
     return registry
-
-
-_go_float: Callable[[float], str] = floatToGoString  # the value format generate_latest uses
-_TYPES = {"counter": "counter", "gauge": "gauge", "histogram": "histogram", "unknown": "untyped"}
-
-
-def _value(value: float) -> str:
-    """floatToGoString, with a fast path for the common finite, short numbers."""
-    if math.isfinite(value):
-        text = repr(float(value))
-        if value <= 0 or text.find(".") <= 6:
-            return text
-    return _go_float(value)
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or "\n" in value or '"' in value:
-        return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
-    return value
-
-
-def render(registry: CollectorRegistry) -> bytes:
-    """The Prometheus text exposition of registry, byte for byte as generate_latest writes it.
-
-    generate_latest re-validates every label name of every sample (about 12 us per
-    sample); our names are fixed and valid, so only label values are escaped here.
-    Families of other types than counter, gauge, histogram and untyped fall back to it.
-    """
-    families = list(registry.collect())
-    if any(f.type not in _TYPES for f in families):
-        return bytes(generate_latest(registry))
-    out: list[str] = []
-    append = out.append
-    for family in families:
-        name = f"{family.name}_total" if family.type == "counter" else family.name
-        doc = family.documentation.replace("\\", r"\\").replace("\n", r"\n")
-        append(f"# HELP {name} {doc}\n# TYPE {name} {_TYPES[family.type]}\n")
-        for sample in family.samples:
-            labels = sample.labels
-            if not labels:
-                append(f"{sample.name} {_value(sample.value)}\n")
-                continue
-            pairs = sorted(labels.items()) if len(labels) > 1 else labels.items()
-            body = ",".join([f'{k}="{_escape(v)}"' for k, v in pairs])
-            append(f"{sample.name}{{{body}}} {_value(sample.value)}\n")
-    return "".join(out).encode()

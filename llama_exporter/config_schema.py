@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 from llama_exporter.config import (
+    DEFAULT_LOG_MAX_BYTES,
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PORT,
+    DEFAULT_WEBSOCKET_MAX_CLIENTS,
+    ENV_API_TOKEN,
+    ENV_SCRAPE_TOKEN,
+    WHEN_FULL,
     Config,
     ConfigError,
+    GatewayConfig,
     ModelConfig,
     ModelDefaults,
     PollConfig,
@@ -28,10 +34,12 @@ from llama_exporter.config import (
     _env_token,
     default_state_dir,
     expand_path,
+    exposure_error,
     find_managed_flag,
     resolve_llama_server,
     validate_model_name,
 )
+from llama_exporter.guard import normalise_origin, split_host
 
 _LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _NUMBER_TYPES = (int, float)
@@ -86,6 +94,13 @@ class Parser:
             raise self.error(key, f"must be more than 0 seconds, got {value}")
         return float(value)
 
+    def seconds_or_zero(self, value: object, key: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
+            raise self.error(key, f"must be a number of seconds, got {value!r}")
+        if value < 0:
+            raise self.error(key, f"must be 0 or more seconds, got {value}", "0 means never")
+        return float(value)
+
     def boolean(self, value: object, key: str) -> bool:
         if not isinstance(value, bool):
             raise self.error(key, f"must be true or false, got {value!r}")
@@ -134,8 +149,11 @@ class Parser:
             if top.get("state_dir") is not None
             else default_state_dir(self.env)
         )
-        token = top.get("api_token")
-        token = None if token is None else self.string(token, "api_token")
+        token = self.token(top, "api_token")
+        allow_open = self.boolean(top.get("allow_unauthenticated", False), "allow_unauthenticated")
+        exposed = exposure_error(host, token, allow_open, file=self.file)
+        if exposed is not None:
+            raise exposed
         return Config(
             source=self.file,
             host=host,
@@ -147,6 +165,13 @@ class Parser:
             ready_timeout=self.seconds(top.get("ready_timeout", 120.0), "ready_timeout"),
             stop_grace=self.seconds(top.get("stop_grace", 10.0), "stop_grace"),
             hang_timeout=self.seconds(top.get("hang_timeout", 15.0), "hang_timeout"),
+            log_max_bytes=self.integer(
+                top.get("log_max_bytes", DEFAULT_LOG_MAX_BYTES), "log_max_bytes", 4096
+            ),
+            websocket_max_clients=self.integer(
+                top.get("websocket_max_clients", DEFAULT_WEBSOCKET_MAX_CLIENTS),
+                "websocket_max_clients",
+            ),
             restart=self.restart(top.get("restart")),
             model_dirs=self.model_dirs(top.get("model_dirs")),
             defaults=defaults,
@@ -154,8 +179,35 @@ class Parser:
             state_dir=state_dir,
             targets=self.targets(top.get("targets"), state_dir),
             poll=self.poll(top.get("poll")),
-            api_token=_env_token(self.env) or token,
+            api_token=token,
+            scrape_token=self.token(top, "scrape_token"),
+            allow_unauthenticated=allow_open,
+            allowed_origins=self.checked_list(top, "allowed_origins", normalise_origin),
+            allowed_hosts=self.checked_list(top, "allowed_hosts", split_host),
+            gateway=self.gateway(top.get("gateway")),
         )
+
+    def token(self, top: Mapping[str, Any], key: str) -> str | None:
+        """A token from its environment variable (which wins) or the file."""
+        from_env = _env_token(
+            self.env, ENV_SCRAPE_TOKEN if key == "scrape_token" else ENV_API_TOKEN
+        )
+        value = top.get(key)
+        return from_env or (None if value is None else self.string(value, key))
+
+    def checked_list(
+        self, top: Mapping[str, Any], key: str, parse: Callable[[str], object]
+    ) -> tuple[str, ...]:
+        """A list of strings each of which parse() accepts (not None)."""
+        value = top.get(key)
+        if value is None:
+            return ()
+        items = self.strings(value, key)
+        for i, item in enumerate(items):
+            if parse(item) is None:
+                example = "http://host:port" if key == "allowed_origins" else "name or name:port"
+                raise self.error(f"{key}[{i}]", f"{item!r} is not valid", f"write it as {example}")
+        return items
 
     def llama_server(self, value: object) -> Path:
         explicit: Path | None = None
@@ -236,13 +288,43 @@ class Parser:
         return tuple(dirs)
 
     def defaults(self, value: object) -> ModelDefaults:
-        raw = self.mapping(value, "defaults", ("ctx_size", "parallel", "args"))
+        raw = self.mapping(value, "defaults", _DEFAULTS_KEYS)
         base = ModelDefaults()
         ctx = self.integer(raw.get("ctx_size", base.ctx_size), "defaults.ctx_size")
         parallel = self.integer(raw.get("parallel", base.parallel), "defaults.parallel")
         self.check_ctx(ctx, parallel, "defaults")
         args = self.args(raw["args"], "defaults.args") if "args" in raw else base.args
-        return ModelDefaults(ctx_size=ctx, parallel=parallel, args=args)
+        return ModelDefaults(
+            ctx_size=ctx,
+            parallel=parallel,
+            args=args,
+            pinned=self.boolean(raw.get("pinned", base.pinned), "defaults.pinned"),
+            idle_ttl=self.seconds_or_zero(raw.get("idle_ttl", base.idle_ttl), "defaults.idle_ttl"),
+            stop_drain=self.seconds_or_zero(
+                raw.get("stop_drain", base.stop_drain), "defaults.stop_drain"
+            ),
+        )
+
+    def gateway(self, value: object) -> GatewayConfig:
+        raw = self.mapping(value, "gateway", _GATEWAY_KEYS)
+        base = GatewayConfig()
+        when_full = raw.get("when_full", base.when_full)
+        if when_full not in WHEN_FULL:
+            raise self.error(
+                "gateway.when_full",
+                f"must be one of {', '.join(WHEN_FULL)}, got {when_full!r}",
+                "evict unloads the least recently used idle model, queue waits, reject answers 429",
+            )
+        return GatewayConfig(
+            when_full=str(when_full),
+            max_queue=self.integer(raw.get("max_queue", base.max_queue), "gateway.max_queue", 0),
+            queue_timeout=self.seconds(
+                raw.get("queue_timeout", base.queue_timeout), "gateway.queue_timeout"
+            ),
+            max_body_bytes=self.integer(
+                raw.get("max_body_bytes", base.max_body_bytes), "gateway.max_body_bytes"
+            ),
+        )
 
     def check_ctx(self, ctx: int, parallel: int, key: str) -> None:
         if ctx < parallel:
@@ -308,6 +390,13 @@ class Parser:
             env=self.str_map(raw["env"], f"{key}.env") if raw.get("env") else _empty_env(),
             autostart=self.boolean(raw.get("autostart", False), f"{key}.autostart"),
             api_key=None if api_key is None else self.string(api_key, f"{key}.api_key"),
+            pinned=self.boolean(raw.get("pinned", defaults.pinned), f"{key}.pinned"),
+            idle_ttl=self.seconds_or_zero(
+                raw.get("idle_ttl", defaults.idle_ttl), f"{key}.idle_ttl"
+            ),
+            stop_drain=self.seconds_or_zero(
+                raw.get("stop_drain", defaults.stop_drain), f"{key}.stop_drain"
+            ),
         )
 
     def gguf_path(self, value: object, key: str) -> Path:
@@ -375,6 +464,8 @@ _TOP_KEYS = (
     "ready_timeout",
     "stop_grace",
     "hang_timeout",
+    "log_max_bytes",
+    "websocket_max_clients",
     "restart",
     "model_dirs",
     "defaults",
@@ -382,10 +473,29 @@ _TOP_KEYS = (
     "targets",
     "poll",
     "api_token",
+    "scrape_token",
+    "allow_unauthenticated",
+    "allowed_origins",
+    "allowed_hosts",
+    "gateway",
     "models",
 )
+_DEFAULTS_KEYS = ("ctx_size", "parallel", "args", "pinned", "idle_ttl", "stop_drain")
+_GATEWAY_KEYS = ("when_full", "max_queue", "queue_timeout", "max_body_bytes")
 _RESTART_KEYS = ("enabled", "max_retries", "backoff_initial", "backoff_max", "stable_after")
-_MODEL_KEYS = ("name", "path", "ctx_size", "parallel", "args", "env", "autostart", "api_key")
+_MODEL_KEYS = (
+    "name",
+    "path",
+    "ctx_size",
+    "parallel",
+    "args",
+    "env",
+    "autostart",
+    "api_key",
+    "pinned",
+    "idle_ttl",
+    "stop_drain",
+)
 
 
 def _join(prefix: str, key: str) -> str:

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import psutil
 
 from llama_exporter.config import Config
@@ -35,7 +34,9 @@ from llama_exporter.derive import (
     parse_metrics,
     parse_slots,
     ratio,
+    select_samples,
 )
+from llama_exporter.httpget import GetError, KeepAliveClient
 from llama_exporter.states import InstanceStatus, State
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,8 @@ class MetricsStore:
         self._props: dict[str, dict[str, Any]] = {}
         self._subscribers: list[Subscriber] = []
         self.host: HostSample | None = None
+        self.host_errors = 0  # host samples that failed
+        self.asyncio_tasks: int | None = None  # the service's own tasks at the last host sample
 
     def publish(self, snapshot: ModelSnapshot) -> None:
         """Record a new snapshot and tell the subscribers."""
@@ -173,7 +176,9 @@ class _ReadError(Exception):
 class _Watch:
     status: InstanceStatus
     task: asyncio.Task[None]
+    client: KeepAliveClient  # one kept-alive connection per instance
     idle_slots: list[SlotSample] | None = None  # last /slots read, if no slot was processing
+    metrics: tuple[str, dict[str, float]] = ("", {})  # last used /metrics lines, parsed
 
 
 def host_cpu_ratio(previous: tuple[float, float] | None, current: tuple[float, float]) -> float:
@@ -191,14 +196,11 @@ class Poller:
         config: Config,
         store: MetricsStore,
         *,
-        session: aiohttp.ClientSession | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
         self._store = store
-        self._session = session
-        self._own_session = session is None
         self._clock = clock
         self._monotonic = monotonic
         self._watches: dict[str, _Watch] = {}
@@ -229,12 +231,13 @@ class Poller:
             self._forget(status.model)
             self.start()
             task = asyncio.get_running_loop().create_task(self._run(status))
-            self._watches[status.model] = _Watch(status, task)
+            client = KeepAliveClient(status.host, status.port)
+            self._watches[status.model] = _Watch(status, task, client)
         elif status.state is not State.READY:
             self._forget(status.model)
 
     async def close(self) -> None:
-        """Stop every task and close the HTTP session if we made it."""
+        """Stop every task and close their connections."""
         self._closed = True
         tasks = [w.task for w in self._watches.values()]
         if self._host_task is not None:
@@ -244,14 +247,12 @@ class Poller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._own_session and self._session is not None:
-            await self._session.close()
-        self._session = None
 
     def _forget(self, model: str) -> None:
         watch = self._watches.pop(model, None)
         if watch is not None:
             watch.task.cancel()
+            watch.client.close()
             if watch.status.pid is not None:
                 self._processes.pop(watch.status.pid, None)
         self._store.drop(model)
@@ -272,8 +273,8 @@ class Poller:
                 return
             try:
                 if not have_props:
-                    have_props = await self._read_props(watch.status)
-                await self._poll_once(watch.status, deriver)
+                    have_props = await self._read_props(watch)
+                await self._poll_once(watch, deriver)
                 failing = False
             except Exception:  # a bug must not end polling (CancelledError is not caught)
                 log.log(
@@ -292,9 +293,10 @@ class Poller:
                 next_at += math.ceil((now - next_at) / interval + 1e-9) * interval
             await asyncio.sleep(next_at - now)
 
-    async def _read_props(self, status: InstanceStatus) -> bool:
+    async def _read_props(self, watch: _Watch) -> bool:
+        status = watch.status
         try:
-            body = await self._get(status, "props")
+            body = await self._get(watch, "props")
             props = json.loads(body)
             if not isinstance(props, dict):
                 raise _ReadError("parse")
@@ -307,26 +309,29 @@ class Poller:
         self._store.set_props(status.model, props)
         return True
 
-    async def _poll_once(self, status: InstanceStatus, deriver: ModelDeriver) -> None:
+    async def _poll_once(self, watch: _Watch, deriver: ModelDeriver) -> None:
         """/metrics first, then /slots (see TokenCounter), then psutil; publish if both read."""
+        status = watch.status
         started = self._monotonic()
         values: dict[str, float] | None = None
         slots: list[SlotSample] | None = None
         try:
-            parsed = parse_metrics((await self._get(status, "metrics")).decode(), USED_METRICS)
-            if TOKENS_PREDICTED not in parsed:  # 0 would look like a restarted process
-                raise ValueError(f"no {TOKENS_PREDICTED} in /metrics")
-            values = parsed
+            body = await self._get(watch, "metrics")
+            samples = select_samples(body.decode(), USED_METRICS)
+            if samples != watch.metrics[0]:  # unchanged (often, even busy): parsed already
+                parsed = parse_metrics(samples)
+                if TOKENS_PREDICTED not in parsed:  # 0 would look like a restarted process
+                    raise ValueError(f"no {TOKENS_PREDICTED} in /metrics")
+                watch.metrics = (samples, parsed)
+            values = watch.metrics[1]
         except _ReadError as exc:
             self._store.record_error(status.model, "metrics", exc.reason)
             if exc.reason in ("timeout", "connect"):
                 return  # unreachable: do not spend another timeout on /slots
         except ValueError:
             self._store.record_error(status.model, "metrics", "parse")
-        watch = self._watches.get(status.model)
         if (
-            watch is not None
-            and watch.idle_slots is not None
+            watch.idle_slots is not None
             and values is not None
             and (values.get(REQUESTS_PROCESSING) == 0.0)
         ):
@@ -335,12 +340,12 @@ class Poller:
             slots = watch.idle_slots
         else:
             try:
-                slots = parse_slots(json.loads(await self._get(status, "slots")))
+                slots = parse_slots(json.loads(await self._get(watch, "slots")))
             except _ReadError as exc:
                 self._store.record_error(status.model, "slots", exc.reason)
             except ValueError:
                 self._store.record_error(status.model, "slots", "parse")
-            if watch is not None and slots is not None:
+            if slots is not None:
                 watch.idle_slots = None if any(s.processing for s in slots) else slots
         if values is None or slots is None:
             return
@@ -352,22 +357,20 @@ class Poller:
         self._store.record_poll(status.model, self._monotonic() - started, now)
         self._store.publish(snapshot)
 
-    async def _get(self, status: InstanceStatus, endpoint: str) -> bytes:
-        """GET base_url/endpoint; raise _ReadError(timeout|connect|http_<status>)."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
-        headers = {"Authorization": f"Bearer {status.api_key}"} if status.api_key else {}
-        timeout = aiohttp.ClientTimeout(total=self._config.poll.timeout)
-        url = f"{status.base_url}/{endpoint}"
+    async def _get(self, watch: _Watch, endpoint: str) -> bytes:
+        """GET /endpoint of the instance; raise _ReadError(timeout|connect|parse|http_<status>)."""
+        api_key = watch.status.api_key
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
         try:
-            async with self._session.get(url, headers=headers, timeout=timeout) as response:
-                if response.status != 200:
-                    raise _ReadError(f"http_{response.status}")
-                return await response.read()
+            async with asyncio.timeout(self._config.poll.timeout):
+                response = await watch.client.get(f"/{endpoint}", headers)
         except TimeoutError as exc:
             raise _ReadError("timeout") from exc
-        except aiohttp.ClientError as exc:
-            raise _ReadError("connect") from exc
+        except GetError as exc:
+            raise _ReadError(exc.reason) from exc
+        if response.status != 200:
+            raise _ReadError(f"http_{response.status}")
+        return response.body
 
     def _sample_process(self, pid: int | None) -> ProcessSample | None:
         """CPU seconds and RSS of the instance's process (None when it cannot be read)."""
@@ -388,8 +391,20 @@ class Poller:
     async def _host_loop(self) -> None:
         interval = max(0.01, self._config.poll.interval)
         next_at = self._monotonic()
+        failing = False  # the previous tick raised: log a repeat at debug level only
         while True:
-            self.sample_host()
+            try:
+                self._store.asyncio_tasks = len(asyncio.all_tasks())
+                self.sample_host()
+                failing = False
+            except Exception:  # a bug must not freeze the host gauges for good
+                log.log(
+                    logging.DEBUG if failing else logging.ERROR,
+                    "host sample failed unexpectedly; sampling again at the next tick",
+                    exc_info=True,
+                )
+                failing = True
+                self._store.host_errors += 1
             now = self._monotonic()
             next_at += interval
             if next_at <= now:
@@ -403,6 +418,7 @@ class Poller:
             memory = psutil.virtual_memory()
         except (psutil.Error, OSError):
             log.exception("cannot read host CPU or memory")
+            self._store.host_errors += 1
             return
         idle = times.idle + getattr(times, "iowait", 0.0)
         # guest time is already part of user time on Linux

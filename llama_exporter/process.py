@@ -19,12 +19,13 @@ from typing import IO, Protocol
 import psutil
 
 from llama_exporter.config import ModelConfig
+from llama_exporter.redact import MASK, redact_args, secret_values
 
 log = logging.getLogger(__name__)
 
 READY_POLL_INTERVAL = 0.01  # seconds between /health probes while loading
 TAIL_LINES = 200
-LOG_ROTATE_BYTES = 20 * 1024 * 1024  # at spawn, a bigger log is moved to <name>.1
+LOG_ROTATE_BYTES = 20 * 1024 * 1024  # a bigger log is moved to <name>.1 (config: log_max_bytes)
 _PR_SET_PDEATHSIG = 1
 
 CPU_HINT = (
@@ -151,16 +152,20 @@ class Instance(Protocol):
 SpawnFn = Callable[[Path, ModelConfig, str, int, Path], Awaitable[Instance]]
 
 
-def _open_log(log_file: Path, argv: Sequence[str]) -> IO[bytes]:
+def rotated_log(log_file: Path) -> Path:
+    """Where the previous part of a rotated log is kept (<log>.1)."""
+    return log_file.with_name(log_file.name + ".1")
+
+
+def _open_log(log_file: Path, argv: Sequence[str], max_bytes: int = LOG_ROTATE_BYTES) -> IO[bytes]:
     """Open the per-model log for appending (rotated when big) and note the command."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(OSError):
-        if log_file.stat().st_size > LOG_ROTATE_BYTES:
-            log_file.replace(log_file.with_name(log_file.name + ".1"))
+        if log_file.stat().st_size > max_bytes:
+            log_file.replace(rotated_log(log_file))
     out = log_file.open("ab")
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    shown = ["***" if p == "--api-key" else a for p, a in zip(["", *argv], argv, strict=False)]
-    out.write(f"--- {stamp} starting: {' '.join(shown)}\n".encode())
+    out.write(f"--- {stamp} starting: {' '.join(redact_args(argv))}\n".encode())
     out.flush()
     return out
 
@@ -169,14 +174,27 @@ class LlamaProcess:
     """A running llama-server child process and its log."""
 
     def __init__(
-        self, proc: asyncio.subprocess.Process, host: str, port: int, log_file: IO[bytes]
+        self,
+        proc: asyncio.subprocess.Process,
+        host: str,
+        port: int,
+        log_file: IO[bytes],
+        *,
+        log_path: Path | None = None,
+        log_max_bytes: int = LOG_ROTATE_BYTES,
+        secrets: frozenset[str] = frozenset(),
     ) -> None:
         self._proc = proc
+        # Values hidden from the log and the tail if llama-server ever prints them.
+        self._secrets = [s.encode() for s in secrets]
         self.host = host
         self.port = port
         self.pid: int = proc.pid
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._log_file = log_file
+        self._log_path = log_path  # None: never rotated
+        self._log_max_bytes = log_max_bytes
+        self._log_size = log_file.tell()
         self._exited: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
         self._reader = asyncio.ensure_future(self._read_output())
         try:
@@ -186,11 +204,18 @@ class LlamaProcess:
 
     @classmethod
     async def spawn(
-        cls, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
+        cls,
+        binary: Path,
+        model: ModelConfig,
+        host: str,
+        port: int,
+        log_file: Path,
+        *,
+        log_max_bytes: int = LOG_ROTATE_BYTES,
     ) -> LlamaProcess:
-        """Start llama-server for model on host:port; output goes to log_file."""
+        """Start llama-server for model on host:port; output goes to log_file (rotated)."""
         argv = build_argv(binary, model, host, port)
-        out = _open_log(log_file, argv)
+        out = _open_log(log_file, argv, log_max_bytes)
         env = {**os.environ, **model.env} if model.env else None
         parent = os.getpid()
         try:
@@ -206,7 +231,10 @@ class LlamaProcess:
         except BaseException:
             out.close()
             raise
-        return cls(proc, host, port, out)
+        secrets = secret_values(model.args, model.env, [model.api_key])
+        return cls(
+            proc, host, port, out, secrets=secrets, log_path=log_file, log_max_bytes=log_max_bytes
+        )
 
     async def _read_output(self) -> None:
         stream = self._proc.stdout
@@ -219,13 +247,33 @@ class LlamaProcess:
                     raw = await stream.read(65536)
                 if not raw:
                     break
+                for secret in self._secrets:
+                    raw = raw.replace(secret, MASK.encode())
                 self._log_file.write(raw)
                 self._log_file.flush()
+                self._log_size += len(raw)
+                if self._log_size > self._log_max_bytes:
+                    self._rotate()
                 self._tail.append(raw.decode(errors="replace").rstrip("\r\n"))
         except OSError as exc:
             log.warning("reading llama-server output (pid %d): %s", self.pid, exc)
         finally:
             self._log_file.close()
+
+    def _rotate(self) -> None:
+        """Move the log to <log>.1 and go on in a new file (whole lines stay in one file)."""
+        if self._log_path is None:
+            return
+        try:
+            self._log_path.replace(rotated_log(self._log_path))
+            fresh = self._log_path.open("ab")
+        except OSError as exc:  # keep writing to the old file rather than lose output
+            log.warning("cannot rotate %s: %s", self._log_path, exc)
+            self._log_size = 0  # try again after another log_max_bytes
+            return
+        self._log_file.close()
+        self._log_file = fresh
+        self._log_size = 0
 
     @property
     def returncode(self) -> int | None:

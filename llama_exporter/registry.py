@@ -18,7 +18,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, ClassVar, Literal, TypeVar
 
-from llama_exporter import states
+from llama_exporter import api_limits, states
 from llama_exporter.atomic import write_atomic
 from llama_exporter.config import (
     Config,
@@ -150,6 +150,9 @@ def discovered_model(path: Path, defaults: ModelDefaults) -> ModelConfig:
         ctx_size=defaults.ctx_size,
         parallel=defaults.parallel,
         args=defaults.args,
+        pinned=defaults.pinned,
+        idle_ttl=defaults.idle_ttl,
+        stop_drain=defaults.stop_drain,
     )
 
 
@@ -277,6 +280,8 @@ class Registry:
         self.state_file = state_file or config.state_dir / "models.json"
         self.cache = gguf_cache or GGUFInfoCache()
         self._models: dict[str, Model] = {}
+        # models.json entries the API limits refuse: not loaded, but kept in the file.
+        self._rejected: list[ModelConfig] = []
 
     # -- reading
 
@@ -327,7 +332,7 @@ class Registry:
             )
             return []
         try:
-            return models_from_json(json.loads(text))
+            stored = models_from_json(json.loads(text))
         except (ValueError, TypeError, AttributeError) as exc:
             aside = self._move_aside()
             log.error(
@@ -337,6 +342,37 @@ class Registry:
                 aside,
             )
             return []
+        d = self.config.defaults  # gateway settings are not stored: today's defaults apply
+        return self._within_limits(
+            [
+                replace(m, pinned=d.pinned, idle_ttl=d.idle_ttl, stop_drain=d.stop_drain)
+                for m in stored
+            ]
+        )
+
+    def _within_limits(self, models: list[ModelConfig]) -> list[ModelConfig]:
+        """The persisted models the API limits allow; the others are logged and set aside.
+
+        An entry written before the limits existed (or edited by hand) must not start
+        with flags the API would refuse today.
+        """
+        self._rejected = []
+        allowed = []
+        for model in models:
+            refused = api_limits.check_model(model.args, model.env)
+            if refused is None:
+                allowed.append(model)
+                continue
+            self._rejected.append(model)
+            log.error(
+                "model %s in %s is not loaded: %s: %s (move it into the config file, whose "
+                "models may use any flag, or edit the file)",
+                model.name,
+                self.state_file,
+                refused.field,
+                refused.message,
+            )
+        return allowed
 
     def _move_aside(self) -> Path:
         stamp = time.strftime("%Y%m%dT%H%M%S")
@@ -462,6 +498,9 @@ class Registry:
         env = env or {}
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
             raise InvalidModel("env", "must map strings to strings")
+        refused = api_limits.check_model(args, env)
+        if refused is not None:
+            raise InvalidModel(refused.field, refused.message)
         return ModelConfig(
             name=name,
             path=gguf_path,
@@ -469,6 +508,9 @@ class Registry:
             parallel=slots,
             args=tuple(args) or defaults.args,
             env=MappingProxyType(dict(env)),
+            pinned=defaults.pinned,
+            idle_ttl=defaults.idle_ttl,
+            stop_drain=defaults.stop_drain,
         )
 
     def remove(self, name: str) -> Model:
@@ -492,6 +534,7 @@ class Registry:
 
     def _persist(self) -> None:
         entries = [model_to_json(m.config) for m in self._models.values() if m.source == "api"]
+        entries += [model_to_json(m) for m in self._rejected if m.name not in self._models]
         data = {"version": STATE_VERSION, "models": entries}
         write_atomic(self.state_file, json.dumps(data, indent=2) + "\n", mode=0o600)
 

@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from llama_exporter.process import (
     StartError,
     hang_watch,
     port_bindable,
+    rotated_log,
     tail_file,
 )
 from llama_exporter.states import (
@@ -61,6 +62,14 @@ log = logging.getLogger(__name__)
 
 WATCHDOG_INTERVAL = 1.0  # seconds between /health probes of a ready instance
 BIND_RETRIES = 3
+
+# Why an instance started (model_loads_total{trigger}) and stopped (model_unloads_total{reason}).
+LOAD_TRIGGERS = ("request", "api", "autostart", "restart")
+UNLOAD_REASONS = ("evicted", "idle", "api", "shutdown")
+
+# (model, seconds, unload reason): waits until the model has no request in flight or the
+# time is up; requests still running then are cut off by the stop.
+DrainFn = Callable[[str, float, str], Awaitable[None]]
 
 
 class ModelSource(Protocol):
@@ -101,6 +110,8 @@ class _Entry:
     last_proc: Instance | None = None
     task: asyncio.Task[None] | None = None
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
+    unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason
 
 
 class Supervisor:
@@ -119,7 +130,7 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.models = models
-        self._spawn: SpawnFn = spawn or LlamaProcess.spawn
+        self._spawn: SpawnFn = spawn or self._spawn_llama_server
         self._observe = observe_start_duration
         self._clock = clock
         self._host = instance_host
@@ -130,6 +141,18 @@ class Supervisor:
         self._port_cursor = 0
         self._created = clock()
         self._instances = InstancesFile(config.state_dir / "instances.json")
+        self._drain: DrainFn | None = None
+
+    def set_drain(self, drain: DrainFn | None) -> None:
+        """Who an explicit stop asks to let requests in flight finish (the gateway)."""
+        self._drain = drain
+
+    async def _spawn_llama_server(
+        self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
+    ) -> Instance:
+        return await LlamaProcess.spawn(
+            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
+        )
 
     # --- reading ------------------------------------------------------------------
 
@@ -161,27 +184,40 @@ class Supervisor:
             raise UnknownModel(name) from None
 
     def _entry(self, name: str) -> _Entry:
+        """The entry of a model start() checked; created on its first start."""
         entry = self._entries.get(name)
         if entry is None:
-            entry = _Entry(InstanceStatus(model=name, state=State.STOPPED, since=self._created))
+            entry = _Entry(self._never_started(name))
             self._entries[name] = entry
         return entry
 
     def status(self, name: str) -> InstanceStatus:
         """The model's current status (STOPPED if it was never started)."""
-        if name not in self._entries:
-            self._model(name)
-        return self._entry(name).status
+        entry = self._entries.get(name)
+        if entry is None:
+            self._model(name)  # UnknownModel for a name nobody knows
+            return self._never_started(name)
+        return entry.status
+
+    def _never_started(self, name: str) -> InstanceStatus:
+        return InstanceStatus(model=name, state=State.STOPPED, since=self._created)
 
     def statuses(self) -> list[InstanceStatus]:
         """Status of every known model and of every instance still tracked."""
         names = list(dict.fromkeys([*self.models.names(), *self._entries]))
-        return [self._entry(n).status for n in names]
+        return [e.status if (e := self._entries.get(n)) else self._never_started(n) for n in names]
 
     def counters(self, name: str) -> InstanceCounters:
         """Restart, failure and rejection counters of one model."""
         entry = self._entries.get(name)
         return entry.counters if entry else InstanceCounters()
+
+    def lifecycle_counts(self, name: str) -> tuple[dict[str, int], dict[str, int]]:
+        """(loads by trigger, unloads by reason) of one model since the service started."""
+        entry = self._entries.get(name)
+        if entry is None:
+            return {}, {}
+        return dict(entry.loads), dict(entry.unloads)
 
     def subscribe(self, callback: Callable[[InstanceStatus], None]) -> Callable[[], None]:
         """Call callback (sync, on the loop) with every new status; returns unsubscribe."""
@@ -207,16 +243,23 @@ class Supervisor:
 
         Reads the file from its end, so call it off the event loop for large n.
         """
+        path = self._log_path(name)
         try:
-            return tail_file(self._log_path(name), n)
+            lines = tail_file(path, n)
         except OSError:
             entry = self._entries.get(name)
             proc = (entry.proc or entry.last_proc) if entry else None
             return proc.tail(n) if proc is not None else []
+        if len(lines) < n:  # just rotated: the rest is in <log>.1
+            with contextlib.suppress(OSError):
+                lines = tail_file(rotated_log(path), n - len(lines)) + lines
+        return lines
 
     async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
         """Wait until the model is READY, FAILED or STOPPED; returns that status."""
-        entry = self._entry(name)
+        entry = self._entries.get(name)
+        if entry is None:  # never started: STOPPED, or UnknownModel (no entry is made)
+            return self.status(name)
         async with asyncio.timeout(timeout):
             while entry.status.state not in SETTLED:
                 await entry.changed.wait()
@@ -246,8 +289,12 @@ class Supervisor:
 
     # --- start / stop -------------------------------------------------------------
 
-    async def start(self, name: str) -> InstanceStatus:
-        """Start the model's instance (idempotent while starting or ready)."""
+    async def start(self, name: str, *, trigger: str = "api") -> InstanceStatus:
+        """Start the model's instance (idempotent while starting or ready); trigger says why."""
+        return self.launch(name, trigger=trigger)
+
+    def launch(self, name: str, *, trigger: str = "api") -> InstanceStatus:
+        """start() without awaiting: the caller's cap decision and the launch are one step."""
         model = self._model(name)
         if self._shutting_down:
             raise ShuttingDown("the service is shutting down: no new instances")
@@ -260,16 +307,23 @@ class Supervisor:
         if state is State.BACKOFF:  # the user asks now: skip the rest of the wait
             if entry.task is not None:
                 entry.task.cancel()
-            return self._launch(entry, model, automatic=True)
+            return self._launch(entry, model, trigger, automatic=True)
         # No await between the cap check and the transition to STARTING.
         if self.running_count >= self.cap:
             self._count(entry, start_rejected_total=1)
             raise CapExceeded(name, tuple(self.running_models()), self.cap)
-        return self._launch(entry, model, automatic=False, retries=0)
+        return self._launch(entry, model, trigger, automatic=False, retries=0)
 
     def _launch(
-        self, entry: _Entry, model: ModelConfig, *, automatic: bool, retries: int | None = None
+        self,
+        entry: _Entry,
+        model: ModelConfig,
+        trigger: str,
+        *,
+        automatic: bool,
+        retries: int | None = None,
     ) -> InstanceStatus:
+        entry.loads[trigger] = entry.loads.get(trigger, 0) + 1
         fields: dict[str, Any] = {"next_retry_at": None, "pid": None, "port": None}
         # Readers connect over loopback when instances listen on every interface.
         reach = "127.0.0.1" if self._host in ("0.0.0.0", "::", "") else self._host
@@ -280,9 +334,15 @@ class Supervisor:
         entry.task = asyncio.create_task(self._run(entry, model, automatic))
         return status
 
-    async def stop(self, name: str) -> InstanceStatus:
-        """Stop the model's instance: SIGTERM, grace, SIGKILL; FAILED becomes STOPPED."""
-        entry = self._entry(name)
+    async def stop(self, name: str, *, reason: str = "api") -> InstanceStatus:
+        """Stop the model's instance: drain, SIGTERM, grace, SIGKILL; FAILED becomes STOPPED.
+
+        reason (api, evicted, idle, shutdown) is counted in model_unloads_total. A ready
+        instance first gets up to the model's stop_drain seconds for requests in flight.
+        """
+        entry = self._entries.get(name)
+        if entry is None:  # never started: nothing to stop, or UnknownModel
+            return self.status(name)
         state = entry.status.state
         if state is State.STOPPING:
             return await self.wait_settled(name)
@@ -300,7 +360,16 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             return status
+        was_ready = state is State.READY
+        entry.unloads[reason] = entry.unloads.get(reason, 0) + 1
         self._set_state(entry, State.STOPPING, next_retry_at=None)
+        if was_ready and self._drain is not None:
+            # STOPPING first: the gateway sends this instance no new request meanwhile.
+            try:
+                drain_for = self._model(name).stop_drain
+            except UnknownModel:
+                drain_for = 0.0
+            await self._drain(name, drain_for, reason)
         await self._cancel_task(entry)
         proc = entry.proc
         if proc is not None:
@@ -322,8 +391,15 @@ class Supervisor:
         """Refuse new starts and stop every instance concurrently."""
         self._shutting_down = True
         names = [n for n, e in self._entries.items() if e.status.state is not State.STOPPED]
-        await asyncio.gather(*(self.stop(n) for n in names), return_exceptions=True)
-        await self._instances.flush()
+        stops = (self.stop(n, reason="shutdown") for n in names)
+        results = await asyncio.gather(*stops, return_exceptions=True)
+        for name, result in zip(names, results, strict=True):
+            if isinstance(result, BaseException):
+                log.error("shutdown: stopping %s failed", name, exc_info=result)
+        try:
+            await self._instances.flush()
+        except Exception:
+            log.exception("shutdown: cannot write %s", self._instances.path)
 
     async def start_autostart(self) -> list[str]:
         """Start the autostart models in order while under the cap; returns those started."""
@@ -333,7 +409,7 @@ class Supervisor:
             if not model.autostart:
                 continue
             try:
-                await self.start(name)
+                await self.start(name, trigger="autostart")
             except CapExceeded as exc:
                 log.warning("autostart: skipping %s: %s", name, exc)
                 continue
@@ -361,6 +437,8 @@ class Supervisor:
                 self._count(entry, start_failures_total=1)
             else:
                 reason = await self._watch(entry)
+                if entry.status.state is State.STOPPING:
+                    return  # it ended while stop() let requests drain: stop() finishes
             delay = self._restart_delay(entry) if automatic or entry.status.ready_at else None
             gone: dict[str, Any] = {"last_error": reason, "pid": None, "port": None}
             if delay is None:
@@ -373,6 +451,7 @@ class Supervisor:
             await asyncio.sleep(delay)
             automatic = True
             self._count(entry, restarts_total=1)
+            entry.loads["restart"] = entry.loads.get("restart", 0) + 1
             self._set_state(
                 entry,
                 State.STARTING,

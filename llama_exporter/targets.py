@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
@@ -57,7 +58,13 @@ def dumps(groups: list[TargetGroup]) -> str:
 
 
 class TargetsWriter:
-    """Keeps <dir>/llama-servers.json equal to the ready instances; writes the self target."""
+    """Keeps <dir>/llama-servers.json equal to the ready instances; writes the self target.
+
+    Rendering happens in the listener; the atomic write (two fsyncs) happens off the
+    event loop, in one writer task that always writes the newest text: writes never
+    overlap or reorder, a burst of changes costs at most one write after the current
+    one, and the last state is what stays on disk.
+    """
 
     def __init__(
         self,
@@ -70,7 +77,10 @@ class TargetsWriter:
         self._labels = dict(labels)
         self._address = address
         self._statuses = statuses
-        self._written: str | None = None
+        self._latest: dict[Path, str] = {}  # newest text per file: on disk or on its way
+        self._pending: dict[Path, str] = {}  # newest text per file not yet handed to a write
+        self._writer: asyncio.Task[None] | None = None
+        self.writes = 0  # completed file writes (tests and benchmarks read it)
 
     @property
     def servers_path(self) -> Path:
@@ -88,19 +98,52 @@ class TargetsWriter:
         if status is not None:
             current[status.model] = status  # the event may be newer than statuses()
         text = dumps(render_file_sd(current.values(), labels=self._labels, address=self._address))
-        if text == self._written:
-            return
-        try:
-            write_atomic(self.servers_path, text)
-        except OSError:
-            log.exception("cannot write %s", self.servers_path)
-            return
-        self._written = text
+        self._submit(self.servers_path, text)
 
     def write_self(self, host: str, port: int) -> None:
         """Write <dir>/llama-exporter.json with the service's address."""
         groups = render_self_target(self._address or host, port, self._labels)
+        self._submit(self.self_path, dumps(groups))
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is on disk (or failed and was logged)."""
+        while self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    def _submit(self, path: Path, text: str) -> None:
+        if self._latest.get(path) == text:
+            return  # already written, being written, or waiting to be
+        self._latest[path] = text
         try:
-            write_atomic(self.self_path, dumps(groups))
-        except OSError:
-            log.exception("cannot write %s", self.self_path)
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no event loop (a script, a test): write here and now
+            self._done(path, text, self._write(path, text))
+            return
+        self._pending[path] = text
+        if self._writer is None:
+            self._writer = loop.create_task(self._write_loop(), name="targets-writer")
+
+    async def _write_loop(self) -> None:
+        # The dicts are only touched on the loop; the worker thread only writes the file.
+        try:
+            while self._pending:
+                path = next(iter(self._pending))
+                text = self._pending.pop(path)
+                self._done(path, text, await asyncio.to_thread(self._write, path, text))
+        finally:
+            self._writer = None
+
+    def _done(self, path: Path, text: str, ok: bool) -> None:
+        if ok:
+            self.writes += 1
+        elif self._latest.get(path) == text:
+            del self._latest[path]  # not on disk: the next change tries again
+
+    @staticmethod
+    def _write(path: Path, text: str) -> bool:
+        try:
+            write_atomic(path, text)
+        except Exception:
+            log.exception("cannot write %s", path)
+            return False
+        return True

@@ -3,7 +3,8 @@
 Publishing never waits on a client. Each client has its own queue and sender
 task; a client whose queue fills up (it reads slower than we publish) is closed
 with 1013 "try again later" instead of slowing the others or growing memory.
-A client that reconnects is sent the current state at once.
+A client that reconnects is sent the current state at once. At most max_clients
+are connected; one more is closed at once with 1013 and a reason that says so.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,11 +46,21 @@ class _Client:
 class WebSocketHub:
     """Registry of connected WebSocket clients and the non-blocking publisher."""
 
-    def __init__(self, *, queue_size: int = 256, heartbeat: float = 10.0) -> None:
+    def __init__(
+        self,
+        *,
+        queue_size: int = 256,
+        heartbeat: float = 10.0,
+        max_clients: int = 64,
+        close_timeout: float = 2.0,
+    ) -> None:
         self._clients: set[_Client] = set()
         self._queue_size = queue_size
         self._heartbeat = heartbeat
+        self._max_clients = max_clients
+        self._close_timeout = close_timeout  # seconds a client gets to answer our close
         self.dropped_clients = 0
+        self.refused_clients = 0
         self._closing: set[asyncio.Task[bool]] = set()
 
     @property
@@ -91,17 +102,36 @@ class WebSocketHub:
         request: web.Request,
         initial: Callable[[str | None], Iterable[Event]],
         known_model: Callable[[str], bool],
+        authenticate: Callable[[web.WebSocketResponse], Awaitable[bool]] | None = None,
     ) -> web.WebSocketResponse:
-        """Serve one client: current state first, then live events until it leaves."""
+        """Serve one client: current state first, then live events until it leaves.
+
+        authenticate (after the handshake, before anything is sent) may close the socket
+        and return False: then nothing is sent.
+        """
         model = request.query.get("model") or None
         if model is not None and not known_model(model):
             raise web.HTTPNotFound(reason=f"unknown model {model!r}")
-        ws = web.WebSocketResponse(heartbeat=self._heartbeat, max_msg_size=1 << 16)
-        await ws.prepare(request)
+        ws = web.WebSocketResponse(
+            heartbeat=self._heartbeat, max_msg_size=1 << 16, timeout=self._close_timeout
+        )
+        if len(self._clients) >= self._max_clients:
+            return await self._refuse(request, ws)
         client = _Client(ws, model, asyncio.Queue(maxsize=self._queue_size))
-        # Registered first, so nothing published while the current state is being sent
+        # Registered before the handshake's await, so concurrent handshakes cannot pass
+        # the cap, and before the current state is sent, so nothing published meanwhile
         # is lost; the current state goes out directly, however many models there are.
         self._clients.add(client)
+        try:
+            await ws.prepare(request)
+            if authenticate is not None and not await authenticate(ws):
+                self._clients.discard(client)  # (its queue was never sent)
+                return ws
+        except BaseException:
+            self._clients.discard(client)
+            raise
+        while not client.queue.empty():  # queued during the handshake: older than what follows
+            client.queue.get_nowait()
         try:
             for event in initial(model):
                 await ws.send_str(json.dumps(event, separators=(",", ":")))
@@ -123,6 +153,17 @@ class WebSocketHub:
                 await sender
         return ws
 
+    async def _refuse(
+        self, request: web.Request, ws: web.WebSocketResponse
+    ) -> web.WebSocketResponse:
+        """Accept, then close at once with 1013 (a browser sees the code and reason)."""
+        self.refused_clients += 1
+        log.warning("websocket client refused: %d connected (the limit)", self._max_clients)
+        await ws.prepare(request)
+        reason = f"too many clients ({self._max_clients}, websocket_max_clients); try later"
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=reason.encode())
+        return ws
+
     def _on_text(
         self,
         client: _Client,
@@ -134,6 +175,8 @@ class WebSocketHub:
             request = json.loads(text)
         except ValueError:
             request = None
+        if isinstance(request, dict) and request.get("type") == "auth":
+            return  # a page sends its token whether or not the handshake carried one
         if not isinstance(request, dict) or "model" not in request:
             reply = {"type": "error", "message": 'send {"model": NAME} or {"model": null}'}
             self._enqueue(client, json.dumps(reply))
@@ -159,9 +202,21 @@ class WebSocketHub:
                 return
 
     async def close(self) -> None:
-        """Close every client (service shutdown)."""
+        """Close every client at once (service shutdown), waiting at most close_timeout."""
         clients = list(self._clients)
         self._clients.clear()
-        for client in clients:
-            with contextlib.suppress(Exception):
-                await client.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down")
+        if not clients:
+            return
+        closing = [
+            asyncio.ensure_future(c.ws.close(code=WSCloseCode.GOING_AWAY, message=b"shutting down"))
+            for c in clients
+        ]
+        done, late = await asyncio.wait(closing, timeout=self._close_timeout)
+        for task in late:
+            task.cancel()  # a client that does not answer must not hold up the shutdown
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("closing a websocket client failed", exc_info=task.exception())
+        if late:
+            log.warning("%d websocket clients did not close in time", len(late))
+            await asyncio.gather(*late, return_exceptions=True)

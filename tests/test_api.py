@@ -119,10 +119,10 @@ async def test_models_list_shows_metadata(client: Client) -> None:
     ("body", "field", "fragment"),
     [
         ({"path": "/x.gguf"}, "name", "required"),
-        ({"name": "bad name!", "path": "/x.gguf"}, "name", ""),
-        ({"name": "ok", "path": "/nonexistent/x.gguf"}, "path", ""),
-        ({"name": "ok", "path": "relative.gguf"}, "path", ""),
-        ({"name": "ok", "path": "/etc/hostname"}, "path", ""),
+        ({"name": "bad name!", "path": "/x.gguf"}, "name", "use only letters, digits"),
+        ({"name": "ok", "path": "/nonexistent/x.gguf"}, "path", "does not exist"),
+        ({"name": "ok", "path": "relative.gguf"}, "path", "is not an absolute path"),
+        ({"name": "ok", "path": "/etc/hostname"}, "path", "does not end in .gguf"),
         ({"name": 5, "path": "/x.gguf"}, "name", "string"),
         ({"name": "ok", "path": "/x.gguf", "ctx_size": "big"}, "ctx_size", "integer"),
         ({"name": "ok", "path": "/x.gguf", "colour": "red"}, "colour", "unknown field"),
@@ -132,6 +132,7 @@ async def test_models_list_shows_metadata(client: Client) -> None:
 async def test_register_rejects_bad_input(
     client: Client, body: dict[str, Any], field: str, fragment: str
 ) -> None:
+    assert fragment  # "" is in every message: it would check nothing
     resp = await client.post(f"{API}/models", json=body)
     error = (await _json(resp))["error"]
     assert resp.status == 400, error
@@ -219,21 +220,50 @@ async def test_start_wait_ready_then_stop(client: Client, tmp_path: Path) -> Non
     again = await client.post(f"{API}/models/m0/start")
     assert again.status == 200
     assert (await _json(again))["pid"] == body["pid"]
-    # HTTP SD and the file_sd file both list it.
+    # HTTP SD and the file_sd file both list it (the file is written off the loop).
     groups = await _json(await client.get(f"{API}/targets"))
     assert groups == [{"targets": [f"127.0.0.1:{body['port']}"], "labels": {"model": "m0"}}]
     sd_file = tmp_path / "state" / "targets" / "llama-servers.json"
-    assert json.loads(sd_file.read_text()) == groups
-    # Logs.
-    logs = await _json(await client.get(f"{API}/models/m0/logs", params={"lines": "5"}))
-    assert isinstance(logs["lines"], list)
-    assert len(logs["lines"]) <= 5
+    await _wait_file(sd_file, groups)
+    # Logs: the command line the service wrote, then the server's own output.
+    lines = await _wait_log_line(client, "m0", "server is listening on")
+    assert lines[0].startswith("--- ") and "starting: " in lines[0] and "--metrics" in lines[0]
+    assert any("loading model" in line for line in lines)
+    last = await _json(await client.get(f"{API}/models/m0/logs", params={"lines": "2"}))
+    assert last["lines"] == lines[-2:]
     resp = await client.post(f"{API}/models/m0/stop")
     assert (await _json(resp))["state"] == "stopped"
     assert await _json(await client.get(f"{API}/targets")) == []
-    assert json.loads(sd_file.read_text()) == []
+    await _wait_file(sd_file, [])
     # The supervisor reaped its child: no process, not even a zombie.
     assert not _proc_exists(body["pid"])
+
+
+async def _wait_file(path: Path, expected: Any) -> None:
+    """Wait until path holds expected as JSON (fails after 20 s)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        try:
+            if json.loads(await asyncio.to_thread(path.read_text)) == expected:
+                return
+        except (OSError, ValueError):
+            pass
+        assert loop.time() < deadline, f"{path} never held {expected}"
+        await asyncio.sleep(0.02)
+
+
+async def _wait_log_line(client: Client, model: str, text: str) -> list[str]:
+    """The model's last 50 log lines, once one of them contains text."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 20
+    while True:
+        resp = await client.get(f"{API}/models/{model}/logs", params={"lines": "50"})
+        lines: list[str] = (await _json(resp))["lines"]
+        if any(text in line for line in lines):
+            return lines
+        assert loop.time() < deadline, lines
+        await asyncio.sleep(0.02)
 
 
 def _proc_exists(pid: int) -> bool:
@@ -283,22 +313,6 @@ async def test_fifty_concurrent_starts_never_exceed_the_cap(
         await _wait_state(client, name, "ready")
     status = await _json(await client.get(f"{API}/status"))
     assert status["running"] == 4
-
-
-async def test_auth_guards_mutating_calls(
-    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
-) -> None:
-    client = await aiohttp_client(
-        create_app(make_config(tmp_path, fake_server_bin, token="s3cret"))
-    )
-    resp = await client.post(f"{API}/models/m0/stop")
-    assert resp.status == 401
-    assert "Bearer" in resp.headers["WWW-Authenticate"]
-    resp = await client.post(f"{API}/models/m0/stop", headers={"Authorization": "Bearer wrong"})
-    assert resp.status == 401
-    assert (await client.get(f"{API}/status")).status == 200
-    resp = await client.post(f"{API}/models/m0/stop", headers={"Authorization": "Bearer s3cret"})
-    assert resp.status == 200
 
 
 async def test_live_metrics_history_and_websocket(client: Client) -> None:
@@ -386,5 +400,5 @@ async def test_instances_on_every_interface_are_advertised_at_the_configured_add
     assert resp.status == 200, body
     groups = await _json(await client.get(f"{API}/targets"))
     assert groups[0]["targets"] == [f"192.0.2.10:{body['port']}"]
-    assert json.loads((tmp_path / "sd" / "llama-servers.json").read_text()) == groups
+    await _wait_file(tmp_path / "sd" / "llama-servers.json", groups)
     await _wait_metrics_of(client, "m0")  # the service itself still reads it over loopback

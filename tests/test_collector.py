@@ -2,21 +2,36 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import generate_latest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from promstack import missing
 
+from llama_exporter import families
 from llama_exporter.collector import StartDurationHistogram, build_registry, render
-from llama_exporter.derive import ModelDeriver, ProcessSample, TokenCounter, parse_slots
+from llama_exporter.derive import (
+    ModelDeriver,
+    ModelSnapshot,
+    ProcessSample,
+    TokenCounter,
+    parse_slots,
+)
+from llama_exporter.exposition import value_text
 from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.states import InstanceCounters, InstanceStatus, State
 
@@ -46,10 +61,11 @@ class World:
     counters: dict[str, InstanceCounters] = field(default_factory=dict)
     infos: list[Info] = field(default_factory=list)
     histogram: StartDurationHistogram = field(default_factory=StartDurationHistogram)
+    registry: CollectorRegistry = field(init=False)
 
-    def render(self) -> str:
-        """The exposition text."""
-        registry = build_registry(
+    def __post_init__(self) -> None:
+        # One registry for the world's life, as in the service: its text cache is used.
+        self.registry = build_registry(
             store=self.store,
             statuses=lambda: self.statuses,
             counters=lambda m: self.counters.get(m, InstanceCounters()),
@@ -58,7 +74,12 @@ class World:
             cap=lambda: 4,
             histogram=self.histogram,
         )
-        return render(registry).decode()
+
+    def render(self) -> str:
+        """The exposition text (checked against generate_latest every time)."""
+        text = render(self.registry)
+        assert text == generate_latest(self.registry)
+        return text.decode()
 
 
 SLOTS: list[dict[str, Any]] = [
@@ -93,6 +114,7 @@ def world() -> World:
     w.store.record_poll("a", 0.004, 101.0)
     w.store.record_error("a", "slots", "timeout")
     w.store.host = HostSample(0.5, 8_000_000_000, 3_000_000_000)
+    w.store.asyncio_tasks = 7
     w.histogram.observe("a", 1.2)
     return w
 
@@ -107,10 +129,21 @@ def parse(text: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     return out
 
 
-def contract() -> dict[str, tuple[str, set[str]]]:
-    """{full name: (type, labels)} from the table in docs/ARCHITECTURE.md."""
+def contract(section: str | None = None) -> dict[str, tuple[str, set[str]]]:
+    """{full name: (type, labels)} from the tables in docs/ARCHITECTURE.md.
+
+    section None: the collector's table (before "### Gateway metrics"); else the rows
+    under the heading named section.
+    """
     rows: dict[str, tuple[str, set[str]]] = {}
-    for line in ARCHITECTURE.read_text().splitlines():
+    lines = ARCHITECTURE.read_text().splitlines()
+    if section is None:
+        lines = lines[: lines.index("### Gateway metrics")]
+    else:
+        start = lines.index(section)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), None)
+        lines = lines[start:end]
+    for line in lines:
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) != 4 or cells[1] not in ("gauge", "counter", "histogram"):
             continue
@@ -154,6 +187,8 @@ def test_values() -> None:
     assert values["llama_exporter_process_cpu_utilization_ratio"][a] == pytest.approx(0.25)
     assert values["llama_exporter_instances_max"][()] == 4
     assert values["llama_exporter_instances_running"][()] == 1
+    assert values["llama_exporter_asyncio_tasks"][()] == 7
+    assert values["llama_exporter_host_sample_errors_total"][()] == 0
     info = values["llama_exporter_instance_info"]
     assert info == {(("model", "a"), ("pid", "1234"), ("port", "18080")): 1.0}
     assert values["llama_exporter_instance_start_duration_seconds_count"][a] == 1
@@ -287,6 +322,147 @@ def test_token_counter_starting_total_is_exported() -> None:
     assert parse(w.render())["llama_exporter_tokens_generated_total"][(("model", "x"),)] == 7
 
 
+# --- the text cache: the same bytes through every change, one write per snapshot --------
+
+
+class Lab:
+    """A World driven by the events the service sees: polls, stops, restarts, deletes..."""
+
+    def __init__(self) -> None:
+        self.w = World()
+        self.derivers: dict[str, ModelDeriver] = {}
+        self.pids = itertools.count(100)
+        self.t = 0.0
+
+    def status(self, model: str) -> InstanceStatus | None:
+        """The model's status, if the supervisor knows it."""
+        return next((s for s in self.w.statuses if s.model == model), None)
+
+    def set_status(self, status: InstanceStatus) -> None:
+        """Replace (or add) the model's status."""
+        self.w.statuses = [s for s in self.w.statuses if s.model != status.model] + [status]
+
+    def start(self, model: str) -> None:
+        """A new process becomes ready (a start or a restart): a new deriver."""
+        self.w.store.drop(model)
+        pid = next(self.pids)
+        self.set_status(
+            InstanceStatus(model, State.READY, self.t, pid=pid, port=pid, ready_at=self.t)
+        )
+        generated, prompt = self.w.store.token_counters(model)
+        self.derivers[model] = ModelDeriver(model, generated, prompt, pid=pid)
+        self.derivers[model].begin_process()
+
+    def apply(self, op: str, model: str) -> None:
+        """One event."""
+        self.t += 1.0
+        w = self.w
+        status = self.status(model)
+        if op == "poll":
+            if status is None or status.state is not State.READY:
+                self.start(model)
+            readings = {
+                "llamacpp:tokens_predicted_total": self.t * 3,
+                "llamacpp:prompt_tokens_total": self.t,
+            }
+            slots = parse_slots(
+                [{**SLOTS[0], "next_token": [{"n_decoded": int(self.t)}]}, SLOTS[1]]
+            )
+            sample = ProcessSample(self.t, 1000 + int(self.t), 2)
+            w.store.record_poll(model, 0.001 * self.t, self.t)
+            w.store.publish(self.derivers[model].update(readings, slots, self.t, sample))
+        elif op == "restart":
+            self.start(model)
+        elif op == "stop":
+            w.store.drop(model)
+            self.set_status(InstanceStatus(model, State.STOPPED, self.t))
+        elif op == "delete":
+            w.store.drop(model)
+            w.store.forget(model)
+            w.histogram.forget(model)
+            w.statuses = [s for s in w.statuses if s.model != model]
+            w.infos = [i for i in w.infos if i.name != model]
+            w.counters.pop(model, None)
+        elif op == "error":
+            w.store.record_error(model, "slots", "timeout")
+        elif op == "counters":
+            old = w.counters.get(model, InstanceCounters())
+            w.counters[model] = InstanceCounters(restarts_total=old.restarts_total + 1)
+        elif op == "metadata":
+            w.infos = [i for i in w.infos if i.name != model]
+            w.infos.append(Info(model, Path(f"/m/{model}.gguf"), size_label=f"{self.t:g}B"))
+        elif op == "observe":
+            w.histogram.observe(model, self.t / 10)
+
+
+OPS = ("poll", "restart", "stop", "delete", "error", "counters", "metadata", "observe")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(("a", "b", "c"))), max_size=40))
+def test_cached_text_is_what_generate_latest_writes_after_any_events(
+    events: list[tuple[str, str]],
+) -> None:
+    lab = Lab()
+    for op, model in events:
+        lab.apply(op, model)
+        text = lab.w.render()  # asserts the bytes equal generate_latest's
+        if op == "delete":
+            assert f'model="{model}"' not in text
+        status = lab.status(model)
+        if status is not None and status.pid is not None:
+            assert f'pid="{status.pid}"' in text  # a restart shows the new process
+
+
+def test_restart_and_delete_replace_the_cached_text() -> None:
+    lab = Lab()
+    lab.apply("poll", "a")
+    lab.apply("poll", "b")
+    first = parse(lab.w.render())
+    assert first["llama_exporter_slots"] == {(("model", "a"),): 2.0, (("model", "b"),): 2.0}
+    lab.apply("restart", "a")  # ready again with a new pid, not polled yet: no live series
+    text = lab.w.render()
+    assert 'pid="102"' in text and 'pid="100"' not in text
+    assert parse(text)["llama_exporter_slots"] == {(("model", "b"),): 2.0}
+    lab.apply("delete", "b")
+    text = lab.w.render()
+    assert 'model="b"' not in text
+    assert "llama_exporter_slots" not in parse(text)
+
+
+def test_a_snapshot_is_written_once_in_the_poll(monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[ModelSnapshot] = []
+    real = families.live_rows
+
+    def counting(snap: ModelSnapshot | None) -> families.Rows:
+        if snap is not None:
+            written.append(snap)
+        return real(snap)
+
+    monkeypatch.setattr(families, "live_rows", counting)
+    lab = Lab()
+    lab.apply("poll", "a")
+    assert len(written) == 1  # written when published, before any scrape
+    texts = {render(lab.w.registry) for _ in range(3)}  # three scrapes join the cached text
+    assert len(written) == 1 and len(texts) == 1
+    lab.apply("poll", "a")
+    assert len(written) == 2
+
+
+def test_other_collectors_in_the_registry_are_rendered_too() -> None:
+    class Extra(Collector):
+        def collect(self) -> Iterator[Metric]:
+            gauge = GaugeMetricFamily("extra_queue_length", "Queued.", labels=["model"])
+            gauge.add_metric(["a"], 3)
+            yield gauge
+            yield InfoMetricFamily("extra_build", "Build.", value={"version": "1"})
+
+    w = world()
+    w.registry.register(Extra())
+    text = w.render()  # asserts parity, including the info family only generate_latest writes
+    assert 'extra_queue_length{model="a"} 3.0' in text and "extra_build_info" in text
+
+
 @pytest.mark.prometheus
 def test_promtool_check_metrics() -> None:
     promtool = shutil.which("promtool")
@@ -301,3 +477,8 @@ def test_promtool_check_metrics() -> None:
         check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
+
+
+@given(st.one_of(st.integers(-(10**18), 10**18), st.floats(allow_nan=True)))
+def test_value_text_is_float_to_go_string(value: float) -> None:
+    assert value_text(value) == floatToGoString(value)  # type: ignore[no-untyped-call]

@@ -12,6 +12,7 @@ import pytest
 from llama_exporter.config import (
     Config,
     ConfigError,
+    GatewayConfig,
     ModelConfig,
     ModelDefaults,
     PollConfig,
@@ -85,6 +86,8 @@ instance_host: 0.0.0.0
 ready_timeout: 60
 stop_grace: 5.5
 hang_timeout: 20
+log_max_bytes: 1048576
+websocket_max_clients: 8
 restart: {enabled: false, max_retries: 2, backoff_initial: 0.5, backoff_max: 8, stable_after: 30}
 model_dirs: [models]
 defaults: {ctx_size: 8192, parallel: 4, args: ["--threads", 2]}
@@ -121,6 +124,8 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         ready_timeout=60.0,
         stop_grace=5.5,
         hang_timeout=20.0,
+        log_max_bytes=1048576,
+        websocket_max_clients=8,
         restart=RestartPolicy(False, 2, 0.5, 8.0, 30.0),
         model_dirs=(cfg_dir / "models",),
         defaults=ModelDefaults(8192, 4, ("--threads", "2")),
@@ -352,6 +357,9 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("ready_timeout: 0\n", "ready_timeout", "more than 0 seconds"),
     ("stop_grace: -1\n", "stop_grace", "more than 0 seconds"),
     ("hang_timeout: soon\n", "hang_timeout", "must be a number of seconds"),
+    ("log_max_bytes: 100\n", "log_max_bytes", "must be an integer >= 4096, got 100"),
+    ("log_max_bytes: 20MB\n", "log_max_bytes", "got '20MB'"),
+    ("websocket_max_clients: 0\n", "websocket_max_clients", "must be a positive integer"),
     ("poll: {interval: 0}\n", "poll.interval", "more than 0 seconds"),
     ("poll: {history: 0}\n", "poll.history", "must be a positive integer, got 0"),
     ("restart: {backoff_initial: 10, backoff_max: 5}\n", "restart.backoff_max", "less than"),
@@ -400,6 +408,27 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("targets: {labels: {model: x}}\n", "targets.labels.model", "set per instance"),
     ("targets: {labels: {'a-b': x}}\n", "targets.labels.a-b", "label name"),
     ("api_token: 5\n", "api_token", "non-empty string"),
+    ("scrape_token: ''\n", "scrape_token", "non-empty string"),
+    ("listen: {host: 0.0.0.0}\n", "api_token", "listen.host is 0.0.0.0"),
+    ("listen: {host: '::'}\n", "api_token", "reachable from other machines"),
+    ("listen: {host: 192.168.1.5}\n", "api_token", "not set"),
+    ("listen: {host: box.lan}\n", "api_token", "not set"),
+    ("listen: {host: 0.0.0.0}\nscrape_token: x\n", "api_token", "not set"),
+    ("allow_unauthenticated: 1\n", "allow_unauthenticated", "true or false"),
+    ("allowed_origins: http://a\n", "allowed_origins", "must be a list"),
+    ("allowed_origins: [grafana.lan]\n", "allowed_origins[0]", "not valid"),
+    ("allowed_origins: ['null']\n", "allowed_origins[0]", "not valid"),
+    ("allowed_hosts: ['a/b']\n", "allowed_hosts[0]", "not valid"),
+    ("gateway: {when_full: drop}\n", "gateway.when_full", "evict, queue, reject"),
+    ("gateway: {max_queue: -1}\n", "gateway.max_queue", "integer >= 0"),
+    ("gateway: {queue_timeout: 0}\n", "gateway.queue_timeout", "more than 0 seconds"),
+    ("gateway: {max_body_bytes: 0}\n", "gateway.max_body_bytes", "positive integer"),
+    ("gateway: {max_qeue: 1}\n", "gateway.max_qeue", "unknown key"),
+    ("defaults: {idle_ttl: -5}\n", "defaults.idle_ttl", "0 or more seconds"),
+    ("defaults: {pinned: maybe}\n", "defaults.pinned", "true or false"),
+    ("models: [{name: a, path: a.gguf, idle_ttl: x}]\n", "models[0].idle_ttl", "seconds"),
+    ("models: [{name: a, path: a.gguf, stop_drain: -1}]\n", "models[0].stop_drain", "0 or more"),
+    ("models: [{name: a, path: a.gguf, pinned: 1}]\n", "models[0].pinned", "true or false"),
 ]
 
 
@@ -462,3 +491,59 @@ def test_example_config_parses(env: dict[str, str]) -> None:
     assert [m.name for m in config.models] == ["gemma"]
     assert config.models[0].autostart
     assert config.targets is not None and dict(config.targets.labels) == {"env": "lab"}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])
+def test_loopback_needs_no_token(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path, host: str
+) -> None:
+    path = write_config(cfg_dir, f"llama_server: {server_bin}\nlisten: {{host: '{host}'}}\n")
+    assert load_config(path, env=env).api_token is None
+
+
+def test_beyond_loopback_with_a_token_or_the_explicit_opt_out(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path
+) -> None:
+    base = f"llama_server: {server_bin}\nlisten: {{host: 0.0.0.0}}\n"
+    config = load_config(write_config(cfg_dir, base + "api_token: t\n"), env=env)
+    assert config.api_token == "t"
+    config = load_config(write_config(cfg_dir, base), env={**env, "LLAMA_EXPORTER_API_TOKEN": "e"})
+    assert config.api_token == "e"
+    config = load_config(write_config(cfg_dir, base + "allow_unauthenticated: true\n"), env=env)
+    assert config.allow_unauthenticated and config.api_token is None
+
+
+def test_security_keys_parse(cfg_dir: Path, env: dict[str, str], server_bin: Path) -> None:
+    text = f"""\
+        llama_server: {server_bin}
+        api_token: a
+        scrape_token: s
+        allowed_origins: ["https://grafana.lan", "http://127.0.0.1:3000"]
+        allowed_hosts: [llama.lan, "gw.lan:8443"]
+        """
+    config = load_config(write_config(cfg_dir, text), env=env)
+    assert config.scrape_token == "s"
+    assert config.allowed_origins == ("https://grafana.lan", "http://127.0.0.1:3000")
+    assert config.allowed_hosts == ("llama.lan", "gw.lan:8443")
+    env_token = {**env, "LLAMA_EXPORTER_SCRAPE_TOKEN": "from-env"}
+    assert load_config(write_config(cfg_dir, text), env=env_token).scrape_token == "from-env"
+
+
+def test_gateway_settings_and_model_defaults(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path
+) -> None:
+    text = (
+        f"llama_server: {server_bin}\n"
+        "gateway: {when_full: queue, max_queue: 3, queue_timeout: 9, max_body_bytes: 100}\n"
+        "defaults: {idle_ttl: 600, stop_drain: 5}\n"
+        "models:\n"
+        "  - {name: a, path: a.gguf}\n"
+        "  - {name: b, path: a.gguf, pinned: true, idle_ttl: 0, stop_drain: 0}\n"
+    )
+    (cfg_dir / "config.yaml").write_text(text)
+    config = load_config(cfg_dir / "config.yaml", env=env)
+    assert config.gateway == GatewayConfig("queue", 3, 9.0, 100)
+    a, b = config.models
+    assert (a.pinned, a.idle_ttl, a.stop_drain) == (False, 600.0, 5.0)
+    assert (b.pinned, b.idle_ttl, b.stop_drain) == (True, 0.0, 0.0)
+    assert load_config(None, env=env, check_files=False).gateway == GatewayConfig()

@@ -122,24 +122,52 @@ def test_start_real_model_and_complete(stack: Stack) -> None:
     assert answer["content"]
 
 
+def settled_tokens(service: ServiceProcess) -> float:
+    """tokens_generated_total once a poll begun after now saw no slot busy (none in flight)."""
+    since = time.time()
+    polls: set[float] = set()  # timestamps (taken at the end) of polls that ended after since
+
+    def idle_poll() -> bool:
+        latest = http_json("GET", service.api + f"/models/{MODEL}/metrics")[1]["latest"]
+        if not latest or latest["timestamp"] <= since:
+            return False
+        polls.add(latest["timestamp"])
+        # the second such poll began after the first had ended, so after since
+        return len(polls) >= 2 and latest["slots_busy"] == 0
+
+    wait_for(idle_poll, timeout=60, what="a poll with no slot busy")
+    value = service_metric(service, "llama_exporter_tokens_generated_total", model=MODEL)
+    assert value is not None
+    return value
+
+
+# Each slot has 4096 / 2 tokens of context; the prompt takes about 20.
+MAX_PREDICT = 2000
+
+
 def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
     port = stack.service.status(MODEL)["port"]
-    time.sleep(2.5)  # let the counter settle on the previous test's request
-    before = service_metric(stack.service, "llama_exporter_tokens_generated_total", model=MODEL)
-    assert before is not None
-    began = time.time()
-    with ThreadPoolExecutor(2) as pool:
-        answers = list(pool.map(lambda n: complete(port, n), [160, 160]))
+    # The live rates need at least 3 polls (1 s apart) with both slots generating. How
+    # many tokens that takes depends on the machine: double the length until it holds.
+    n_predict = 160
+    while True:
+        before = settled_tokens(stack.service)
+        began = time.time()
+        with ThreadPoolExecutor(2) as pool:
+            answers = list(pool.map(lambda n: complete(port, n), [n_predict, n_predict]))
+        _, body = http_json("GET", stack.service.api + f"/models/{MODEL}/metrics")
+        history = [s for s in body["history"] if s["timestamp"] >= began]
+        both_busy = [s for s in history if s["slots_busy"] == 2]
+        if len(both_busy) >= 3:
+            break
+        assert n_predict < MAX_PREDICT, f"{n_predict} tokens took < 3 polls: poll faster"
+        n_predict = min(2 * n_predict, MAX_PREDICT)
     # A request shorter than the poll interval, between two polls.
     short = complete(port, 3, "Hi")
     generated = sum(a["timings"]["predicted_n"] for a in [*answers, short])
-    assert generated == 323
+    assert generated == 2 * n_predict + 3
 
-    _, body = http_json("GET", stack.service.api + f"/models/{MODEL}/metrics")
-    history = [s for s in body["history"] if s["timestamp"] >= began]
     assert all(0 <= s["context_used_ratio"] <= 1 for s in history)
-    both_busy = [s for s in history if s["slots_busy"] == 2]
-    assert len(both_busy) >= 3, history
     assert max(s["context_used_ratio"] for s in both_busy) > 0
     assert max(s["tokens_per_second"] for s in both_busy) > 0
     # Per-slot live rate while both generate, averaged over the polls (the machine
@@ -163,7 +191,7 @@ def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
         value = service_metric(stack.service, "llama_exporter_tokens_generated_total", model=MODEL)
         return value if value == before + generated else None
 
-    wait_for(counted, timeout=5, what=f"tokens_generated_total == {before} + {generated}")
+    wait_for(counted, timeout=60, what=f"tokens_generated_total == {before} + {generated}")
 
 
 def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) -> None:
@@ -222,7 +250,11 @@ def test_stop_removes_target_everywhere(stack: Stack) -> None:
     status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/stop")
     assert status == 200
     assert body["state"] == "stopped"
-    assert json.loads((stack.targets_dir / "llama-servers.json").read_text()) == []
+
+    def emptied() -> bool:  # written off the service's event loop, a moment later
+        return bool(json.loads((stack.targets_dir / "llama-servers.json").read_text()) == [])
+
+    wait_for(emptied, timeout=30, what="llama-servers.json emptied")
     assert http_json("GET", stack.service.api + "/targets")[1] == []
     prom = stack.prom
     prom.wait_for(

@@ -34,15 +34,50 @@ def metric_values(text: str) -> dict[str, float]:
     return out
 
 
+async def poll(
+    client: Client, path: str, done: Callable[[Any, Any], bool], limit: float = 20.0
+) -> Any:
+    """GET path until done(response, body) holds (body: JSON or text); that response."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        resp = await client.get(path)
+        json_body = resp.content_type == "application/json"
+        body = await resp.json() if json_body else await resp.text()
+        if done(resp, body):
+            return resp
+        assert loop.time() < deadline, (path, resp.status, body)
+        await asyncio.sleep(0.01)
+
+
+def _decoding(slots: list[dict[str, Any]]) -> bool:
+    """True when a slot is generating and has produced a token."""
+    return any(s["is_processing"] and s["next_token"][0]["n_decoded"] > 0 for s in slots)
+
+
+async def until_health_hangs(port: int, limit: float = 20.0) -> None:
+    """Wait until /health stops answering (times out) on 127.0.0.1:port."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    timeout = aiohttp.ClientTimeout(total=0.3)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/health"):
+                    pass
+            except TimeoutError:
+                return
+            assert loop.time() < deadline, "/health kept answering"
+            await asyncio.sleep(0.02)
+
+
 async def test_health_503_while_loading_then_200(aiohttp_client: MakeClient) -> None:
     client = await fake(aiohttp_client, load_delay=0.3)
     resp = await client.get("/health")
     assert resp.status == 503
     body = await resp.json()
     assert body["error"] == {"code": 503, "message": "Loading model", "type": "unavailable_error"}
-    await asyncio.sleep(0.35)
-    resp = await client.get("/health")
-    assert resp.status == 200
+    resp = await poll(client, "/health", lambda r, _: r.status == 200)
     assert await resp.json() == {"status": "ok"}
 
 
@@ -93,9 +128,8 @@ async def test_generation_is_live_in_slots_and_counted_in_metrics_at_end(
     request = asyncio.create_task(
         client.post("/completion", json={"prompt": "one two three four", "n_predict": 20})
     )
-    await asyncio.sleep(0.25)
-    slots = await (await client.get("/slots")).json()
-    busy = [s for s in slots if s["is_processing"]]
+    resp = await poll(client, "/slots", lambda _, body: _decoding(body))
+    busy = [s for s in await resp.json() if s["is_processing"]]
     assert len(busy) == 1
     slot = busy[0]
     token = slot["next_token"]
@@ -146,11 +180,12 @@ async def test_metrics_text_has_help_and_type_for_llamacpp_names(
 async def test_request_without_free_slot_waits_and_is_deferred(aiohttp_client: MakeClient) -> None:
     client = await fake(aiohttp_client, metrics=True, parallel=1, tokens_per_second=50.0)
     first = asyncio.create_task(client.post("/completion", json={"prompt": "a", "n_predict": 10}))
-    await asyncio.sleep(0.05)
+    await poll(client, "/slots", lambda _, body: any(s["is_processing"] for s in body))
     second = asyncio.create_task(client.post("/completion", json={"prompt": "b", "n_predict": 1}))
-    await asyncio.sleep(0.05)
-    values = metric_values(await (await client.get("/metrics")).text())
+    resp = await poll(client, "/metrics", lambda _, text: "llamacpp:requests_deferred 1" in text)
+    values = metric_values(await resp.text())
     assert values["llamacpp:requests_deferred"] == 1
+    assert not first.done()  # it was deferred behind a running request
     await first
     await second
     values = metric_values(await (await client.get("/metrics")).text())
@@ -258,7 +293,7 @@ async def test_process_hang_keeps_process_but_health_times_out(fake_server_bin: 
     proc, port = spawn(fake_server_bin, "--fake-hang-after", "0.1", "--fake-ignore-sigterm")
     try:
         await asyncio.to_thread(wait_health, port, proc)
-        await asyncio.sleep(0.3)
+        await until_health_hangs(port)  # it stops answering 0.1 s after ready
         proc.send_signal(signal.SIGTERM)
         timeout = aiohttp.ClientTimeout(total=0.3)
         async with aiohttp.ClientSession(timeout=timeout) as session:

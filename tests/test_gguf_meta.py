@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 from pathlib import Path
 
 import gguf
@@ -14,6 +13,7 @@ from llama_exporter.gguf_meta import (
     GGUFError,
     GGUFInfo,
     GGUFInfoCache,
+    _Stream,
     quantization_name,
     read_gguf_info,
 )
@@ -148,16 +148,32 @@ def test_unknown_value_type(tmp_path: Path) -> None:
         read_gguf_info(path)
 
 
-def test_large_tokenizer_array_is_fast(tmp_path: Path) -> None:
+class DecodeCount:
+    """Counts the strings the reader decodes (the cost a big tokenizer array must not add)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = _Stream.string
+
+        def counted(stream: _Stream) -> str | None:
+            self.calls += 1
+            return real(stream)
+
+        monkeypatch.setattr(_Stream, "string", counted)
+
+
+def test_large_tokenizer_array_is_skipped_not_decoded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Speed is bench/gguf_read.py's to show; here: the 262k tokens are never decoded.
     meta = dict(DEFAULT_METADATA)
     meta["tokenizer.ggml.tokens"] = [f"token-{i}" for i in range(262_144)]
     meta["tokenizer.ggml.scores"] = [0.0] * 262_144
     path = write_minimal_gguf(tmp_path / "big.gguf", meta)
-    start = time.perf_counter()
+    decoded = DecodeCount(monkeypatch)
     info = read_gguf_info(path)
-    elapsed = time.perf_counter() - start
     assert info.context_length == 2048
-    assert elapsed < 2.0, f"took {elapsed:.2f} s"
+    assert 0 < decoded.calls <= len(DEFAULT_METADATA)  # the wanted strings, no tokens
 
 
 def test_cache_hits_and_misses_on_change(tmp_path: Path) -> None:
@@ -207,16 +223,16 @@ async def test_cache_aget(fake_gguf: Path) -> None:
     assert await cache.aget(fake_gguf) is info
 
 
-def test_real_gemma_model(gemma_gguf: Path) -> None:
-    start = time.perf_counter()
+def test_real_gemma_model(gemma_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded = DecodeCount(monkeypatch)
     info = read_gguf_info(gemma_gguf)
-    elapsed = time.perf_counter() - start
     assert info.architecture == "gemma3"
     assert info.context_length == 32768
     assert info.quantization == "Q4_K_M"
     assert info.size_label == "270M"
     assert info.file_size == gemma_gguf.stat().st_size
-    assert elapsed < 3.0, f"header read took {elapsed:.2f} s"
+    # Its 262k-token vocabulary is skipped: only a few header strings are decoded.
+    assert 0 < decoded.calls < 100, decoded.calls
 
 
 def _crafted(path: Path, key: str, payload: bytes) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -149,7 +150,7 @@ async def test_busy_slots_and_exact_tokens(
     store = MetricsStore()
     seen: list[ModelSnapshot] = []
     store.subscribe(seen.append)
-    poller = Poller(config(interval=0.1), store, session=session)
+    poller = Poller(config(interval=0.1), store)
     poller.on_status(ready("m", server.port))
     try:
         running = [asyncio.create_task(complete(session, server, 150)) for _ in range(2)]
@@ -162,8 +163,9 @@ async def test_busy_slots_and_exact_tokens(
         answers += [await complete(session, server, n) for n in (1, 2, 3)]
         expected = sum(a["timings"]["predicted_n"] for a in answers)
         await wait_for(lambda: store.token_totals()["m"][0] == expected)
-        await asyncio.sleep(0.3)
-        assert store.token_totals()["m"][0] == expected  # and it stays there
+        polls = len(seen)
+        await wait_for(lambda: len(seen) >= polls + 3)  # three more polls...
+        assert store.token_totals()["m"][0] == expected  # ...and it stays there
         latest = store.latest("m")
         assert latest is not None and latest.slots_busy == 0
         assert latest.rss_bytes is not None and latest.rss_bytes > 0
@@ -188,7 +190,7 @@ async def test_short_request_between_slow_polls_is_counted(
     options = FakeOptions(metrics=True, parallel=1, tokens_per_second=500.0)
     server = await aiohttp_server(create_app(options))
     store = MetricsStore()
-    poller = Poller(config(interval=0.5), store, session=session)
+    poller = Poller(config(interval=0.5), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: store.latest("m") is not None)
@@ -203,17 +205,19 @@ async def test_stop_drops_live_values_and_keeps_total(
 ) -> None:
     server = await aiohttp_server(create_app(FakeOptions(metrics=True, tokens_per_second=500.0)))
     store = MetricsStore()
-    poller = Poller(config(), store, session=session)
+    poller = Poller(config(), store)
     status = ready("m", server.port)
     poller.on_status(status)
     try:
         await complete(session, server, 7)
         await wait_for(lambda: store.token_totals().get("m", (0.0, 0.0))[0] == 7)
+        task = poller._watches["m"].task
         poller.on_status(InstanceStatus("m", State.STOPPING, since=1.0, pid=status.pid))
         assert poller.polling() == []
         assert store.latest("m") is None
-        await asyncio.sleep(0.3)
-        assert store.latest("m") is None  # the cancelled task published nothing more
+        await asyncio.gather(task, return_exceptions=True)  # its loop has ended...
+        assert task.cancelled()
+        assert store.latest("m") is None  # ...and published nothing more
         # a new process of the same model (fresh counters) adds to the kept total
         server2 = await aiohttp_server(create_app(FakeOptions(metrics=True)))
         poller.on_status(ready("m", server2.port))
@@ -226,7 +230,7 @@ async def test_stop_drops_live_values_and_keeps_total(
 async def test_api_key_is_sent(aiohttp_server: MakeServer, session: aiohttp.ClientSession) -> None:
     server = await aiohttp_server(create_app(FakeOptions(metrics=True, api_key="k")))
     store = MetricsStore()
-    poller = Poller(config(), store, session=session)
+    poller = Poller(config(), store)
     poller.on_status(ready("m", server.port, api_key="k"))
     try:
         await wait_for(lambda: store.latest("m") is not None)
@@ -255,7 +259,7 @@ async def test_errors_are_counted_by_reason(
     slow = await aiohttp_server(failing_app(200, delay=5.0))
     garbage = await aiohttp_server(failing_app(200))  # JSON where Prometheus text is expected
     store = MetricsStore()
-    poller = Poller(config(interval=0.1, timeout=0.2), store, session=session)
+    poller = Poller(config(interval=0.1, timeout=0.2), store)
     poller.on_status(ready("broken", broken.port))
     poller.on_status(ready("slow", slow.port))
     poller.on_status(ready("garbage", garbage.port))
@@ -285,7 +289,7 @@ async def test_dead_instance_does_not_delay_others(
     store = MetricsStore()
     polls: list[str] = []
     store.subscribe(lambda s: polls.append(s.model))
-    poller = Poller(config(interval=0.05, timeout=5.0), store, session=session)
+    poller = Poller(config(interval=0.05, timeout=5.0), store)
     poller.on_status(ready("hung", hung.port))
     poller.on_status(ready("healthy", healthy.port))
     try:
@@ -308,7 +312,7 @@ async def test_history_is_capped(
         count += 1
 
     store.subscribe(seen)
-    poller = Poller(config(interval=0.05, history=3), store, session=session)
+    poller = Poller(config(interval=0.05, history=3), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: count >= 5)
@@ -346,7 +350,7 @@ async def test_idle_instance_skips_slots_but_sees_work_at_once(
     store = MetricsStore()
     seen: list[ModelSnapshot] = []
     store.subscribe(seen.append)
-    poller = Poller(config(interval=0.05), store, session=session)
+    poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: hits.get("/metrics", 0) >= 10)
@@ -369,7 +373,7 @@ async def test_unexpected_error_in_a_tick_is_counted_and_polling_goes_on(
 ) -> None:
     server = await aiohttp_server(create_app(FakeOptions(metrics=True)))
     store = MetricsStore()
-    poller = Poller(config(interval=0.05), store, session=session)
+    poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
 
     def broken(*_: Any, **__: Any) -> ModelSnapshot:
@@ -409,7 +413,7 @@ async def test_non_finite_metrics_do_not_stop_polling(
     store = MetricsStore()
     seen: list[ModelSnapshot] = []
     store.subscribe(seen.append)
-    poller = Poller(config(interval=0.05), store, session=session)
+    poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
     try:
         await wait_for(lambda: len(seen) >= 3, 3.0)
@@ -417,3 +421,56 @@ async def test_non_finite_metrics_do_not_stop_polling(
         assert store.poll_errors() == {}
     finally:
         await poller.close()
+
+
+async def test_host_loop_survives_a_failing_sample(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="llama_exporter.poller")
+    store = MetricsStore()
+    poller = Poller(config(interval=0.02), store)
+    real = poller.sample_host
+    calls = 0
+
+    def flaky() -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 3:
+            raise RuntimeError(f"bug number {calls}")
+        real()
+
+    monkeypatch.setattr(poller, "sample_host", flaky)
+    poller.start()
+    try:
+        await wait_for(lambda: store.host is not None)  # the loop went on after the errors
+        assert store.host_errors == 3
+        assert store.asyncio_tasks is not None and store.asyncio_tasks >= 1
+        errors = [r for r in caplog.records if "host sample failed" in r.getMessage()]
+        assert [r.levelname for r in errors] == ["ERROR", "DEBUG", "DEBUG"]  # no log flood
+    finally:
+        await poller.close()
+
+
+async def test_polls_reuse_one_connection_per_instance(aiohttp_server: MakeServer) -> None:
+    peers: set[object] = set()
+
+    @web.middleware
+    async def remember(request: web.Request, handler: Any) -> web.StreamResponse:
+        assert request.transport is not None
+        peers.add(request.transport.get_extra_info("peername"))
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app = create_app(FakeOptions(metrics=True))
+    app.middlewares.append(remember)
+    server = await aiohttp_server(app)
+    store = MetricsStore()
+    seen: list[ModelSnapshot] = []
+    store.subscribe(seen.append)
+    poller = Poller(config(interval=0.02), store)
+    poller.on_status(ready("m", server.port))
+    try:
+        await wait_for(lambda: len(seen) >= 10)
+    finally:
+        await poller.close()
+    assert len(peers) == 1  # /props, then /metrics (and /slots) ten times: one connection

@@ -6,7 +6,6 @@ import asyncio
 import os
 import random
 import signal
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -65,12 +64,11 @@ async def test_start_complete_stop(supervisor: Supervisor) -> None:
 
 
 async def test_kill_9_is_noticed_and_restarted(supervisor: Supervisor) -> None:
-    seen: list[tuple[float, InstanceStatus]] = []
-    supervisor.subscribe(lambda s: seen.append((time.monotonic(), s)))
+    seen: list[InstanceStatus] = []
+    supervisor.subscribe(seen.append)
     await supervisor.start("gemma")
     ready = await supervisor.wait_settled("gemma", timeout=120)
     assert ready.state is State.READY and ready.pid is not None, ready.last_error
-    killed_at = time.monotonic()
     os.kill(ready.pid, signal.SIGKILL)
     async with asyncio.timeout(120):
         while True:
@@ -78,7 +76,9 @@ async def test_kill_9_is_noticed_and_restarted(supervisor: Supervisor) -> None:
             if status.state is State.READY and status.restarts == 1:
                 break
             await asyncio.sleep(0.05)
-    noticed = next(t for t, s in seen if s.state is State.BACKOFF)
-    assert noticed - killed_at < 1.0
+    # Noticed by the exit itself (the reason names the signal), not by the /health
+    # watchdog, which would only call it hung after hang_timeout.
+    backoff = next(s for s in seen if s.state is State.BACKOFF)
+    assert "killed by SIGKILL" in (backoff.last_error or ""), backoff.last_error
     assert status.pid != ready.pid
     assert supervisor.counters("gemma").restarts_total == 1

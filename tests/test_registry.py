@@ -148,10 +148,16 @@ def test_add_and_persist_across_instances(tmp_path: Path, files: Path) -> None:
     config = make_config(tmp_path)
     first = make_registry(config)
     model = first.add(
-        "api-model", files / "a.gguf", ctx_size=2048, parallel=4, args=["-t", "2"], env={"A": "1"}
+        "api-model",
+        files / "a.gguf",
+        ctx_size=2048,
+        parallel=4,
+        args=["-t", "2"],
+        env={"OMP_NUM_THREADS": "1"},
     )
     assert model == Model(
-        ModelConfig("api-model", files / "a.gguf", 2048, 4, ("-t", "2"), {"A": "1"}), "api"
+        ModelConfig("api-model", files / "a.gguf", 2048, 4, ("-t", "2"), {"OMP_NUM_THREADS": "1"}),
+        "api",
     )
     state = tmp_path / "state" / "models.json"
     assert state.is_file()
@@ -309,7 +315,7 @@ def test_corrupt_state_is_moved_aside(
 
 def test_state_round_trip_format(tmp_path: Path, files: Path) -> None:
     registry = make_registry(make_config(tmp_path))
-    registry.add("m", files / "a.gguf", args=["-t", "2"], env={"K": "V"})
+    registry.add("m", files / "a.gguf", args=["-t", "2"], env={"CUDA_VISIBLE_DEVICES": "0"})
     data = json.loads((tmp_path / "state" / "models.json").read_text())
     assert models_from_json(data) == [registry.get("m").config]
 

@@ -1,8 +1,9 @@
 """Random interleavings of start, stop, crash and time against the Supervisor.
 
 Whatever the order, and however the operations overlap: never more live processes
-than the cap, every state change is one the state machine allows, only the errors
-a caller can act on are raised, and shutdown leaves no process behind.
+than the cap, every state change is one the state machine allows (none is refused
+and turned into an "internal error"), only the errors a caller can act on are
+raised, and shutdown leaves no process behind.
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ async def run(ops: list[tuple[str, int]], tmp: Path) -> None:
         moved = old is not None and old.state is not status.state
         if old is not None and moved and status.state not in TRANSITIONS[old.state]:
             violations.append(f"{status.model}: {old.state} -> {status.state}")
+        # An illegal transition is never published: it raises, and the life task turns
+        # it into FAILED "internal error: ..." (then STOPPED at shutdown, all legal).
+        if status.last_error is not None and "internal error" in status.last_error:
+            violations.append(f"{status.model}: {status.last_error}")
         last[status.model] = status
         alive = sum(1 for inst in spawner.instances if inst.returncode is None)
         if alive > CAP:

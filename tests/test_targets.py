@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from pathlib import Path
 
 import pytest
 
+from llama_exporter import targets
+from llama_exporter.atomic import write_atomic
 from llama_exporter.states import InstanceStatus, State
 from llama_exporter.targets import (
+    SELF_FILE,
+    SERVERS_FILE,
     TargetsWriter,
+    dumps,
     host_port,
     render_file_sd,
     render_self_target,
@@ -67,31 +73,38 @@ def read(path: Path) -> list[dict[str, object]]:
 
 
 @pytest.mark.parametrize("leaving", [State.STOPPING, State.BACKOFF, State.FAILED])
-def test_instance_leaves_the_file(tmp_path: Path, leaving: State) -> None:
+async def test_instance_leaves_the_file(tmp_path: Path, leaving: State) -> None:
     current = {"a": status("a", State.READY), "b": status("b", State.READY, 18081)}
     writer = TargetsWriter(tmp_path, {}, None, lambda: list(current.values()))
     writer.on_status(None)
+    await writer.flush()
     assert [g["labels"] for g in read(writer.servers_path)] == [{"model": "a"}, {"model": "b"}]
     # the event arrives before statuses() shows it: the event wins
     writer.on_status(status("a", leaving))
     current["a"] = status("a", leaving)
+    await writer.flush()
     assert [g["labels"] for g in read(writer.servers_path)] == [{"model": "b"}]
     current["b"] = status("b", State.STOPPED, None)
     writer.on_status(current["b"])
+    await writer.flush()
     assert read(writer.servers_path) == []
 
 
-def test_rewrites_only_when_content_changes(tmp_path: Path) -> None:
+async def test_rewrites_only_when_content_changes(tmp_path: Path) -> None:
     writer = TargetsWriter(tmp_path, {}, None, lambda: [status("a", State.READY)])
     writer.on_status(None)
-    first = writer.servers_path.stat().st_mtime_ns
+    await writer.flush()
+    assert [g["labels"] for g in read(writer.servers_path)] == [{"model": "a"}]
+    assert writer.writes == 1
     writer.servers_path.write_text("sentinel")  # a rewrite would replace this
     writer.on_status(status("a", State.READY))
+    await writer.flush()
     assert writer.servers_path.read_text() == "sentinel"
-    assert first > 0
+    assert writer.writes == 1
 
 
 def test_write_self_uses_configured_address(tmp_path: Path) -> None:
+    # No event loop here: the writer writes at once.
     writer = TargetsWriter(tmp_path, {"env": "lab"}, "box", lambda: [])
     writer.write_self("0.0.0.0", 9777)
     assert read(writer.self_path) == [{"targets": ["box:9777"], "labels": {"env": "lab"}}]
@@ -99,10 +112,85 @@ def test_write_self_uses_configured_address(tmp_path: Path) -> None:
     assert read(writer.self_path) == [{"targets": ["127.0.0.1:9777"], "labels": {}}]
 
 
-def test_reader_never_sees_invalid_json(tmp_path: Path) -> None:
+class RecordingWrite:
+    """Stands in for write_atomic: records (thread, path, text), can hold the first write."""
+
+    def __init__(self, hold_first: bool = False, fail_first: bool = False) -> None:
+        self.calls: list[tuple[int, Path, str]] = []
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        if not hold_first:
+            self.release.set()
+        self.fail_first = fail_first
+
+    def __call__(self, path: Path, data: str) -> None:
+        self.calls.append((threading.get_ident(), path, data))
+        self.entered.set()
+        if not self.release.wait(timeout=60):
+            raise AssertionError("the test never released the write")
+        if self.fail_first:
+            self.fail_first = False
+            raise OSError(28, "No space left on device")
+        write_atomic(path, data)
+
+
+async def test_writes_happen_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = RecordingWrite()
+    monkeypatch.setattr(targets, "write_atomic", fake)
+    writer = TargetsWriter(tmp_path, {}, None, lambda: [status("a", State.READY)])
+    writer.on_status(None)
+    writer.write_self("127.0.0.1", 9777)
+    assert fake.calls == []  # the listener only renders and hands the text over
+    await writer.flush()
+    assert {p.name for _, p, _ in fake.calls} == {SERVERS_FILE, SELF_FILE}
+    assert all(thread != threading.get_ident() for thread, _, _ in fake.calls)
+
+
+async def test_a_burst_is_coalesced_in_order_and_the_last_state_wins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = RecordingWrite(hold_first=True)
+    monkeypatch.setattr(targets, "write_atomic", fake)
+    current: dict[str, InstanceStatus] = {}
+    writer = TargetsWriter(tmp_path, {}, None, lambda: list(current.values()))
+    current["m0"] = status("m0", State.READY, 18000)
+    writer.on_status(current["m0"])
+    await asyncio.to_thread(fake.entered.wait, 60)  # the first write is under way
+    for i in range(1, 50):  # 49 changes while it is held
+        current[f"m{i}"] = status(f"m{i}", State.READY, 18000 + i)
+        writer.on_status(current[f"m{i}"])
+    fake.release.set()
+    await writer.flush()
+    expected = dumps(render_file_sd(current.values(), labels={}, address=None))
+    assert [text for _, _, text in fake.calls][1:] == [expected]  # one write for the burst
+    assert len(read(writer.servers_path)) == 50
+    assert writer.servers_path.read_text() == expected
+    assert writer.writes == 2
+
+
+async def test_a_failed_write_is_logged_and_retried_on_the_next_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = RecordingWrite(fail_first=True)
+    monkeypatch.setattr(targets, "write_atomic", fake)
+    current = {"a": status("a", State.READY)}
+    writer = TargetsWriter(tmp_path, {}, None, lambda: list(current.values()))
+    writer.on_status(None)
+    await writer.flush()
+    assert "No space left on device" in caplog.text
+    assert not writer.servers_path.exists()
+    writer.on_status(None)  # the same content: not on disk yet, so it is written now
+    await writer.flush()
+    assert [g["labels"] for g in read(writer.servers_path)] == [{"model": "a"}]
+
+
+async def test_reader_never_sees_invalid_json(tmp_path: Path) -> None:
     current: dict[str, InstanceStatus] = {}
     writer = TargetsWriter(tmp_path, {"env": "lab"}, None, lambda: list(current.values()))
     writer.on_status(None)
+    await writer.flush()
     stop = threading.Event()
     problems: list[str] = []
     reads = 0
@@ -129,8 +217,14 @@ def test_reader_never_sees_invalid_json(tmp_path: Path) -> None:
             writer.on_status(current[name])
             if state is State.STOPPING:
                 del current[name]
+            if i % 3 == 0:
+                await writer.flush()  # let writes land while the reader reads
+        await writer.flush()
     finally:
         stop.set()
         thread.join()
     assert problems == []
     assert reads > 0
+    assert writer.writes >= 50  # the reader raced many rewrites, not one
+    final = dumps(render_file_sd(current.values(), labels={"env": "lab"}, address=None))
+    assert writer.servers_path.read_text() == final

@@ -7,7 +7,7 @@ import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
 from llama_exporter.ws import STATUS_EVENT, Event, WebSocketHub, make_event
@@ -105,3 +105,73 @@ async def test_close_sends_going_away(aiohttp_client: MakeClient) -> None:
     msg = await ws.receive(timeout=5)
     assert msg.type.name in ("CLOSE", "CLOSING", "CLOSED")
     assert ws.close_code == WSCloseCode.GOING_AWAY
+
+
+async def test_clients_past_the_cap_are_refused_with_a_reason(aiohttp_client: MakeClient) -> None:
+    hub = WebSocketHub(max_clients=2)
+    client = await aiohttp_client(hub_app(hub))
+    first = await client.ws_connect("/ws", params={"model": "a"})
+    second = await client.ws_connect("/ws", params={"model": "a"})
+    for ws in (first, second):
+        await ws.receive_json(timeout=5)
+    third = await client.ws_connect("/ws", params={"model": "a"})
+    msg = await third.receive(timeout=5)
+    assert msg.type is WSMsgType.CLOSE
+    assert third.close_code == WSCloseCode.TRY_AGAIN_LATER
+    assert "too many clients (2" in (msg.extra or "")
+    assert hub.refused_clients == 1 and hub.client_count == 2
+    await first.close()
+    await until(lambda: hub.client_count == 1)
+    again = await client.ws_connect("/ws", params={"model": "a"})  # room again
+    assert (await again.receive_json(timeout=5))["model"] == "a"
+    await again.close()
+    await second.close()
+
+
+async def test_concurrent_handshakes_cannot_pass_the_cap(aiohttp_client: MakeClient) -> None:
+    hub = WebSocketHub(max_clients=3)
+    client = await aiohttp_client(hub_app(hub))
+    sockets = await asyncio.gather(
+        *(client.ws_connect("/ws", params={"model": "a"}) for _ in range(10))
+    )
+    kinds = [(await ws.receive(timeout=5)).type for ws in sockets]
+    assert kinds.count(WSMsgType.TEXT) == 3 and kinds.count(WSMsgType.CLOSE) == 7
+    assert hub.client_count == 3 and hub.refused_clients == 7
+    for ws in sockets:
+        await ws.close()
+
+
+async def test_close_is_concurrent_and_does_not_wait_for_clients_that_never_answer(
+    aiohttp_client: MakeClient,
+) -> None:
+    hub = WebSocketHub(close_timeout=0.5)
+    client = await aiohttp_client(hub_app(hub))
+    # autoclose=False: these clients never answer our close frame, like hung peers.
+    silent = [
+        await client.ws_connect("/ws", params={"model": "a"}, autoclose=False) for _ in range(6)
+    ]
+    for ws in silent:
+        await ws.receive_json(timeout=5)
+    await until(lambda: hub.client_count == 6)
+    in_flight = peak = 0
+
+    def counted(close: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:
+        async def wrapper(**kw: Any) -> bool:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                return await close(**kw)
+            finally:
+                in_flight -= 1
+
+        return wrapper
+
+    for c in hub._clients:
+        c.ws.close = counted(c.ws.close)  # type: ignore[method-assign,assignment]
+    await hub.close()  # returns although no client ever answers: the timeout ended it
+    assert peak == 6  # all six closes were under way at once, not one after another
+    for ws in silent:
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.CLOSE and msg.data == WSCloseCode.GOING_AWAY
+        await ws.close()

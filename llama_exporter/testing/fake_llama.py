@@ -47,6 +47,7 @@ class FakeOptions:
     hang_after: float | None = None
     tokens_per_second: float = 50.0
     prompt_tokens_per_second: float = 1000.0
+    embeddings: bool = False
 
 
 @dataclass
@@ -175,8 +176,17 @@ class FakeServer:
             out.append(f"llamacpp:{name} {_num(values.get(name, 0))}")
         return "\n".join(out) + "\n"
 
-    async def generate(self, prompt: str, n_predict: int) -> tuple[int, str, dict[str, Any]]:
-        """Occupy a free slot, 'process' the prompt and 'generate'; return slot, text, timings."""
+    async def generate(
+        self,
+        prompt: str,
+        n_predict: int,
+        on_token: Callable[[str], Awaitable[None]] | None = None,
+    ) -> tuple[int, str, dict[str, Any]]:
+        """Occupy a free slot, 'process' the prompt and 'generate'; return slot, text, timings.
+
+        With on_token, each token is handed over as it is generated (streaming); an
+        error from it (the client left) ends the generation and frees the slot.
+        """
         tokens = prompt.split() or [""]
         async with self.free:
             self.deferred += 1
@@ -201,7 +211,13 @@ class FakeServer:
             self._prompt_done(prompt_n, prompt_s, cache_n)
             task.gen_started = self.clock()
             pred_s = n / self.options.tokens_per_second
-            await asyncio.sleep(pred_s)
+            if on_token is None:
+                await asyncio.sleep(pred_s)
+            else:
+                words = _WORDS_TEXT.split()
+                for i in range(n):
+                    await asyncio.sleep(1 / self.options.tokens_per_second)
+                    await on_token(words[(task.id_task + i) % len(words)] + " ")
             self._generation_done(task, n, pred_s)
         finally:
             slot.last_prompt = tokens
@@ -365,13 +381,98 @@ def create_app(options: FakeOptions) -> web.Application:
             }
         )
 
-    async def chat(request: web.Request) -> web.Response:
+    async def stream(
+        request: web.Request, body: dict[str, Any], prompt: str, chat: bool
+    ) -> web.StreamResponse:
+        """SSE like the real server: a role-only first chat event, one event per token."""
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        kind = "chat.completion.chunk" if chat else "text_completion"
+        base = {"object": kind, "model": options.model, "created": int(time.time())}
+
+        async def send(event: dict[str, Any] | str) -> None:
+            data = event if isinstance(event, str) else json.dumps(event)
+            await response.write(f"data: {data}\n\n".encode())
+
+        def choice(text: str | None, finish: str | None = None) -> dict[str, Any]:
+            if chat:
+                delta = {"content": text} if text is not None else {}
+                return {"index": 0, "delta": delta, "finish_reason": finish}
+            return {"index": 0, "text": text or "", "finish_reason": finish}
+
+        if chat:
+            first = {"index": 0, "delta": {"role": "assistant", "content": None}}
+            await send({**base, "choices": [{**first, "finish_reason": None}]})
+
+        async def token(text: str) -> None:
+            await send({**base, "choices": [choice(text)]})
+
+        n_predict = int(body.get("max_tokens", body.get("n_predict", -1)))
+        _, _, timings = await server.generate(prompt, n_predict, token)
+        await send({**base, "choices": [choice(None, "length")]})
+        options_ = body.get("stream_options")
+        if isinstance(options_, dict) and options_.get("include_usage"):
+            prompt_total = timings["prompt_n"] + timings["cache_n"]
+            usage = {
+                "completion_tokens": timings["predicted_n"],
+                "prompt_tokens": prompt_total,
+                "total_tokens": prompt_total + timings["predicted_n"],
+            }
+            await send({**base, "choices": [], "usage": usage, "timings": timings})
+        await send("[DONE]")
+        await response.write_eof()
+        return response
+
+    async def openai_completions(request: web.Request) -> web.StreamResponse:
+        body = await _json_body(request)
+        if body is None or not isinstance(body.get("prompt"), str):
+            return _error(400, '"prompt" must be a string', "invalid_request_error")
+        if body.get("stream"):
+            return await stream(request, body, body["prompt"], chat=False)
+        _, text, timings = await server.generate(body["prompt"], int(body.get("max_tokens", -1)))
+        prompt_total = timings["prompt_n"] + timings["cache_n"]
+        return web.json_response(
+            {
+                "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
+                "object": "text_completion",
+                "model": options.model,
+                "usage": {
+                    "completion_tokens": timings["predicted_n"],
+                    "prompt_tokens": prompt_total,
+                    "total_tokens": prompt_total + timings["predicted_n"],
+                },
+                "timings": timings,
+            }
+        )
+
+    async def embeddings(request: web.Request) -> web.Response:
+        if not options.embeddings:
+            msg = "This server does not support embeddings. Start it with `--embeddings`"
+            return _error(501, msg, "not_supported_error")
+        body = await _json_body(request)
+        text = body.get("input") if body else None
+        if not isinstance(text, str):
+            return _error(400, '"input" must be a string', "invalid_request_error")
+        n = len(text.split()) or 1
+        vector = [((hash(text) >> i) % 100) / 100 for i in range(8)]
+        return web.json_response(
+            {
+                "object": "list",
+                "model": options.model,
+                "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+                "usage": {"prompt_tokens": n, "total_tokens": n},
+            }
+        )
+
+    async def chat(request: web.Request) -> web.StreamResponse:
         body = await _json_body(request)
         messages = body.get("messages") if body else None
-        if not isinstance(messages, list):
+        if body is None or not isinstance(messages, list):
             return _error(400, '"messages" must be a list', "invalid_request_error")
         prompt = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
-        n_predict = int(body.get("max_tokens", -1)) if body else -1
+        if body.get("stream"):
+            return await stream(request, body, prompt, chat=True)
+        n_predict = int(body.get("max_tokens", -1))
         _, text, timings = await server.generate(prompt, n_predict)
         prompt_total = timings["prompt_n"] + timings["cache_n"]
         return web.json_response(
@@ -404,6 +505,8 @@ def create_app(options: FakeOptions) -> web.Application:
     app.router.add_post("/completion", completion)
     app.router.add_post("/completions", completion)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", openai_completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     return app
 
 
@@ -426,7 +529,10 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     p.add_argument("-np", "--parallel", type=int, default=1)
     p.add_argument("--api-key")
     p.add_argument("--no-slots", dest="slots", action="store_false")
+    p.add_argument("--embeddings", action="store_true")
+    p.add_argument("--pooling", dest="_pooling")  # accepted, ignored
     p.add_argument("-t", "--threads", type=int, dest="_threads")  # accepted, ignored
+    p.add_argument("-hft", "--hf-token", dest="_hf_token")  # accepted, ignored
     fake = {  # --fake-X -> FakeOptions field, type, default
         "load-delay": (float, 0.0),
         "crash-after": (float, None),
@@ -440,8 +546,17 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
         p.add_argument(f"--fake-{flag}", dest=flag.replace("-", "_"), type=kind, default=default)
     p.add_argument("--fake-ignore-sigterm", dest="ignore_sigterm", action="store_true")
     p.add_argument("--fake-idle-keeps-task", dest="idle_keeps_task", action="store_true")
+    # Like a verbose llama-server: print the command line and secret-looking variables.
+    p.add_argument("--fake-print-args", dest="_print_args", action="store_true")
     values = vars(p.parse_args(argv))
     values.pop("_threads")
+    values.pop("_hf_token")
+    if values.pop("_print_args"):
+        _log("fake-llama-server args: " + " ".join(sys.argv if argv is None else argv))
+        for name, value in sorted(os.environ.items()):
+            if any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD")):
+                _log(f"env {name}={value}")
+    values.pop("_pooling")
     return FakeOptions(**values)
 
 

@@ -1,0 +1,158 @@
+"""Forwarding one request to a llama-server: whole bodies, or SSE chunk by chunk, unbuffered.
+
+When the client goes away the upstream response is closed at once, so llama-server
+stops generating and frees the slot. When llama-server dies mid-stream the stream
+ends with an error event.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from llama_exporter.gateway.sse import StreamWatch, Usage, usage_of
+
+log = logging.getLogger(__name__)
+
+CLIENT_CLOSED = 499  # counted when the client left before the answer ended (nginx's code)
+UPSTREAM_BROKE = 502  # counted when llama-server failed mid-answer
+
+# Not forwarded in either direction: connection-level, recomputed, or ours.
+_DROP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-authenticate",
+        "content-length",
+        "content-encoding",
+        "accept-encoding",
+        "host",
+        "authorization",
+        "cookie",
+        "origin",
+        "referer",
+        "date",
+        "server",
+    }
+)
+
+
+class UpstreamUnreachable(Exception):
+    """llama-server did not answer (refused, reset before any response)."""
+
+
+@dataclass
+class Outcome:
+    """What happened to a forwarded request, for the metrics."""
+
+    code: int
+    watch: StreamWatch | None = None  # set for streamed answers
+    usage: Usage | None = None
+
+
+def upstream_headers(incoming: Mapping[str, str], api_key: str | None) -> dict[str, str]:
+    """Headers for llama-server: the client's, minus hop-by-hop and our auth, plus its key."""
+    out = {k: v for k, v in incoming.items() if k.lower() not in _DROP}
+    out["Accept-Encoding"] = "identity"  # bytes pass through as they come
+    if api_key:
+        out["Authorization"] = f"Bearer {api_key}"
+    return out
+
+
+def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
+    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The gateway's client session: no total timeout (generations run long), no pool cap."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        auto_decompress=False,
+    )
+
+
+async def forward(
+    request: web.Request,
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    api_key: str | None,
+    started: float,
+    clock: Callable[[], float],
+) -> tuple[web.StreamResponse, Outcome]:
+    """Send the request to url and answer the client with llama-server's answer."""
+    headers = upstream_headers(request.headers, api_key)
+    try:
+        upstream = await session.request(request.method, url, data=body or None, headers=headers)
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
+    try:
+        if upstream.content_type == "text/event-stream":
+            return await _stream(request, upstream, started, clock)
+        data = await upstream.read()
+    except aiohttp.ClientError as exc:
+        raise UpstreamUnreachable(f"the answer broke off: {exc}") from exc
+    finally:
+        upstream.close()  # mid-stream (client gone, cancelled): llama-server stops generating
+    usage = None
+    if upstream.status == 200 and upstream.content_type == "application/json":
+        try:
+            usage = usage_of(json.loads(data))
+        except ValueError:
+            usage = None
+    response = web.Response(status=upstream.status, body=data, headers=_response_headers(upstream))
+    return response, Outcome(upstream.status, usage=usage)
+
+
+async def _stream(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    started: float,
+    clock: Callable[[], float],
+) -> tuple[web.StreamResponse, Outcome]:
+    response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"  # proxies in front of us must not buffer
+    watch = StreamWatch(started)
+    outcome = Outcome(upstream.status, watch=watch)
+    await response.prepare(request)
+    try:
+        async for chunk in upstream.content.iter_any():
+            watch.feed(chunk, clock())
+            await response.write(chunk)
+    except ConnectionResetError:
+        outcome.code = CLIENT_CLOSED  # the client left; the caller closes upstream
+        return response, outcome
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        outcome.code = UPSTREAM_BROKE
+        log.warning("gateway: llama-server broke off a stream at %s: %r", upstream.url, exc)
+        error = {
+            "error": {
+                "message": f"llama-server ended the stream early: {exc or type(exc).__name__}",
+                "type": "server_error",
+                "code": "upstream_error",
+            }
+        }
+        try:
+            await response.write(b"data: " + json.dumps(error).encode() + b"\n\n")
+        except ConnectionResetError:
+            return response, outcome
+    if watch.error and outcome.code == 200:
+        outcome.code = UPSTREAM_BROKE
+    outcome.usage = watch.usage
+    try:
+        await response.write_eof()
+    except ConnectionResetError:
+        outcome.code = CLIENT_CLOSED
+    return response, outcome

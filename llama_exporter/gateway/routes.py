@@ -1,0 +1,298 @@
+"""The gateway's HTTP side: OpenAI routes, /upstream passthrough, the summary, errors.
+
+Errors are answered in OpenAI's format, {"error": {"message", "type", "code"}}, so
+OpenAI clients show them as they are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from llama_exporter.config import Config, ModelConfig
+from llama_exporter.gateway import proxy
+from llama_exporter.gateway.metrics import RequestMetrics
+from llama_exporter.gateway.policy import ttl_left
+from llama_exporter.gateway.scheduler import GatewayError, Scheduler
+from llama_exporter.supervisor import Supervisor, UnknownModel
+
+log = logging.getLogger(__name__)
+
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+UPSTREAM_ENDPOINT = "/upstream"
+SUMMARY_PATH = "/api/v1/llama/gateway"
+
+
+def error_response(err: GatewayError) -> web.Response:
+    """err as OpenAI's error JSON."""
+    body = {"error": {"message": err.message, "type": err.kind, "code": err.code}}
+    return web.json_response(body, status=err.status, headers=err.headers)
+
+
+class Gateway:
+    """One OpenAI-compatible endpoint for every model: routes, scheduler, proxy, metrics."""
+
+    def __init__(
+        self,
+        config: Config,
+        supervisor: Supervisor,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._sup = supervisor
+        self._clock = clock
+        self._mono = monotonic
+        self.metrics = RequestMetrics(
+            in_flight=lambda: dict(self.scheduler.in_flight),
+            queue_length=lambda: self.scheduler.queue_length,
+            models=supervisor.models.names,
+            lifecycle=supervisor.lifecycle_counts,
+        )
+        self.scheduler = Scheduler(
+            supervisor, config.gateway, self.metrics, clock=clock, monotonic=monotonic
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        """Register the gateway's routes on app."""
+        for path in OPENAI_ROUTES:
+            app.router.add_post(path, self._openai_handler(path))
+        app.router.add_get("/v1/models", self.list_models)
+        app.router.add_route("*", "/upstream/{model}/{path:.*}", self.upstream)
+        app.router.add_get(SUMMARY_PATH, self.summary_handler)
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """cleanup_ctx: the upstream client session and the idle-unload loop."""
+        self._session = proxy.new_session()
+        idle = asyncio.create_task(self.scheduler.run_idle_loop(), name="gateway-idle")
+        yield
+        idle.cancel()
+        await asyncio.gather(idle, return_exceptions=True)
+        await self.scheduler.close()
+        await self._session.close()
+
+    # -- views -------------------------------------------------------------------------
+
+    def status_fields(self, name: str) -> dict[str, Any]:
+        """What the gateway adds to a model's status JSON."""
+        model = self._model_or_none(name)
+        return {
+            "pinned": model.pinned if model else False,
+            "idle_ttl": model.idle_ttl if model else 0.0,
+            "in_flight": self.scheduler.in_flight_of(name),
+            "last_used": self.scheduler.last_used.get(name),
+        }
+
+    def ttl_left(self, name: str, ready_at: float | None) -> float | None:
+        """Seconds until a ready model is unloaded for idleness, None if it never is."""
+        model = self._model_or_none(name)
+        if model is None or model.pinned:
+            return None
+        last = self.scheduler.last_used.get(name, ready_at or self._clock())
+        return ttl_left(last, model.idle_ttl, self._clock())
+
+    def summary(self) -> dict[str, Any]:
+        """The queue and, per model, requests in flight, queued, last minute, TTFT p50/p95."""
+        now = self._mono()
+        models: dict[str, Any] = {}
+        for name in self._sup.models.names():
+            window = self.metrics.window(name, now)
+            models[name] = {
+                "in_flight": self.scheduler.in_flight_of(name),
+                "queued": self.scheduler.queued(name),
+                "requests_last_minute": window.requests,
+                "ttft_p50_seconds": window.ttft_p50,
+                "ttft_p95_seconds": window.ttft_p95,
+            }
+        return {
+            "queue_length": self.scheduler.queue_length,
+            "max_queue": self.config.gateway.max_queue,
+            "when_full": self.config.gateway.when_full,
+            "models": models,
+        }
+
+    def _model_or_none(self, name: str) -> ModelConfig | None:
+        try:
+            return self._sup.models.get(name)
+        except KeyError:
+            return None
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def _openai_handler(self, path: str) -> Callable[[web.Request], Any]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            arrived = self._mono()
+            try:
+                body = await self._read_body(request)
+                model = self._model_from_body(body)
+            except GatewayError as err:
+                self.metrics.request_done("", path, err.status, arrived, self._mono())
+                return error_response(err)
+            return await self._serve(request, model, path, path, body, arrived)
+
+        handler.__doc__ = f"POST {path}: routed by the body's model, loaded on demand."
+        return handler
+
+    async def upstream(self, request: web.Request) -> web.StreamResponse:
+        """Any method on /upstream/{model}/{path}: passed to that model's llama-server."""
+        arrived = self._mono()
+        name = request.match_info["model"]
+        try:
+            self._known(name)
+            body = await self._read_body(request)
+        except GatewayError as err:
+            self.metrics.request_done("", UPSTREAM_ENDPOINT, err.status, arrived, self._mono())
+            return error_response(err)
+        path = "/" + request.match_info["path"]
+        if request.query_string:
+            path += "?" + request.query_string
+        return await self._serve(request, name, UPSTREAM_ENDPOINT, path, body, arrived)
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        """GET /v1/models: every known model in OpenAI's list format, with its state."""
+        data = []
+        for status in self._sup.statuses():
+            data.append(
+                {
+                    "id": status.model,
+                    "object": "model",
+                    "created": int(status.ready_at or status.since),
+                    "owned_by": "llama-exporter",
+                    "state": str(status.state),
+                }
+            )
+        return web.json_response({"object": "list", "data": data})
+
+    async def summary_handler(self, request: web.Request) -> web.Response:
+        """GET /api/v1/llama/gateway: the queue and per-model request figures."""
+        return web.json_response(self.summary())
+
+    # -- the request path ----------------------------------------------------------------
+
+    async def _serve(
+        self,
+        request: web.Request,
+        model: str,
+        endpoint: str,
+        upstream_path: str,
+        body: bytes,
+        arrived: float,
+    ) -> web.StreamResponse:
+        code: int = 500
+        lease = None
+        try:
+            lease = await self.scheduler.acquire(model)
+            if self._session is None:
+                raise GatewayError(503, "the gateway is not running", "server_error", "stopped")
+            url = f"{lease.status.base_url}{upstream_path}"
+            response, outcome = await proxy.forward(
+                request, self._session, url, body, lease.status.api_key, arrived, self._mono
+            )
+            code = outcome.code
+            self._observe(model, outcome)
+            return response
+        except GatewayError as err:
+            code = err.status
+            return error_response(err)
+        except proxy.UpstreamUnreachable as exc:
+            code = 502
+            return error_response(
+                GatewayError(
+                    502,
+                    f"llama-server for model {model!r} did not answer: {exc}",
+                    "server_error",
+                    "upstream_unreachable",
+                )
+            )
+        except asyncio.CancelledError:
+            code = proxy.CLIENT_CLOSED
+            raise
+        finally:
+            if lease is not None:
+                lease.release()
+            self.metrics.request_done(model, endpoint, code, arrived, self._mono())
+
+    def _observe(self, model: str, outcome: proxy.Outcome) -> None:
+        labels = (model,)
+        watch = outcome.watch
+        if watch is not None:
+            if watch.ttft is not None:
+                self.metrics.first_token(model, watch.ttft, self._mono())
+            for gap in watch.gaps:
+                self.metrics.inter_token.observe(labels, gap)
+        usage = outcome.usage
+        if usage is not None:
+            if usage.prompt_tokens is not None:
+                self.metrics.prompt_tokens.observe(labels, usage.prompt_tokens)
+            if usage.completion_tokens is not None:
+                self.metrics.completion_tokens.observe(labels, usage.completion_tokens)
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self.config.gateway.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise self._too_big(request.content_length)
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > limit:
+                raise self._too_big(size)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _too_big(self, size: int) -> GatewayError:
+        limit = self.config.gateway.max_body_bytes
+        return GatewayError(
+            413,
+            f"request body of {size} bytes or more is over gateway.max_body_bytes ({limit})",
+            "invalid_request_error",
+            "request_too_large",
+        )
+
+    def _model_from_body(self, body: bytes) -> str:
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise GatewayError(
+                400, f"the body is not JSON: {exc}", "invalid_request_error", "invalid_json"
+            ) from None
+        if not isinstance(data, dict):
+            raise GatewayError(
+                400, "the body must be a JSON object", "invalid_request_error", "invalid_json"
+            )
+        name = data.get("model")
+        if not isinstance(name, str) or not name:
+            raise GatewayError(
+                400,
+                f"'model' must be a model name (a string), got {name!r}; see GET /v1/models",
+                "invalid_request_error",
+                "missing_model",
+            )
+        self._known(name)
+        return name
+
+    def _known(self, name: str) -> None:
+        try:
+            self._sup.models.get(name)
+        except (UnknownModel, KeyError):
+            known = ", ".join(self._sup.models.names()) or "none"
+            raise GatewayError(
+                404,
+                f"model {name!r} does not exist; known models: {known}",
+                "invalid_request_error",
+                "model_not_found",
+            ) from None

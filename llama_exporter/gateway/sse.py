@@ -1,0 +1,120 @@
+"""Pure reading of llama-server's server-sent events: when text arrives, and the usage.
+
+The proxy forwards bytes untouched; this watcher only looks at them. Time is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+DONE = b"[DONE]"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Prompt and completion tokens of one request (from `usage`, else `timings`)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+def event_text(event: Any) -> str | None:
+    """The generated text an event carries: chat delta content, completion text, or content.
+
+    The first chat event carries only the role with `content: null`: that is no text.
+    """
+    if not isinstance(event, dict):
+        return None
+    choices = event.get("choices")
+    if isinstance(choices, list) and choices:
+        choice = choices[0]
+        if isinstance(choice, dict):
+            delta = choice.get("delta")
+            if isinstance(delta, dict):
+                text = delta.get("content")
+                return text if isinstance(text, str) and text else None
+            text = choice.get("text")
+            return text if isinstance(text, str) and text else None
+        return None
+    text = event.get("content")  # llama-server's own /completion stream
+    return text if isinstance(text, str) and text else None
+
+
+def usage_of(body: Any) -> Usage | None:
+    """Token counts of a response body or final event, or None when it has none."""
+    if not isinstance(body, dict):
+        return None
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) or isinstance(completion, int):
+            return Usage(
+                prompt if isinstance(prompt, int) else None,
+                completion if isinstance(completion, int) else None,
+            )
+    timings = body.get("timings")
+    if isinstance(timings, dict):
+        prompt, predicted = timings.get("prompt_n"), timings.get("predicted_n")
+        cache = timings.get("cache_n")
+        if isinstance(prompt, int) or isinstance(predicted, int):
+            total_prompt = (
+                prompt + cache if isinstance(prompt, int) and isinstance(cache, int) else prompt
+            )
+            return Usage(
+                total_prompt if isinstance(total_prompt, int) else None,
+                predicted if isinstance(predicted, int) else None,
+            )
+    return None
+
+
+@dataclass
+class StreamWatch:
+    """Follows an SSE byte stream: first text time, gaps between text events, usage."""
+
+    started: float
+    first_text_at: float | None = None
+    last_text_at: float | None = None
+    text_events: int = 0
+    gaps: list[float] = field(default_factory=list)  # taken by the caller as it goes
+    usage: Usage | None = None
+    error: bool = False  # an event carried {"error": ...}
+    _pending: bytes = b""
+
+    def feed(self, chunk: bytes, now: float) -> None:
+        """Read the complete lines of chunk (the rest waits for the next chunk)."""
+        data = self._pending + chunk
+        cut = data.rfind(b"\n")
+        if cut < 0:
+            self._pending = data
+            return
+        self._pending = data[cut + 1 :]
+        for line in data[:cut].split(b"\n"):
+            if line.startswith(b"data:"):
+                self._event(line[5:].strip(), now)
+
+    def _event(self, payload: bytes, now: float) -> None:
+        if not payload or payload == DONE:
+            return
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(event, dict) and "error" in event:
+            self.error = True
+        if event_text(event) is not None:
+            if self.last_text_at is None:
+                self.first_text_at = now
+            else:
+                self.gaps.append(now - self.last_text_at)
+            self.last_text_at = now
+            self.text_events += 1
+        usage = usage_of(event)
+        if usage is not None:
+            self.usage = usage
+
+    @property
+    def ttft(self) -> float | None:
+        """Seconds from the request's arrival to the first event with text."""
+        return None if self.first_text_at is None else self.first_text_at - self.started

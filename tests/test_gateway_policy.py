@@ -1,0 +1,167 @@
+"""Pure gateway policy and SSE reading: no event loop, hypothesis where inputs vary."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llama_exporter.gateway.policy import (
+    Resident,
+    Usage,
+    idle_models,
+    is_idle,
+    pick_victim,
+    plan_queue,
+    ttl_left,
+)
+from llama_exporter.gateway.sse import StreamWatch, event_text, usage_of
+
+names = st.sampled_from(["a", "b", "c", "d", "e"])
+residents = st.lists(
+    st.builds(
+        Resident,
+        name=names,
+        ready=st.booleans(),
+        in_flight=st.integers(0, 3),
+        pinned=st.booleans(),
+        last_used=st.floats(0, 1e6),
+        abandoned=st.booleans(),
+    ),
+    unique_by=lambda r: r.name,
+)
+
+
+@given(residents)
+def test_victim_is_never_pinned_busy_or_wanted(rs: list[Resident]) -> None:
+    victim = pick_victim(rs)
+    allowed = [r for r in rs if not r.pinned and r.in_flight == 0 and (r.ready or r.abandoned)]
+    if not allowed:
+        assert victim is None
+        return
+    chosen = next(r for r in rs if r.name == victim)
+    assert chosen in allowed
+    abandoned = [r for r in allowed if not r.ready]
+    if abandoned:  # a load nobody waits for goes first
+        assert not chosen.ready
+    else:  # else the least recently used
+        assert chosen.last_used == min(r.last_used for r in allowed)
+
+
+@given(residents, st.sets(names))
+def test_victim_respects_exclude(rs: list[Resident], exclude: set[str]) -> None:
+    assert pick_victim(rs, exclude) not in exclude
+
+
+def test_lru_order_example() -> None:
+    rs = [
+        Resident("a", True, 0, False, 30.0),
+        Resident("b", True, 0, False, 10.0),
+        Resident("c", True, 1, False, 5.0),  # busy
+        Resident("d", True, 0, True, 1.0),  # pinned
+    ]
+    assert pick_victim(rs) == "b"
+    assert pick_victim(rs, {"b"}) == "a"
+
+
+@given(st.lists(names, max_size=12), st.sets(names))
+def test_queue_plan_groups_waiters_by_model(waiting: list[str], live: set[str]) -> None:
+    plan = plan_queue(waiting, live)
+    assert plan.go == frozenset(m for m in waiting if m in live)
+    rest = [m for m in waiting if m not in live]
+    assert plan.head == (rest[0] if rest else None)
+    assert plan.head not in plan.go
+
+
+def test_a_a_b_a_loads_a_once() -> None:
+    plan = plan_queue(["A", "A", "B", "A"], live=set())
+    assert plan.head == "A"
+    after = plan_queue(["A", "A", "B", "A"], live={"A"})  # A is loading: all its waiters go
+    assert after.go == {"A"} and after.head == "B"
+
+
+@given(st.floats(0, 1e6), st.floats(0, 1e4), st.floats(0, 2e6))
+def test_idle_iff_ttl_set_and_elapsed(last: float, ttl: float, now: float) -> None:
+    assert is_idle(last, ttl, now) == (ttl > 0 and now - last >= ttl)
+    left = ttl_left(last, ttl, now)
+    if ttl <= 0:
+        assert left is None
+    else:
+        assert left is not None and left >= 0
+        if is_idle(last, ttl, now):
+            assert left == 0
+        if now >= last:
+            assert left <= ttl * (1 + 1e-9) + 1e-6  # float rounding of last + ttl - now
+
+
+@given(
+    st.lists(
+        st.builds(
+            Usage,
+            name=names,
+            last_used=st.floats(0, 100),
+            idle_ttl=st.sampled_from([0.0, 5.0, 50.0]),
+            in_flight=st.integers(0, 2),
+            pinned=st.booleans(),
+        ),
+        unique_by=lambda u: u.name,
+    ),
+    st.floats(0, 200),
+)
+def test_idle_models_never_busy_pinned_or_ttl_zero(models: list[Usage], now: float) -> None:
+    idle = idle_models(models, now)
+    for m in models:
+        expected = (
+            not m.pinned and m.in_flight == 0 and m.idle_ttl > 0 and now - m.last_used >= m.idle_ttl
+        )
+        assert (m.name in idle) == expected
+
+
+# -- SSE ---------------------------------------------------------------------------------
+
+
+def _chat_events(words: list[str]) -> list[bytes]:
+    first = {"choices": [{"index": 0, "delta": {"role": "assistant", "content": None}}]}
+    events = [first] + [{"choices": [{"index": 0, "delta": {"content": w}}]} for w in words]
+    usage = {"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": len(words)}}
+    out = [b"data: " + json.dumps(e).encode() + b"\n\n" for e in [*events, usage]]
+    return [*out, b"data: [DONE]\n\n"]
+
+
+def test_first_event_with_null_content_is_not_a_token() -> None:
+    assert event_text({"choices": [{"delta": {"role": "assistant", "content": None}}]}) is None
+    assert event_text({"choices": [{"delta": {"content": ""}}]}) is None
+    assert event_text({"choices": [{"delta": {"content": "hi"}}]}) == "hi"
+    assert event_text({"choices": [{"text": "x", "index": 0}]}) == "x"
+    assert event_text({"content": "native"}) == "native"
+    assert event_text({"choices": []}) is None
+
+
+@given(st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=8), st.data())
+def test_watch_times_tokens_however_the_bytes_are_split(
+    words: list[str], data: st.DataObject
+) -> None:
+    stream = b"".join(_chat_events(words))
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    watch = StreamWatch(started=100.0)
+    pieces = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    for i, piece in enumerate(pieces):
+        watch.feed(piece, 101.0 + i)
+    assert watch.text_events == len(words)
+    assert watch.ttft is not None and watch.ttft >= 1.0
+    assert len(watch.gaps) == len(words) - 1 and all(g >= 0 for g in watch.gaps)
+    assert watch.usage is not None and watch.usage.completion_tokens == len(words)
+    assert not watch.error
+
+
+def test_usage_from_timings_when_there_is_no_usage() -> None:
+    usage = usage_of({"timings": {"prompt_n": 3, "cache_n": 2, "predicted_n": 9}})
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (5, 9)
+    assert usage_of({"choices": []}) is None
+
+
+def test_error_event_is_noticed() -> None:
+    watch = StreamWatch(started=0.0)
+    watch.feed(b'data: {"error": {"message": "boom"}}\n\n', 1.0)
+    assert watch.error and watch.ttft is None
