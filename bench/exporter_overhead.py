@@ -69,7 +69,7 @@ def say(text: str) -> None:
 async def start_fakes(
     count: int, busy: bool
 ) -> tuple[list[asyncio.subprocess.Process], list[list[int]]]:
-    """Fake-host processes for count instances; returns them and the [pid, port] targets."""
+    """Start fakes for count instances; returns every process started and [pid, port]s."""
     procs: list[asyncio.subprocess.Process] = []
     targets: list[list[int]] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -80,13 +80,18 @@ async def start_fakes(
             argv.append("--busy")
         proc = await asyncio.create_subprocess_exec(*argv, stdout=subprocess.PIPE, env=env)
         procs.append(proc)
-    for proc in procs:
+    for proc in procs[:]:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 120)
         if not line:
             raise RuntimeError(f"fake host {proc.pid} exited before listening")
-        hosted = json.loads(line)
-        targets.extend([hosted["pid"], port] for port in hosted["ports"])
+        for port in json.loads(line)["ports"]:
+            # Each instance gets a process of its own for psutil to read, as in the
+            # service (a sleeping placeholder): otherwise 32 fakes would share one
+            # process's CPU time, and one fake's work would wake its idle neighbours.
+            placeholder = await asyncio.create_subprocess_exec("sleep", "86400")
+            procs.append(placeholder)
+            targets.append([placeholder.pid, port])
     return procs, targets
 
 

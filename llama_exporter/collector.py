@@ -44,11 +44,12 @@ from llama_exporter.families import (
     Part,
     Prefixes,
     Row,
+    Rows,
     info_key,
     text_of,
 )
-from llama_exporter.poller import MetricsStore
 from llama_exporter.states import InstanceStatus
+from llama_exporter.store import MetricsStore
 
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -120,6 +121,7 @@ class StartDurationHistogram(Collector):
 @dataclass
 class _Cached:
     key: object
+    rows: Rows
     text: tuple[str, ...]
 
 
@@ -206,8 +208,10 @@ class LlamaCollector(Collector):
         cached = self._cache.get((model, part))
         if cached is not None and (cached.key is key or cached.key == key):
             return cached.text
-        text = text_of(part.families, part.rows(model, key), self._prefixes)
-        self._cache[(model, part)] = _Cached(key, text)
+        rows = part.rows(model, key)
+        before = (cached.rows, cached.text) if cached is not None else None
+        text = text_of(part.families, rows, self._prefixes, before)
+        self._cache[(model, part)] = _Cached(key, rows, text)
         return text
 
     def on_snapshot(self, snap: ModelSnapshot) -> None:

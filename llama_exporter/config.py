@@ -85,6 +85,7 @@ class PollConfig:
     interval: float = 1.0
     timeout: float = 0.8  # per request
     history: int = 120  # samples kept per model
+    idle_interval: float = 5.0  # an idle instance's reads (0: every interval); see pollrate
 
 
 @dataclass(frozen=True)

@@ -446,12 +446,14 @@ class Parser:
         )
 
     def poll(self, value: object) -> PollConfig:
-        raw = self.mapping(value, "poll", ("interval", "timeout", "history"))
+        raw = self.mapping(value, "poll", ("interval", "timeout", "history", "idle_interval"))
         base = PollConfig()
+        idle = raw.get("idle_interval", base.idle_interval)
         return PollConfig(
             interval=self.seconds(raw.get("interval", base.interval), "poll.interval"),
             timeout=self.seconds(raw.get("timeout", base.timeout), "poll.timeout"),
             history=self.integer(raw.get("history", base.history), "poll.history"),
+            idle_interval=self.seconds_or_zero(idle, "poll.idle_interval"),
         )
 
 

@@ -15,8 +15,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from llama_exporter.derive import ModelSnapshot
 from llama_exporter.exposition import labels_text, value_text
-from llama_exporter.poller import PollInfo
 from llama_exporter.states import InstanceStatus, State
+from llama_exporter.store import PollInfo
 
 PREFIX = "llama_exporter_"
 
@@ -259,14 +259,23 @@ def poll_rows(model: str, poll: PollInfo | None) -> Rows:
 Prefixes = dict[tuple[Family, tuple[str, ...]], str]
 
 
-def text_of(families: Sequence[Family], rows: Rows, prefixes: Prefixes) -> tuple[str, ...]:
+def text_of(
+    families: Sequence[Family],
+    rows: Rows,
+    prefixes: Prefixes,
+    before: tuple[Rows, tuple[str, ...]] | None = None,
+) -> tuple[str, ...]:
     """Each family's sample lines of one part.
 
-    prefixes keeps 'name{labels} ' per (family, label values) between calls: a
-    model's label values rarely change, so most lines only format their value.
+    before: the rows and text written last time; a family whose rows are equal keeps
+    its text (a busy snapshot changes about half of its families). prefixes keeps
+    'name{labels} ' per (family, label values) between calls.
     """
     texts: list[str] = []
-    for family, family_rows in zip(families, rows, strict=True):
+    for index, (family, family_rows) in enumerate(zip(families, rows, strict=True)):
+        if before is not None and before[0][index] == family_rows:
+            texts.append(before[1][index])
+            continue
         lines: list[str] = []
         for labels, value in family_rows:
             prefix = prefixes.get((family, labels))

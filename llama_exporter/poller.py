@@ -1,167 +1,45 @@
 """1 Hz reads of every ready llama-server (/metrics then /slots, /props once) + psutil.
 
-``MetricsStore`` holds what was read: the latest snapshot and a short history per
-model, poll errors, and the host's CPU and memory. ``Poller`` runs one task per
-ready instance on a fixed monotonic schedule, so a slow instance delays nobody.
+``Poller`` runs one task per ready instance on a fixed monotonic schedule, so a
+slow instance delays nobody, and puts what it read into the ``MetricsStore``
+(store.py, re-exported here).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import math
 import os
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import psutil
 
+from llama_exporter import procstat
 from llama_exporter.config import Config
 from llama_exporter.derive import (
     REQUESTS_PROCESSING,
     TOKENS_PREDICTED,
     USED_METRICS,
     ModelDeriver,
-    ModelSnapshot,
     ProcessSample,
     SlotSample,
-    TokenCounter,
     parse_metrics,
     parse_slots,
     ratio,
     select_samples,
 )
 from llama_exporter.httpget import GetError, KeepAliveClient
+from llama_exporter.pollrate import is_idle, read_now
 from llama_exporter.states import InstanceStatus, State
+from llama_exporter.store import HostSample, MetricsStore, PollInfo, Subscriber
+
+__all__ = ["HostSample", "MetricsStore", "PollInfo", "Poller", "Subscriber", "host_cpu_ratio"]
 
 log = logging.getLogger(__name__)
-
-Subscriber = Callable[[ModelSnapshot], None]
-
-
-@dataclass(frozen=True)
-class HostSample:
-    """The host's CPU and memory at one poll."""
-
-    cpu_utilization_ratio: float  # 0..1 of all CPUs
-    memory_total_bytes: int
-    memory_used_bytes: int
-
-
-@dataclass(frozen=True)
-class PollInfo:
-    """Timing of the last successful poll of one model."""
-
-    duration_seconds: float
-    timestamp: float  # unix time
-
-
-class MetricsStore:
-    """Latest snapshot + history per model, kept token totals, poll errors, host values."""
-
-    def __init__(self, history: int = 120) -> None:
-        self._history_size = max(1, history)
-        self._latest: dict[str, ModelSnapshot] = {}
-        self._history: dict[str, deque[ModelSnapshot]] = {}
-        self._counters: dict[str, tuple[TokenCounter, TokenCounter]] = {}
-        self._errors: dict[tuple[str, str, str], int] = {}
-        self._polls: dict[str, PollInfo] = {}
-        self._props: dict[str, dict[str, Any]] = {}
-        self._subscribers: list[Subscriber] = []
-        self.host: HostSample | None = None
-        self.host_errors = 0  # host samples that failed
-        self.asyncio_tasks: int | None = None  # the service's own tasks at the last host sample
-
-    def publish(self, snapshot: ModelSnapshot) -> None:
-        """Record a new snapshot and tell the subscribers."""
-        self._latest[snapshot.model] = snapshot
-        ring = self._history.setdefault(snapshot.model, deque(maxlen=self._history_size))
-        ring.append(snapshot)
-        for callback in list(self._subscribers):
-            try:
-                callback(snapshot)
-            except Exception:
-                log.exception("metrics subscriber %r failed", callback)
-
-    def latest(self, model: str) -> ModelSnapshot | None:
-        """The last snapshot of a ready model, or None."""
-        return self._latest.get(model)
-
-    def history(self, model: str) -> list[ModelSnapshot]:
-        """Snapshots of the current ready run, oldest first."""
-        return list(self._history.get(model, ()))
-
-    def live_models(self) -> list[str]:
-        """Models with a latest snapshot, sorted."""
-        return sorted(self._latest)
-
-    def drop(self, model: str) -> None:
-        """Forget the live values of a model that is no longer ready (token totals stay)."""
-        self._latest.pop(model, None)
-        self._history.pop(model, None)
-        self._polls.pop(model, None)
-        self._props.pop(model, None)
-
-    def forget(self, model: str) -> None:
-        """Remove everything kept about a deleted model (call it once it is not polled)."""
-        self.drop(model)
-        self._counters.pop(model, None)
-        for key in [k for k in self._errors if k[0] == model]:
-            del self._errors[key]
-
-    def discard_latest(self, model: str) -> None:
-        """Forget the latest snapshot only (its live values can no longer be trusted)."""
-        self._latest.pop(model, None)
-
-    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
-        """Call callback (on the loop) with every new snapshot; returns an unsubscribe."""
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def token_counters(self, model: str) -> tuple[TokenCounter, TokenCounter]:
-        """(generated, prompt) counters of a model, kept across stops and restarts."""
-        if model not in self._counters:
-            self._counters[model] = (TokenCounter(), TokenCounter())
-        return self._counters[model]
-
-    def token_totals(self) -> dict[str, tuple[float, float]]:
-        """{model: (tokens generated, prompt tokens)} for every model ever polled."""
-        return {m: (g.total, p.total) for m, (g, p) in self._counters.items()}
-
-    def record_error(self, model: str, endpoint: str, reason: str) -> None:
-        """Count one failed read."""
-        key = (model, endpoint, reason)
-        self._errors[key] = self._errors.get(key, 0) + 1
-
-    def poll_errors(self) -> dict[tuple[str, str, str], int]:
-        """{(model, endpoint, reason): count}; never reset."""
-        return dict(self._errors)
-
-    def record_poll(self, model: str, duration: float, timestamp: float) -> None:
-        """Remember the timing of a successful poll."""
-        self._polls[model] = PollInfo(duration, timestamp)
-
-    def last_poll(self, model: str) -> PollInfo | None:
-        """Timing of the model's last successful poll while ready."""
-        return self._polls.get(model)
-
-    def set_props(self, model: str, props: dict[str, Any]) -> None:
-        """Keep the /props answer of the running instance."""
-        self._props[model] = props
-
-    def props(self, model: str) -> dict[str, Any] | None:
-        """The /props answer of the running instance, if read."""
-        return self._props.get(model)
 
 
 class _ReadError(Exception):
@@ -177,6 +55,9 @@ class _Watch:
     status: InstanceStatus
     task: asyncio.Task[None]
     client: KeepAliveClient  # one kept-alive connection per instance
+    idle: bool = False  # the last full read found nothing to do (see pollrate)
+    last_read: float = -math.inf  # monotonic time of the last full read
+    cpu: float | None = None  # the process's CPU seconds at the last tick
     idle_slots: list[SlotSample] | None = None  # last /slots read, if no slot was processing
     metrics: tuple[str, dict[str, float]] = ("", {})  # last used /metrics lines, parsed
 
@@ -198,13 +79,15 @@ class Poller:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        in_flight: Callable[[str], int] | None = None,
     ) -> None:
+        """in_flight: requests the gateway has running for a model (read idle ones now)."""
         self._config = config
         self._store = store
+        self._in_flight = in_flight
         self._clock = clock
         self._monotonic = monotonic
         self._watches: dict[str, _Watch] = {}
-        self._processes: dict[int, psutil.Process] = {}
         self._host_task: asyncio.Task[None] | None = None
         self._host_cpu: tuple[float, float] | None = None
         self._cpu_count = os.cpu_count() or 1
@@ -253,8 +136,6 @@ class Poller:
         if watch is not None:
             watch.task.cancel()
             watch.client.close()
-            if watch.status.pid is not None:
-                self._processes.pop(watch.status.pid, None)
         self._store.drop(model)
 
     async def _run(self, status: InstanceStatus) -> None:
@@ -274,7 +155,9 @@ class Poller:
             try:
                 if not have_props:
                     have_props = await self._read_props(watch)
-                await self._poll_once(watch, deriver)
+                if self._read_now(watch):
+                    watch.last_read = self._monotonic()
+                    await self._poll_once(watch, deriver)
                 failing = False
             except Exception:  # a bug must not end polling (CancelledError is not caught)
                 log.log(
@@ -284,6 +167,7 @@ class Poller:
                     exc_info=True,
                 )
                 failing = True
+                watch.idle = False
                 self._store.record_error(model, "poll", "internal")
                 watch.idle_slots = None  # read /slots again next time
                 self._store.discard_latest(model)  # never export stale live values
@@ -312,6 +196,7 @@ class Poller:
     async def _poll_once(self, watch: _Watch, deriver: ModelDeriver) -> None:
         """/metrics first, then /slots (see TokenCounter), then psutil; publish if both read."""
         status = watch.status
+        watch.idle = False  # until a published snapshot says so
         started = self._monotonic()
         values: dict[str, float] | None = None
         slots: list[SlotSample] | None = None
@@ -350,12 +235,31 @@ class Poller:
         if values is None or slots is None:
             return
         process = self._sample_process(status.pid)
+        watch.cpu = process.cpu_seconds if process is not None else None
         now = self._clock()
         snapshot = deriver.update(values, slots, now, process)
         if self._watches.get(status.model) is None:
             return
         self._store.record_poll(status.model, self._monotonic() - started, now)
+        watch.idle = is_idle(snapshot)
         self._store.publish(snapshot)
+
+    def _read_now(self, watch: _Watch) -> bool:
+        """This tick's choice (pollrate.read_now), sampling an idle process's CPU time."""
+        cpu_used = None
+        if watch.idle:
+            previous, watch.cpu = watch.cpu, self._cpu_seconds(watch.status.pid)
+            if previous is not None and watch.cpu is not None:
+                cpu_used = watch.cpu - previous
+        poll = self._config.poll
+        return read_now(
+            idle=watch.idle,
+            since_read=self._monotonic() - watch.last_read,
+            interval=poll.interval,
+            idle_interval=poll.idle_interval,
+            cpu_used=cpu_used,
+            in_flight=self._in_flight(watch.status.model) if self._in_flight else 0,
+        )
 
     async def _get(self, watch: _Watch, endpoint: str) -> bytes:
         """GET /endpoint of the instance; raise _ReadError(timeout|connect|parse|http_<status>)."""
@@ -372,21 +276,20 @@ class Poller:
             raise _ReadError(f"http_{response.status}")
         return response.body
 
+    def _cpu_seconds(self, pid: int | None) -> float | None:
+        """CPU seconds (user + system) of the instance's process, None if unknown."""
+        sampled = self._sample_process(pid)
+        return sampled.cpu_seconds if sampled is not None else None
+
     def _sample_process(self, pid: int | None) -> ProcessSample | None:
         """CPU seconds and RSS of the instance's process (None when it cannot be read)."""
         if pid is None:
             return None
         try:
-            process = self._processes.get(pid)
-            if process is None:
-                process = self._processes[pid] = psutil.Process(pid)
-            with process.oneshot():
-                cpu = process.cpu_times()
-                rss = process.memory_info().rss
-        except (psutil.Error, OSError):
-            self._processes.pop(pid, None)
+            cpu, rss = procstat.sample(pid)
+        except procstat.ProcessGone:
             return None
-        return ProcessSample(cpu.user + cpu.system, rss, self._cpu_count)
+        return ProcessSample(cpu, rss, self._cpu_count)
 
     async def _host_loop(self) -> None:
         interval = max(0.01, self._config.poll.interval)

@@ -62,7 +62,7 @@ def make_config(
         restart=RestartPolicy(max_retries=2, backoff_initial=0.2, backoff_max=1),
         models=tuple(entries),
         state_dir=tmp_path / "state",
-        poll=PollConfig(interval=0.2, timeout=0.5, history=10),
+        poll=PollConfig(interval=0.2, timeout=0.5, history=10, idle_interval=0.0),
         api_token=token,
     )
 

@@ -93,7 +93,7 @@ model_dirs: [models]
 defaults: {ctx_size: 8192, parallel: 4, args: ["--threads", 2]}
 state_dir: ~/state
 targets: {directory: /srv/targets, labels: {env: lab}, address: 10.0.0.1}
-poll: {interval: 2, timeout: 1.5, history: 60}
+poll: {interval: 2, timeout: 1.5, history: 60, idle_interval: 0}
 api_token: from-file
 models:
   - name: gemma
@@ -150,7 +150,7 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         ),
         state_dir=home / "state",
         targets=TargetsConfig(Path("/srv/targets"), {"env": "lab"}, "10.0.0.1"),
-        poll=PollConfig(2.0, 1.5, 60),
+        poll=PollConfig(2.0, 1.5, 60, idle_interval=0.0),
         api_token="from-file",
     )
     assert config.log_dir == home / "state" / "logs"
@@ -362,6 +362,7 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("websocket_max_clients: 0\n", "websocket_max_clients", "must be a positive integer"),
     ("poll: {interval: 0}\n", "poll.interval", "more than 0 seconds"),
     ("poll: {history: 0}\n", "poll.history", "must be a positive integer, got 0"),
+    ("poll: {idle_interval: -1}\n", "poll.idle_interval", "must be 0 or more seconds"),
     ("restart: {backoff_initial: 10, backoff_max: 5}\n", "restart.backoff_max", "less than"),
     ("restart: {enabled: yes please}\n", "restart.enabled", "true or false"),
     ("restart: {max_retries: -1}\n", "restart.max_retries", "must be an integer >= 0"),

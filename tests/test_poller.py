@@ -36,9 +36,14 @@ def ready(model: str, port: int | None, *, api_key: str | None = None) -> Instan
     )
 
 
-def config(interval: float = 0.1, timeout: float = 0.5, history: int = 120) -> Config:
-    """A config with a fast poll."""
-    return Config(source=None, poll=PollConfig(interval=interval, timeout=timeout, history=history))
+def config(
+    interval: float = 0.1, timeout: float = 0.5, history: int = 120, idle_interval: float = 0.0
+) -> Config:
+    """A config with a fast poll (idle instances too, unless idle_interval is given)."""
+    poll = PollConfig(
+        interval=interval, timeout=timeout, history=history, idle_interval=idle_interval
+    )
+    return Config(source=None, poll=poll)
 
 
 async def wait_for(predicate: Callable[[], bool], limit: float = 10.0) -> None:
