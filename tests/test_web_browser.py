@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from browser import Browser, chromium, require_chromium, severe
 from cutproxy import CutProxy
+from promstack import free_port
 from service_proc import ServiceProcess, http_json, start_service
 
 pytestmark = [pytest.mark.real, pytest.mark.browser]
@@ -90,24 +91,30 @@ def page(
         "poll": {"interval": 1.0},
         "models": [{"name": A, **model}, {"name": B, **model}],
     }
-    service = start_service(tmp / "service", config)
-    try:
-        with CutProxy(service.port) as proxy, chromium(tmp / "chromium") as browser:
-            browser.driver.get(proxy.url + "/")
-            result = Page(service, proxy, browser)
-            browser.wait("both model cards", lambda: result.badge(A) and result.badge(B))
-            yield result
-    finally:
-        code = service.stop()
+    port = free_port()
+    with CutProxy(port) as proxy:
+        # The browser names the proxy in Host and Origin: the service must accept that name
+        # (otherwise 421, as for any name it does not know: DNS rebinding protection).
+        config["allowed_hosts"] = [f"127.0.0.1:{proxy.port}"]
+        service = start_service(tmp / "service", config, port=port)
+        try:
+            with chromium(tmp / "chromium") as browser:
+                browser.driver.get(proxy.url + "/")
+                result = Page(service, proxy, browser)
+                browser.wait("both model cards", lambda: result.badge(A) and result.badge(B))
+                yield result
+        finally:
+            code = service.stop()
     assert code == 0, service.log()[-3000:]
 
 
 class Generation(threading.Thread):
     """A streamed completion on the real llama-server, ended early by stop()."""
 
-    def __init__(self, port: int, n_predict: int = 1500) -> None:
+    def __init__(self, port: int, *, model: str | None = None, n_predict: int = 1500) -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.model = model  # set: through the service's OpenAI gateway on `port`
         self.n_predict = n_predict
         self.first_token_at: float | None = None
         self.chunks = 0
@@ -116,18 +123,19 @@ class Generation(threading.Thread):
         self._conn: http.client.HTTPConnection | None = None
 
     def run(self) -> None:
-        body = {
+        body: dict[str, Any] = {
             "prompt": PROMPT,
-            "n_predict": self.n_predict,
             "ignore_eos": True,
             "stream": True,
             "cache_prompt": False,
         }
+        if self.model is None:
+            path, body["n_predict"] = "/completion", self.n_predict
+        else:
+            path, body["max_tokens"], body["model"] = "/v1/completions", self.n_predict, self.model
         try:
             self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self._conn.request(
-                "POST", "/completion", json.dumps(body), {"Content-Type": "application/json"}
-            )
+            self._conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
             resp = self._conn.getresponse()
             assert resp.status == 200, resp.read()
             while not self._halt.is_set():
@@ -202,7 +210,8 @@ def test_generation_moves_the_cards_and_the_charts(page: Page) -> None:
     began = time.time()
     rects_before = _card_rects(page)
     port = page.service.status(A)["port"]
-    runs = [Generation(port), Generation(port)]
+    # One request straight to the instance, one through the service's OpenAI gateway.
+    runs = [Generation(port), Generation(page.service.port, model=A)]
     for run in runs:
         run.start()
     try:
@@ -231,6 +240,10 @@ def test_generation_moves_the_cards_and_the_charts(page: Page) -> None:
         assert tpt.endswith((" ms", " s")), tpt
         assert int(page.attr("#chart-tps", "data-points") or 0) >= 2
         page.browser.wait("host values", lambda: page.text("#host-mem") != DASH)
+        # The gateway's view: the request it carries, in the cards' row and on the model.
+        page.browser.wait("gateway in flight", lambda: page.text("#gw-in-flight") == "1")
+        assert page.attr("#gateway-stats", "hidden") is None
+        assert page.text("#gateway-queue-length") == "0"
         assert page.text("#proc-rss").endswith("MB")
         # Values changed from dashes to numbers: nothing on the page moved.
         assert _card_rects(page) == rects_before
