@@ -191,14 +191,15 @@ def look(browser: Browser, began: float) -> Sample:
 
 
 def soak(browser: Browser, url: str, count: int, minutes: float, every: float) -> list[Sample]:
-    """Keep the monitoring view open for `minutes`, switching model every minute."""
+    """Keep the monitoring view open for `minutes`, switching model once a minute."""
     driver = browser.driver
     driver.execute_cdp_cmd("Performance.enable", {})
     driver.get(url + "/#monitor/m0")
     browser.wait("charts", lambda: browser.js("return document.querySelector('.u-wrap') !== null;"))
     began = time.monotonic()
     samples = [look(browser, began)]
-    next_look, next_switch, switches = began + every, began + 60, 0
+    # Switches fall between looks (at 75 s, 135 s, ...), so no look lands on a refill.
+    next_look, next_switch, switches = began + every, began + 60 + every / 2, 0
     while next_look <= began + minutes * 60 + 0.5:
         time.sleep(max(0.0, min(next_look, next_switch) - time.monotonic()))
         if time.monotonic() >= next_switch:  # exercise refills: the next model once a minute

@@ -54,7 +54,8 @@ if [[ $with_test == 1 ]]; then
         say "installing chromium and chromium-driver (Debian packages, for the page's browser tests)"
         export DEBIAN_FRONTEND=noninteractive
         apt-get update -qq
-        apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-liberation >/dev/null
+        "$ROOT/scripts/without_daemons.sh" apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver fonts-liberation >/dev/null
     fi
 fi
 
