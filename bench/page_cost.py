@@ -163,6 +163,7 @@ class Sample:
     points: tuple[int, int, int]
     newest_age: float  # seconds between now and the newest sample on the charts
     model: str
+    timing_entries: int  # the browser's resource timing buffer (one entry per request)
 
 
 def look(browser: Browser, began: float) -> Sample:
@@ -176,7 +177,8 @@ def look(browser: Browser, began: float) -> Sample:
         "const p = (id) => Number(document.getElementById(id).dataset.points || 0);"
         "const v = document.getElementById('view-monitor');"
         "return [p('chart-tps'), p('chart-ctx'), p('chart-slots'),"
-        "        Number(v.dataset.newest || 0), document.getElementById('monitor-model').value];"
+        "        Number(v.dataset.newest || 0), document.getElementById('monitor-model').value,"
+        "        performance.getEntriesByType('resource').length];"
     )
     return Sample(
         seconds=time.monotonic() - began,
@@ -187,6 +189,7 @@ def look(browser: Browser, began: float) -> Sample:
         points=(int(info[0]), int(info[1]), int(info[2])),
         newest_age=time.time() - float(info[3]) if info[3] else float("nan"),
         model=str(info[4]),
+        timing_entries=int(info[5]),
     )
 
 
@@ -279,12 +282,13 @@ def report(
         f"page / baseline {med_page / med_base:.1f}x",
         f"soak: {args.models} models, every slot generating ({requests} requests), "
         f"{args.minutes:g} min at 1 Hz, model switched every minute:",
-        "  minute  heap used MB  DOM nodes  listeners  chart points (tps, ctx, slots)",
+        "  minute  heap used MB  DOM nodes  listeners  timing entries  chart points "
+        "(tps, ctx, slots)",
     ]
     for s in samples:
         lines.append(
             f"  {s.seconds / 60:6.1f}  {s.heap_used_mb:12.2f}  {s.dom_nodes:9d}  "
-            f"{s.listeners:9d}  {s.points}"
+            f"{s.listeners:9d}  {s.timing_entries:14d}  {s.points}"
         )
     warm = [s for s in samples if s.seconds >= 60] or samples
     first, last = warm[0], samples[-1]

@@ -200,3 +200,11 @@ def test_every_page_file_ships_in_the_package() -> None:
     assert {f"static/{name}" for name in load_assets()} <= {
         p.relative_to(package).as_posix() for p in shipped
     }
+
+
+def test_every_module_is_preloaded() -> None:
+    """The page names each module up front, so the browser fetches them in parallel."""
+    parser = _Inline()
+    parser.feed((STATIC_DIR / "index.html").read_text())
+    modules = {f"/ui/js/{p.name}" for p in (STATIC_DIR / "js").glob("*.js")}
+    assert modules - {"/ui/js/main.js"} <= set(parser.refs)

@@ -198,6 +198,10 @@ function route() {
 
 async function main() {
   window.addEventListener("hashchange", route);
+  // The page polls for as long as it is open: keep the browser's timing record of
+  // those requests small instead of letting it grow to its default 250 entries.
+  performance.setResourceTimingBufferSize(50);
+  performance.addEventListener("resourcetimingbufferfull", () => performance.clearResourceTimings());
   setInterval(() => models.tick(), 1000);
   setInterval(refreshModels, MODELS_EVERY_MS);
   await refreshModels(); // asks for the token first, if the service needs one
