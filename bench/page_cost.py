@@ -293,11 +293,20 @@ def report(
     warm = [s for s in samples if s.seconds >= 60] or samples
     first, last = warm[0], samples[-1]
     most = max(max(s.points) for s in samples)
+    late = [s for s in samples if s.seconds >= 180]  # past the start-up growth
+    slope = (
+        statistics.linear_regression(
+            [s.seconds / 60 for s in late], [s.heap_used_mb for s in late]
+        ).slope
+        if len(late) >= 3
+        else float("nan")
+    )
     lines += [
         f"  heap after GC: {first.heap_used_mb:.2f} MB at {first.seconds / 60:.1f} min, "
         f"{last.heap_used_mb:.2f} MB at {last.seconds / 60:.1f} min "
         f"(ratio {last.heap_used_mb / first.heap_used_mb:.2f}); "
-        f"max {max(s.heap_used_mb for s in warm):.2f} MB",
+        f"max {max(s.heap_used_mb for s in warm):.2f} MB; trend from minute 3 on "
+        f"{slope * 1000:+.1f} kB/min (least squares)",
         f"  DOM nodes {first.dom_nodes} -> {last.dom_nodes}; listeners "
         f"{first.listeners} -> {last.listeners}",
         f"  chart points never above {most} (a 60 s window at 1 Hz holds at most 61)",
