@@ -31,10 +31,12 @@ MODEL_UID = "llama-model"
 DATASOURCE_UID = "llama-prometheus"  # grafana/provisioning/datasources/prometheus.yml
 DS: Json = {"type": "prometheus", "uid": "${datasource}"}
 TOKENS_PER_SECOND = "suffix: tok/s"
+HOST_MODEL = "{{host}} {{model}}"  # legend: a model name can repeat across hosts
 REFRESH_INTERVALS = ["1s", "5s", "10s", "30s", "1m", "5m"]
 
 # Values panel_queries() gives Grafana's built-in variables unless told otherwise.
 DEFAULT_VARIABLES: dict[str, str] = {
+    "host": ".*",  # "All"
     "__rate_interval": "1m",
     "__interval": "1s",
     "__range": "15m",
@@ -250,64 +252,102 @@ def dashboard(uid: str, title: str, panels: list[Json], variables: list[Json]) -
 # ---------------------------------------------------------------------------- dashboards
 
 
+def host_variable(*, multi: bool) -> Json:
+    """The ${host} variable: the service's host_label (docs/FLEET.md), "All" by default."""
+    query = "label_values(llama_exporter_instance_state, host)"
+    return {
+        "type": "query",
+        "name": "host",
+        "label": "Host",
+        "datasource": DS,
+        "query": query,
+        "definition": query,
+        "refresh": 2,
+        "sort": 1,
+        "includeAll": True,
+        "allValue": ".*",  # also matches series without a host label (older services)
+        "multi": multi,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "hide": 0,
+        "regex": "",
+    }
+
+
 def overview() -> Json:
-    """Every model at a glance, with a link per model to the model dashboard."""
+    """Every model on every chosen host at a glance, with a link to each model's dashboard."""
     lay = Layout()
-    per_model = "by (model)"
+    h = '{host=~"$host"}'
+    per_model = "by (host, model)"
     model_link = (
-        f"/d/{MODEL_UID}/llama-model?var-model=${{__value.raw}}"
+        f"/d/{MODEL_UID}/llama-model?var-host=${{__data.fields.host}}&var-model=${{__value.raw}}"
         "&${datasource:queryparam}&${__url_time_range}"
     )
     panels = [
         stat(lay, "Instances running", "Instances counted against the parallel cap "
-             "(starting, ready, stopping, back-off).", "none",
-             [target("llama_exporter_instances_running")]),
-        stat(lay, "Parallel cap", "Most instances the service runs at once; more starts "
-             "are refused (429).", "none", [target("llama_exporter_instances_max")]),
-        stat(lay, "Tokens/s (all models)", "Tokens generated per second over all models, "
-             "live (includes requests in flight).", TOKENS_PER_SECOND,
-             [target("sum(rate(llama_exporter_tokens_generated_total[$__rate_interval]))")],
+             "(starting, ready, stopping, back-off), over the chosen hosts.", "none",
+             [target(f"sum(llama_exporter_instances_running{h})")]),
+        stat(lay, "Parallel cap", "Most instances the chosen hosts run at once (the sum of "
+             "their caps); more starts are refused (429).", "none",
+             [target(f"sum(llama_exporter_instances_max{h})")]),
+        stat(lay, "Tokens/s (all models)", "Tokens generated per second over all models of "
+             "the chosen hosts, live (includes requests in flight).", TOKENS_PER_SECOND,
+             [target(f"sum(rate(llama_exporter_tokens_generated_total{h}[$__rate_interval]))")],
              decimals=1),
-        stat(lay, "Host CPU", "Share of the whole host's CPU in use.", "percentunit",
-             [target("llama_exporter_host_cpu_utilization_ratio")],
+        stat(lay, "Host CPU", "Share of each host's CPU in use.", "percentunit",
+             [target(f"max by (host) (llama_exporter_host_cpu_utilization_ratio{h})",
+                     "{{host}}")],
              steps=thresholds((None, "green"), (0.9, "orange"))),
-        stat(lay, "Host memory used", "Host memory in use (of the total).", "bytes",
-             [target("llama_exporter_host_memory_used_bytes", "used"),
-              target("llama_exporter_host_memory_total_bytes", "total")],
+        stat(lay, "Host memory used", "Memory in use and in total over the chosen hosts.",
+             "bytes",
+             [target(f"sum(llama_exporter_host_memory_used_bytes{h})", "used"),
+              target(f"sum(llama_exporter_host_memory_total_bytes{h})", "total")],
              text_mode="value_and_name"),
-        stat(lay, "Alerts firing", "llama alerts firing now (see docs/OBSERVABILITY.md).",
-             "none", [target('count(ALERTS{alertstate="firing",alertname=~"Llama.*"}) '
-                             "or vector(0)")],
+        stat(lay, "Alerts firing", "llama alerts firing now on the chosen hosts (see "
+             "docs/OBSERVABILITY.md).", "none",
+             [target('count(ALERTS{alertstate="firing",alertname=~"Llama.*",host=~"$host"}) '
+                     "or vector(0)")],
              steps=thresholds((None, "green"), (1, "red"))),
+        stat(lay, "Models running per host", "Fleet: models ready on each host.", "none",
+             [target(f"count by (host) (llama_exporter_instance_up{h} == 1)", "{{host}}")],
+             size=(12, 4), text_mode="value_and_name"),
+        stat(lay, "Tokens/s per host", "Fleet: tokens generated per second on each host, "
+             "all its models, live.", TOKENS_PER_SECOND,
+             [target(f"sum by (host) (rate(llama_exporter_tokens_generated_total{h}"
+                     "[$__rate_interval]))", "{{host}}")],
+             size=(12, 4), text_mode="value_and_name", decimals=1),
         panel(
             lay, "table", "Models",
-            "One row per known model: state, live tokens/s, context in use, busy slots, "
+            "One row per model and host: state, live tokens/s, context in use, busy slots, "
             "restarts and refused starts since the service started, CPU and memory. "
             "Click a model for its dashboard.",
             "none",
             [
-                target("max by (model, state) (llama_exporter_instance_state == 1)", table=True),
-                target(f"sum {per_model} (rate(llama_exporter_tokens_generated_total"
+                target(f"max by (host, model, state) (llama_exporter_instance_state{h} == 1)",
+                       table=True),
+                target(f"sum {per_model} (rate(llama_exporter_tokens_generated_total{h}"
                        "[$__rate_interval]))", table=True),
-                target(f"max {per_model} (llama_exporter_context_used_ratio)", table=True),
-                target(f"max {per_model} (llama_exporter_slots_busy)", table=True),
-                target(f"max {per_model} (llama_exporter_slots)", table=True),
-                target(f"max {per_model} (llama_exporter_instance_restarts_total)", table=True),
-                target(f"max {per_model} (llama_exporter_instance_start_rejected_total)",
+                target(f"max {per_model} (llama_exporter_context_used_ratio{h})", table=True),
+                target(f"max {per_model} (llama_exporter_slots_busy{h})", table=True),
+                target(f"max {per_model} (llama_exporter_slots{h})", table=True),
+                target(f"max {per_model} (llama_exporter_instance_restarts_total{h})",
                        table=True),
-                target(f"max {per_model} (llama_exporter_process_cpu_utilization_ratio)",
+                target(f"max {per_model} (llama_exporter_instance_start_rejected_total{h})",
                        table=True),
-                target(f"max {per_model} (llama_exporter_process_resident_memory_bytes)",
+                target(f"max {per_model} (llama_exporter_process_cpu_utilization_ratio{h})",
+                       table=True),
+                target(f"max {per_model} (llama_exporter_process_resident_memory_bytes{h})",
                        table=True),
             ],
             size=(24, 9),
-            options={"showHeader": True, "sortBy": [{"displayName": "model", "desc": False}]},
+            options={"showHeader": True, "sortBy": [{"displayName": "host", "desc": False}]},
             transformations=[
                 {"id": "merge", "options": {}},
                 {
                     "id": "organize",
                     "options": {
                         "excludeByName": {"Time": True, "Value #A": True},
+                        "indexByName": {"host": 0, "model": 1, "state": 2},
                         "renameByName": {
                             "Value #B": "tokens/s",
                             "Value #C": "context used",
@@ -339,50 +379,57 @@ def overview() -> Json:
                  "properties": [{"id": "unit", "value": "bytes"}]},
             ],
         ),
-        timeseries(lay, "Tokens per second", "Generated tokens/s per model, live from the "
-                   "service's exact counter (completed + in flight).", TOKENS_PER_SECOND,
-                   [target("sum by (model) (rate(llama_exporter_tokens_generated_total"
-                           "[$__rate_interval]))", "{{model}}")]),
+        timeseries(lay, "Tokens per second", "Generated tokens/s per model and host, live "
+                   "from the service's exact counter (completed + in flight).",
+                   TOKENS_PER_SECOND,
+                   [target(f"sum {per_model} (rate(llama_exporter_tokens_generated_total{h}"
+                           "[$__rate_interval]))", HOST_MODEL)]),
         timeseries(lay, "Context used", "Share of each model's context (all slots) in use; "
                    "above 80% a slot is close to shifting or truncating.", "percentunit",
-                   [target("max by (model) (llama_exporter_context_used_ratio)", "{{model}}")],
+                   [target(f"max {per_model} (llama_exporter_context_used_ratio{h})",
+                           HOST_MODEL)],
                    maximum=1),
-        timeseries(lay, "Busy slots", "Slots processing a request, per model.", "none",
-                   [target("max by (model) (llama_exporter_slots_busy)", "{{model}}")],
+        timeseries(lay, "Busy slots", "Slots processing a request, per model and host.",
+                   "none",
+                   [target(f"max {per_model} (llama_exporter_slots_busy{h})", HOST_MODEL)],
                    stepped=True),
         timeseries(lay, "Requests waiting", "Requests queued in llama-server because every "
                    "slot is busy.", "none",
-                   [target("max by (model) (llama_exporter_requests_waiting)", "{{model}}")],
+                   [target(f"max {per_model} (llama_exporter_requests_waiting{h})",
+                           HOST_MODEL)],
                    stepped=True),
         timeseries(lay, "Restarts", "Automatic restarts after a crash or hang, per "
                    "$__rate_interval window.", "none",
-                   [target("sum by (model) (increase(llama_exporter_instance_restarts_total"
-                           "[$__rate_interval]))", "{{model}}")], bars=True),
+                   [target(f"sum {per_model} (increase(llama_exporter_instance_restarts_total"
+                           f"{h}[$__rate_interval]))", HOST_MODEL)], bars=True),
         timeseries(lay, "Rejected starts", "Starts refused because the parallel cap was "
                    "reached, per $__rate_interval window.", "none",
-                   [target("sum by (model) (increase("
-                           "llama_exporter_instance_start_rejected_total[$__rate_interval]))",
-                           "{{model}}")], bars=True),
-        timeseries(lay, "Process CPU", "Each llama-server's share of the whole host's CPU.",
+                   [target(f"sum {per_model} (increase("
+                           f"llama_exporter_instance_start_rejected_total{h}[$__rate_interval]))",
+                           HOST_MODEL)], bars=True),
+        timeseries(lay, "Process CPU", "Each llama-server's share of its host's CPU.",
                    "percentunit",
-                   [target("max by (model) (llama_exporter_process_cpu_utilization_ratio)",
-                           "{{model}}")]),
+                   [target(f"max {per_model} (llama_exporter_process_cpu_utilization_ratio{h})",
+                           HOST_MODEL)]),
         timeseries(lay, "Process memory", "Each llama-server's resident memory (RSS).",
                    "bytes",
-                   [target("max by (model) (llama_exporter_process_resident_memory_bytes)",
-                           "{{model}}")]),
+                   [target(f"max {per_model} (llama_exporter_process_resident_memory_bytes{h})",
+                           HOST_MODEL)]),
         timeseries(lay, "Instances up", "1 while the service reports the model ready.",
-                   "none", [target("max by (model) (llama_exporter_instance_up)", "{{model}}")],
+                   "none",
+                   [target(f"max {per_model} (llama_exporter_instance_up{h})", HOST_MODEL)],
                    stepped=True, maximum=1, size=(24, 6)),
     ]  # fmt: skip
-    return dashboard(OVERVIEW_UID, "llama: overview", panels, [datasource_variable()])
+    return dashboard(
+        OVERVIEW_UID, "llama: overview", panels, [datasource_variable(), host_variable(multi=True)]
+    )
 
 
 def model_dashboard() -> Json:
-    """One model in detail; the model is the $model variable."""
+    """One model on one host in detail: the $host and $model variables."""
     lay = Layout()
-    m = '{model="$model"}'
-    srv = '{job="llama-server",model="$model"}'
+    m = '{host=~"$host",model="$model"}'
+    srv = '{job="llama-server",host=~"$host",model="$model"}'
     up_mapping = [
         {
             "type": "value",
@@ -473,7 +520,8 @@ def model_dashboard() -> Json:
         timeseries(lay, "Process CPU", "llama-server's share of the whole host's CPU.",
                    "percentunit",
                    [target(f"llama_exporter_process_cpu_utilization_ratio{m}", "llama-server"),
-                    target("llama_exporter_host_cpu_utilization_ratio", "host")], maximum=1),
+                    target('llama_exporter_host_cpu_utilization_ratio{host=~"$host"}', "host")],
+                   maximum=1),
         timeseries(lay, "Process memory", "llama-server's resident memory (RSS).", "bytes",
                    [target(f"llama_exporter_process_resident_memory_bytes{m}", "RSS")]),
         timeseries(lay, "Instance up", "Ready: the service's view. Scraped: Prometheus's "
@@ -498,8 +546,8 @@ def model_dashboard() -> Json:
         "name": "model",
         "label": "Model",
         "datasource": DS,
-        "query": "label_values(llama_exporter_instance_state, model)",
-        "definition": "label_values(llama_exporter_instance_state, model)",
+        "query": 'label_values(llama_exporter_instance_state{host=~"$host"}, model)',
+        "definition": 'label_values(llama_exporter_instance_state{host=~"$host"}, model)',
         "refresh": 2,
         "sort": 1,
         "includeAll": False,
@@ -509,7 +557,11 @@ def model_dashboard() -> Json:
         "hide": 0,
         "regex": "",
     }
-    return dashboard(MODEL_UID, "llama: model", panels, [datasource_variable(), model_variable])
+    # One host at a time (no "All"): every panel describes a single llama-server.
+    host = {**host_variable(multi=False), "includeAll": False, "current": {}}
+    return dashboard(
+        MODEL_UID, "llama: model", panels, [datasource_variable(), host, model_variable]
+    )
 
 
 DASHBOARDS: dict[str, Callable[[], Json]] = {

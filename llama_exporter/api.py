@@ -342,11 +342,10 @@ async def model_metrics(request: web.Request) -> web.Response:
 async def targets(request: web.Request) -> web.Response:
     """Prometheus HTTP service discovery: one target group per ready instance."""
     config = request.app[CONFIG]
-    tcfg = config.targets
     groups = render_file_sd(
         request.app[SUPERVISOR].statuses(),
-        labels=dict(tcfg.labels) if tcfg else {},
-        address=tcfg.address if tcfg else None,
+        labels=config.target_labels,
+        address=config.targets.address if config.targets else None,
     )
     return web.json_response(groups)
 

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from llama_exporter import api, auth, guard
 from llama_exporter import web as page
-from llama_exporter.collector import StartDurationHistogram, build_registry
+from llama_exporter.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
 from llama_exporter.gateway import Gateway
@@ -55,11 +55,13 @@ def create_app(
             api.error_middleware,
             guard.guard_middleware(policy, api.refusal_response),
             auth.auth_middleware(tokens, api.refusal_response),
-        ]
+        ],
+        # Gateway bodies may be larger than aiohttp's 1 MiB default (gateway.max_body_bytes).
+        client_max_size=max(1024**2, config.gateway.max_body_bytes + 1),
     )
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
-    histogram = StartDurationHistogram()
+    histogram = StartDurationHistogram(host=config.host_label)
     supervisor = Supervisor(
         config,
         registry.model_source(),
@@ -70,9 +72,8 @@ def create_app(
     store = MetricsStore(config.poll.history)
     gateway = Gateway(config, supervisor)
     hub = WebSocketHub(max_clients=config.websocket_max_clients)
-    labels = dict(config.targets.labels) if config.targets else {}
     address = config.targets.address if config.targets else None
-    targets = TargetsWriter(config.targets_dir, labels, address, supervisor.statuses)
+    targets = TargetsWriter(config.targets_dir, config.target_labels, address, supervisor.statuses)
 
     app[api.CONFIG] = config
     app[api.REGISTRY] = registry
@@ -89,8 +90,9 @@ def create_app(
         running=lambda: supervisor.running_count,
         cap=lambda: supervisor.cap,
         histogram=histogram,
+        host=config.host_label,
     )
-    app[api.METRICS].register(gateway.metrics)
+    app[api.METRICS].register(WithHost(gateway.metrics, config.host_label))
     api.add_routes(app)
     gateway.add_routes(app)
     page.add_routes(app)

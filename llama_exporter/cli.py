@@ -120,7 +120,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     names = ", ".join(m.name for m in config.models) or "none"
     print(
         f"{args.file}: OK ({len(config.models)} model(s): {names}; cap {config.max_parallel}; "
-        f"llama-server {config.llama_server})"
+        f"host label {config.host_label}; llama-server {config.llama_server})"
     )
     return 0
 

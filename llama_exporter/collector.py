@@ -40,6 +40,7 @@ from llama_exporter.families import (
     TASKS,
     TOKENS_PART,
     Family,
+    Labels,
     ModelInfo,
     Part,
     Prefixes,
@@ -71,7 +72,8 @@ class StartDurationHistogram(Collector):
     NAME = f"{PREFIX}instance_start_duration_seconds"
     DOC = "Seconds from spawn to /health 200."
 
-    def __init__(self, buckets: Sequence[float] = START_BUCKETS) -> None:
+    def __init__(self, buckets: Sequence[float] = START_BUCKETS, host: str | None = None) -> None:
+        self._const = [] if host is None else [host]
         self._bounds = sorted(float(b) for b in buckets if math.isfinite(b))
         self._counts: dict[str, list[int]] = {}  # per bucket, not cumulative; last is +Inf
         self._sums: dict[str, float] = {}
@@ -92,12 +94,13 @@ class StartDurationHistogram(Collector):
         self._text.pop(model, None)
 
     def _family(self, models: Iterable[str]) -> HistogramMetricFamily:
-        family = HistogramMetricFamily(self.NAME, self.DOC, labels=["model"])
+        names = [*(["host"] if self._const else []), "model"]
+        family = HistogramMetricFamily(self.NAME, self.DOC, labels=names)
         for model in models:
             cumulative = list(itertools.accumulate(self._counts[model]))
             bounds = [*map(value_text, self._bounds), "+Inf"]
             family.add_metric(
-                [model], list(zip(bounds, cumulative, strict=True)), self._sums[model]
+                [*self._const, model], list(zip(bounds, cumulative, strict=True)), self._sums[model]
             )
         return family
 
@@ -136,7 +139,11 @@ class LlamaCollector(Collector):
         models: Callable[[], Sequence[ModelInfo]],
         running: Callable[[], int],
         cap: Callable[[], int],
+        host: str | None = None,
     ) -> None:
+        # The host label is on the series themselves (not only a Prometheus target
+        # label), so a reader of /metrics without our service discovery sees the machine.
+        self._const: Labels = () if host is None else (("host", host),)
         self._store = store
         self._statuses = statuses
         self._counters = counters
@@ -192,15 +199,17 @@ class LlamaCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """All families (no I/O: everything was read by the poller and the supervisor)."""
-        metrics = {family: family.metric() for family in ORDER}
+        names = [name for name, _ in self._const]
+        const = [value for _, value in self._const]
+        metrics = {family: family.metric(names) for family in ORDER}
         for model, keys in self._keys():
             for part, key in zip(PARTS, keys, strict=True):
                 for family, rows in zip(part.families, part.rows(model, key), strict=True):
                     for labels, value in rows:
-                        metrics[family].add_metric(list(labels), value)
+                        metrics[family].add_metric([*const, *labels], value)
         for family, metric in metrics.items():
             for labels, value in self._global(family) or ():
-                metric.add_metric(list(labels), value)
+                metric.add_metric([*const, *labels], value)
             yield metric
 
     def _written(self, model: str, part: Part, key: object) -> tuple[str, ...]:
@@ -210,7 +219,7 @@ class LlamaCollector(Collector):
             return cached.text
         rows = part.rows(model, key)
         before = (cached.rows, cached.text) if cached is not None else None
-        text = text_of(part.families, rows, self._prefixes, before)
+        text = text_of(part.families, rows, self._prefixes, before, self._const)
         self._cache[(model, part)] = _Cached(key, rows, text)
         return text
 
@@ -246,8 +255,29 @@ class LlamaCollector(Collector):
             if rows is None:
                 out.append(lines[family])
             else:
-                out.extend(sample(family.exposed, (), value) for _, value in rows)
+                out.extend(sample(family.exposed, self._const, value) for _, value in rows)
         return "".join(out)
+
+
+class WithHost(Collector):
+    """Another collector's families with host="..." added to every sample.
+
+    For collectors that do not know the host (the gateway's): every series the
+    service exports carries it. Costs a copy of each sample per scrape, so our own
+    collectors write the label into their cached text instead.
+    """
+
+    def __init__(self, inner: Collector, host: str) -> None:
+        self._inner = inner
+        self._host = host
+
+    def collect(self) -> Iterator[Metric]:
+        """The inner collector's families, relabelled."""
+        for family in self._inner.collect():
+            family.samples = [
+                s._replace(labels={**s.labels, "host": self._host}) for s in family.samples
+            ]
+            yield family
 
 
 def build_registry(
@@ -259,14 +289,18 @@ def build_registry(
     running: Callable[[], int],
     cap: Callable[[], int],
     histogram: StartDurationHistogram | None = None,
+    host: str | None = None,
 ) -> CollectorRegistry:
     """A registry of our own (never the global one) with the collector and the histogram.
+
+    host: the value of a `host` label on every series (None: no host label); give the
+    histogram the same host.
 
     The collector subscribes to the store, so each new snapshot is written as text
     once, when it is published.
     """
     registry = OrderedRegistry()
-    collector = LlamaCollector(store, statuses, counters, models, running, cap)
+    collector = LlamaCollector(store, statuses, counters, models, running, cap, host)
     store.subscribe(collector.on_snapshot)
     registry.register(collector)
     if histogram is not None:

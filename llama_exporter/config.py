@@ -12,6 +12,7 @@ import ipaddress
 import os
 import re
 import shutil
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,31 @@ DEFAULT_WEBSOCKET_MAX_CLIENTS = 64
 
 def _empty_env() -> Mapping[str, str]:
     return MappingProxyType({})
+
+
+HOST_LABEL_MAX = 128
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+
+
+def validate_host_label(value: str) -> str | None:
+    """Return what is wrong with a host label value, or None when it is valid."""
+    if not value:
+        return "must not be empty"
+    if len(value) > HOST_LABEL_MAX:
+        return f"must be at most {HOST_LABEL_MAX} characters, got {len(value)}"
+    if not _HOST_LABEL_RE.fullmatch(value):
+        bad = "".join(sorted(set(re.sub(r"[A-Za-z0-9._-]", "", value))))
+        # ':' is refused on purpose: the label names a machine, Prometheus's `instance`
+        # already carries host:port.
+        return f"{value!r} contains {bad!r}: use only letters, digits, '.', '_' and '-'"
+    return None
+
+
+def default_host_label(hostname: str | None = None) -> str:
+    """The machine's hostname (or `hostname`), made a valid host label: the default."""
+    raw = socket.gethostname() if hostname is None else hostname
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", raw)[:HOST_LABEL_MAX]
+    return name or "localhost"
 
 
 @dataclass(frozen=True)
@@ -142,6 +168,13 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # web origins (besides our own) that may call the API
     allowed_hosts: tuple[str, ...] = ()  # Host names (besides ours) the service answers to
     gateway: GatewayConfig = GatewayConfig()
+    host_label: str = field(default_factory=default_host_label)  # the `host` label's value
+
+    @property
+    def target_labels(self) -> dict[str, str]:
+        """Labels of every target group handed to Prometheus: the static ones + host."""
+        static = dict(self.targets.labels) if self.targets else {}
+        return {**static, "host": self.host_label}
 
     @property
     def log_dir(self) -> Path:

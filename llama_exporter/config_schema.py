@@ -32,11 +32,13 @@ from llama_exporter.config import (
     TargetsConfig,
     _empty_env,
     _env_token,
+    default_host_label,
     default_state_dir,
     expand_path,
     exposure_error,
     find_managed_flag,
     resolve_llama_server,
+    validate_host_label,
     validate_model_name,
 )
 from llama_exporter.guard import normalise_origin, split_host
@@ -154,6 +156,7 @@ class Parser:
         exposed = exposure_error(host, token, allow_open, file=self.file)
         if exposed is not None:
             raise exposed
+        host_label = self.host_label(top.get("host_label"))
         return Config(
             source=self.file,
             host=host,
@@ -185,7 +188,22 @@ class Parser:
             allowed_origins=self.checked_list(top, "allowed_origins", normalise_origin),
             allowed_hosts=self.checked_list(top, "allowed_hosts", split_host),
             gateway=self.gateway(top.get("gateway")),
+            host_label=host_label,
         )
+
+    def host_label(self, value: object) -> str:
+        if value is None:
+            return default_host_label()
+        if isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool):
+            value = str(value)  # `host_label: 7` is a fine name for box 7
+        if not isinstance(value, str):
+            raise self.error("host_label", f"must be a string, got {_kind(value)}", "quote it")
+        problem = validate_host_label(value)
+        if problem is not None:
+            raise self.error(
+                "host_label", problem, "name the machine as in its hostname, e.g. gpu-box-1"
+            )
+        return value
 
     def token(self, top: Mapping[str, Any], key: str) -> str | None:
         """A token from its environment variable (which wins) or the file."""
@@ -433,6 +451,10 @@ class Parser:
                 raise self.error(
                     key, "'model' is set per instance by the service", "pick another label name"
                 )
+            if label == "host":
+                raise self.error(
+                    key, "'host' is set from the host_label setting", "set host_label instead"
+                )
         directory = raw.get("directory")
         address = raw.get("address")
         return TargetsConfig(
@@ -475,6 +497,7 @@ _TOP_KEYS = (
     "targets",
     "poll",
     "api_token",
+    "host_label",
     "scrape_token",
     "allow_unauthenticated",
     "allowed_origins",

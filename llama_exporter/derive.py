@@ -242,13 +242,22 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
+def per_second(delta: float, dt: float) -> float:
+    """delta / dt, or 0.0 when the interval is empty or so short the quotient overflows."""
+    if dt <= 0:
+        return 0.0
+    rate = delta / dt
+    # a denormal dt (hypothesis found 5e-324 s) gives inf, and inf - inf poisons the EWMA
+    return rate if math.isfinite(rate) else 0.0
+
+
 def _slot_rate(slot: SlotSample, previous: SlotSample | None, dt: float) -> float:
     """Tokens/s of one processing slot over the last interval."""
-    if dt <= 0 or not slot.processing:
+    if not slot.processing:
         return 0.0
     same_task = previous is not None and previous.processing and previous.task_id == slot.task_id
     before = previous.n_decoded if same_task and previous is not None else 0
-    return max(0, slot.n_decoded - before) / dt
+    return per_second(max(0, slot.n_decoded - before), dt)
 
 
 class ModelDeriver:
@@ -295,7 +304,7 @@ class ModelDeriver:
             gauge(metrics, TOKENS_PREDICTED), float(sum(s.n_decoded for s in busy))
         )
         prompt_total = self.prompt_tokens.update(gauge(metrics, PROMPT_TOKENS))
-        rate = (total - self._prev_total) / dt if dt > 0 else 0.0
+        rate = per_second(total - self._prev_total, dt)
         self._smooth(rate, dt)
 
         views = tuple(self._slot_view(s, dt) for s in slots)

@@ -60,10 +60,10 @@ class Family:
         """The name in the exposition (prefixed; counters end in _total)."""
         return f"{PREFIX}{self.name}_total" if self.kind == "counter" else PREFIX + self.name
 
-    def metric(self) -> CounterMetricFamily | GaugeMetricFamily:
-        """An empty prometheus_client family for collect()."""
+    def metric(self, const: Sequence[str] = ()) -> CounterMetricFamily | GaugeMetricFamily:
+        """An empty prometheus_client family for collect(); const: extra label names first."""
         kind = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-        return kind(PREFIX + self.name, self.doc, labels=list(self.labels))
+        return kind(PREFIX + self.name, self.doc, labels=[*const, *self.labels])
 
 
 def _g(name: str, doc: str, *labels: str) -> Family:
@@ -256,6 +256,7 @@ def poll_rows(model: str, poll: PollInfo | None) -> Rows:
     return [((model,), poll.duration_seconds)], [((model,), poll.timestamp)]
 
 
+Labels = tuple[tuple[str, str], ...]  # (name, value) pairs
 Prefixes = dict[tuple[Family, tuple[str, ...]], str]
 
 
@@ -264,8 +265,9 @@ def text_of(
     rows: Rows,
     prefixes: Prefixes,
     before: tuple[Rows, tuple[str, ...]] | None = None,
+    const: Labels = (),
 ) -> tuple[str, ...]:
-    """Each family's sample lines of one part.
+    """Each family's sample lines of one part; const labels (the host) on every sample.
 
     before: the rows and text written last time; a family whose rows are equal keeps
     its text (a busy snapshot changes about half of its families). prefixes keeps
@@ -280,7 +282,7 @@ def text_of(
         for labels, value in family_rows:
             prefix = prefixes.get((family, labels))
             if prefix is None:
-                pairs = tuple(zip(family.labels, labels, strict=True))
+                pairs = (*const, *zip(family.labels, labels, strict=True))
                 prefix = prefixes[(family, labels)] = f"{family.exposed}{labels_text(pairs)} "
             lines.append(f"{prefix}{value_text(value)}\n")
         texts.append("".join(lines))

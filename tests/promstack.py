@@ -309,12 +309,24 @@ def start_prometheus(
     timeout: float = 30.0,
 ) -> PromHandle:
     """Start Prometheus with the project's config and rules in tmp/prometheus; wait for ready."""
-    binary = require_binary("prometheus")
     workdir = tmp / "prometheus"
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(RULES_DIR, workdir / "rules", dirs_exist_ok=True)
     config_path = workdir / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(prometheus_config(targets_dir, alertmanager_port)))
+    return run_prometheus(config_path, port=port, extra_args=extra_args, timeout=timeout)
+
+
+def run_prometheus(
+    config_path: Path,
+    *,
+    port: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    timeout: float = 30.0,
+) -> PromHandle:
+    """Start Prometheus on a config file as it is (data and log beside it); wait for ready."""
+    binary = require_binary("prometheus")
+    workdir = config_path.parent
     port = port or free_port()
     argv = [
         binary,
@@ -335,7 +347,7 @@ def alertmanager_config(webhook_url: str) -> dict[str, Any]:
     return {
         "route": {
             "receiver": "webhook",
-            "group_by": ["alertname", "model"],
+            "group_by": ["alertname", "host", "model"],
             "group_wait": "0s",
             "group_interval": "1s",
             "repeat_interval": "1h",

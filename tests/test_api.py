@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from llama_exporter.app import create_app
 from llama_exporter.config import (
@@ -64,6 +65,7 @@ def make_config(
         state_dir=tmp_path / "state",
         poll=PollConfig(interval=0.2, timeout=0.5, history=10, idle_interval=0.0),
         api_token=token,
+        host_label="box-1",
     )
 
 
@@ -95,8 +97,21 @@ async def test_healthz_and_metrics(client: Client) -> None:
     resp = await client.get("/metrics")
     text = await resp.text()
     assert resp.status == 200
-    assert 'llama_exporter_instance_state{model="m0",state="stopped"} 1.0' in text
-    assert "llama_exporter_instances_max 4.0" in text
+    assert 'llama_exporter_instance_state{host="box-1",model="m0",state="stopped"} 1.0' in text
+    assert 'llama_exporter_instances_max{host="box-1"} 4.0' in text
+
+
+async def test_every_exported_series_carries_the_host_label(client: Client) -> None:
+    resp = await client.post(f"{API}/models/m0/start", params={"wait": "true"})
+    assert resp.status == 200, await resp.text()
+    await _wait_metrics_of(client, "m0")
+    text = await (await client.get("/metrics")).text()
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+    names = {s.name for s in samples}
+    # Ours (cached text), the start histogram and the gateway's collector alike.
+    assert {"llama_exporter_slots", "llama_exporter_gateway_queue_length"} <= names
+    assert "llama_exporter_instance_start_duration_seconds_count" in names
+    assert [s for s in samples if s.labels.get("host") != "box-1"] == []
 
 
 async def test_models_list_shows_metadata(client: Client) -> None:
@@ -222,7 +237,9 @@ async def test_start_wait_ready_then_stop(client: Client, tmp_path: Path) -> Non
     assert (await _json(again))["pid"] == body["pid"]
     # HTTP SD and the file_sd file both list it (the file is written off the loop).
     groups = await _json(await client.get(f"{API}/targets"))
-    assert groups == [{"targets": [f"127.0.0.1:{body['port']}"], "labels": {"model": "m0"}}]
+    assert groups == [
+        {"targets": [f"127.0.0.1:{body['port']}"], "labels": {"host": "box-1", "model": "m0"}}
+    ]
     sd_file = tmp_path / "state" / "targets" / "llama-servers.json"
     await _wait_file(sd_file, groups)
     # Logs: the command line the service wrote, then the server's own output.
@@ -292,7 +309,7 @@ async def test_cap_answers_429_naming_running_models(
     assert sorted(body["error"]["running"]) == ["m0", "m1"]
     assert body["error"]["cap"] == 2
     metrics = await (await client.get("/metrics")).text()
-    assert 'llama_exporter_instance_start_rejected_total{model="m2"} 1.0' in metrics
+    assert 'llama_exporter_instance_start_rejected_total{host="box-1",model="m2"} 1.0' in metrics
 
 
 async def test_fifty_concurrent_starts_never_exceed_the_cap(
@@ -400,5 +417,6 @@ async def test_instances_on_every_interface_are_advertised_at_the_configured_add
     assert resp.status == 200, body
     groups = await _json(await client.get(f"{API}/targets"))
     assert groups[0]["targets"] == [f"192.0.2.10:{body['port']}"]
+    assert groups[0]["labels"] == {"host": "box-1", "model": "m0"}
     await _wait_file(tmp_path / "sd" / "llama-servers.json", groups)
     await _wait_metrics_of(client, "m0")  # the service itself still reads it over loopback

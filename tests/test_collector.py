@@ -479,6 +479,36 @@ def test_promtool_check_metrics() -> None:
     assert result.returncode == 0, (result.stdout + result.stderr).decode()
 
 
+def test_host_label_on_every_series_and_byte_identical() -> None:
+    w = world()
+    histogram = StartDurationHistogram(host="box-a")
+    histogram.observe("a", 1.2)
+    registry = build_registry(
+        store=w.store,
+        statuses=lambda: w.statuses,
+        counters=lambda m: w.counters.get(m, InstanceCounters()),
+        models=lambda: w.infos,
+        running=lambda: sum(s.state is State.READY for s in w.statuses),
+        cap=lambda: 4,
+        histogram=histogram,
+        host="box-a",
+    )
+    text = render(registry)
+    assert text == generate_latest(registry)
+    samples = [s for f in text_string_to_metric_families(text.decode()) for s in f.samples]
+    assert len(samples) > 50
+    assert all(s.labels.get("host") == "box-a" for s in samples), [
+        s for s in samples if s.labels.get("host") != "box-a"
+    ]
+    # The same values as without the label: the host is added, nothing else changes.
+    without = parse(w.render())
+    with_host = parse(text.decode())
+    assert {
+        name: {tuple(kv for kv in key if kv[0] != "host"): v for key, v in series.items()}
+        for name, series in with_host.items()
+    } == without
+
+
 @given(st.one_of(st.integers(-(10**18), 10**18), st.floats(allow_nan=True)))
 def test_value_text_is_float_to_go_string(value: float) -> None:
     assert value_text(value) == floatToGoString(value)  # type: ignore[no-untyped-call]

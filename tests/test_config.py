@@ -8,6 +8,8 @@ import types
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from llama_exporter.config import (
     Config,
@@ -20,10 +22,12 @@ from llama_exporter.config import (
     RestartPolicy,
     TargetsConfig,
     default_config,
+    default_host_label,
     load_config,
     parse_config,
     resolve_llama_server,
     sanitize_model_name,
+    validate_host_label,
     validate_model_name,
 )
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
@@ -95,6 +99,7 @@ state_dir: ~/state
 targets: {directory: /srv/targets, labels: {env: lab}, address: 10.0.0.1}
 poll: {interval: 2, timeout: 1.5, history: 60, idle_interval: 0}
 api_token: from-file
+host_label: gpu-box-1
 models:
   - name: gemma
     path: a.gguf
@@ -152,7 +157,9 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         targets=TargetsConfig(Path("/srv/targets"), {"env": "lab"}, "10.0.0.1"),
         poll=PollConfig(2.0, 1.5, 60, idle_interval=0.0),
         api_token="from-file",
+        host_label="gpu-box-1",
     )
+    assert config.target_labels == {"env": "lab", "host": "gpu-box-1"}
     assert config.log_dir == home / "state" / "logs"
     assert config.targets_dir == Path("/srv/targets")
 
@@ -408,6 +415,12 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("models: [{name: a, path: a.gguf, api_key: ''}]\n", "models[0].api_key", "non-empty"),
     ("targets: {labels: {model: x}}\n", "targets.labels.model", "set per instance"),
     ("targets: {labels: {'a-b': x}}\n", "targets.labels.a-b", "label name"),
+    ("targets: {labels: {host: x}}\n", "targets.labels.host", "host_label"),
+    ("host_label: ''\n", "host_label", "must not be empty"),
+    ("host_label: 'box:9777'\n", "host_label", "contains ':'"),
+    ("host_label: 'my box'\n", "host_label", "contains ' '"),
+    ("host_label: [a]\n", "host_label", "must be a string"),
+    (f"host_label: {'x' * 129}\n", "host_label", "at most 128"),
     ("api_token: 5\n", "api_token", "non-empty string"),
     ("scrape_token: ''\n", "scrape_token", "non-empty string"),
     ("listen: {host: 0.0.0.0}\n", "api_token", "listen.host is 0.0.0.0"),
@@ -492,6 +505,22 @@ def test_example_config_parses(env: dict[str, str]) -> None:
     assert [m.name for m in config.models] == ["gemma"]
     assert config.models[0].autostart
     assert config.targets is not None and dict(config.targets.labels) == {"env": "lab"}
+
+
+def test_host_label_defaults_to_the_hostname(
+    cfg_dir: Path, env: dict[str, str], server_bin: Path
+) -> None:
+    config = load_text(cfg_dir, "", env, server_bin)
+    assert config.host_label == default_host_label()
+    assert config.host_label  # a hostname, made a valid label
+    assert validate_host_label(config.host_label) is None
+    assert config.target_labels == {"host": config.host_label}
+    assert load_text(cfg_dir, "host_label: 7\n", env, server_bin).host_label == "7"
+
+
+@given(st.text(max_size=300))
+def test_default_host_label_is_always_valid(hostname: str) -> None:
+    assert validate_host_label(default_host_label(hostname)) is None
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1", "127.0.0.2"])

@@ -153,6 +153,20 @@ def test_context_uses_prompt_tokens_only() -> None:
     assert (snap.slots_total, snap.slots_busy) == (2, 1)
 
 
+def test_rates_stay_finite_when_the_interval_is_denormal() -> None:
+    # hypothesis found it: dt = 5e-324 s made the rate inf and the smoothed rate NaN
+    deriver = ModelDeriver("m")
+    snaps = [
+        deriver.update(metrics(0), parse_slots([busy_slot(0, 1, 20 + n, n)]), now=now)
+        for n, now in ((5, 0.0), (15, 5e-324), (25, 1.0))
+    ]
+    for snap in snaps:
+        assert math.isfinite(snap.tokens_per_second)
+        assert math.isfinite(snap.tokens_per_second_smoothed)
+        assert all(math.isfinite(s.tokens_per_second) for s in snap.slots)
+    assert snaps[-1].tokens_per_second == pytest.approx(10.0)
+
+
 def test_empty_slots_give_zero_ratio() -> None:
     snap = ModelDeriver("m").update(metrics(0), [], now=1.0)
     assert snap.context_used_ratio == 0.0

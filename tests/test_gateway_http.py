@@ -387,3 +387,20 @@ async def test_start_keeps_its_429_unless_asked_to_evict(
         == 1
     )
     assert await sample(client, "llama_exporter_model_loads_total", model="m1", trigger="api") == 1
+
+
+async def test_gateway_requires_the_api_token_and_does_not_forward_it(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    cfg = dataclasses.replace(
+        gw_config(tmp_path, fake_server_bin, model_fields={0: {"api_key": "model-key"}}),
+        api_token="service-token",
+    )
+    client = await aiohttp_client(create_app(cfg))
+    assert (await client.post(CHAT, json=chat("m0", max_tokens=1))).status == 401
+    resp = await client.post(
+        CHAT,
+        json=chat("m0", max_tokens=1),
+        headers={"Authorization": "Bearer service-token"},
+    )
+    assert resp.status == 200  # the fake accepted the model's own key, not ours

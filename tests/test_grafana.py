@@ -117,9 +117,33 @@ def test_dashboard_settings() -> None:
         assert variables["datasource"]["type"] == "datasource"
         assert variables["datasource"]["current"]["value"] == generate.DATASOURCE_UID
     model = load_board("llama-model.json")
-    variable = {v["name"]: v for v in model["templating"]["list"]}["model"]
-    assert variable["query"] == "label_values(llama_exporter_instance_state, model)"
+    variables = {v["name"]: v for v in model["templating"]["list"]}
+    variable = variables["model"]
+    assert variable["query"] == 'label_values(llama_exporter_instance_state{host=~"$host"}, model)'
     assert variable["datasource"]["uid"] == "${datasource}"
+    assert variables["host"]["query"] == "label_values(llama_exporter_instance_state, host)"
+    assert not variables["host"]["multi"]  # the model page shows one llama-server
+
+
+def test_overview_has_a_multi_select_host_variable_and_fleet_totals() -> None:
+    board = load_board("llama-overview.json")
+    host = {v["name"]: v for v in board["templating"]["list"]}["host"]
+    assert host["multi"] and host["includeAll"] and host["allValue"] == ".*"
+    assert host["current"]["value"] == ["$__all"]
+    panels = {p["title"]: p for p in generate.iter_panels(board)}
+    running = panels["Models running per host"]["targets"][0]
+    assert running["expr"].startswith("count by (host) (llama_exporter_instance_up")
+    assert "sum by (host) (rate(" in panels["Tokens/s per host"]["targets"][0]["expr"]
+    # Every query follows the host variable, and nothing aggregates a model across hosts.
+    for title, expr, _ in generate.panel_queries(board, {"host": "HOST"}):
+        assert 'host=~"HOST"' in expr, (title, expr)
+        for clause in re.findall(r"\b(?:by|on)\s*\(([^)]*)\)", expr):
+            labels = {label.strip() for label in clause.split(",")}
+            assert "model" not in labels or "host" in labels, (title, expr)
+    for title, expr, _ in generate.panel_queries(
+        load_board("llama-model.json"), {"host": "H", "model": "m"}
+    ):
+        assert 'host=~"H"' in expr, (title, expr)
 
 
 def test_model_dashboard_panels() -> None:
@@ -149,6 +173,7 @@ def test_overview_links_each_model_to_its_dashboard() -> None:
     ]
     assert links and links[0]["url"].startswith(f"/d/{generate.MODEL_UID}/")
     assert "var-model=${__value.raw}" in links[0]["url"]
+    assert "var-host=${__data.fields.host}" in links[0]["url"]
 
 
 def test_panel_queries_substitute_every_variable() -> None:

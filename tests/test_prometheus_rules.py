@@ -133,9 +133,19 @@ def test_alert_metadata() -> None:
         runbook = annotations["runbook_url"]
         assert runbook == f"docs/OBSERVABILITY.md#{name.lower()}", name
         assert name.lower() in anchors, f"{name}: no runbook section in {OBSERVABILITY_MD}"
-        if "by (model)" in rule["expr"]:
+        if "by (host, model)" in rule["expr"]:
             for key in ("summary", "description"):
                 assert "$labels.model" in annotations[key], f"{name}: {key} omits the model"
+                assert "$labels.host" in annotations[key], f"{name}: {key} omits the host"
+
+
+def test_every_model_aggregation_keeps_the_host() -> None:
+    # A model name can repeat across hosts: by/on (model) alone would merge two boxes.
+    for name, expr in rule_expressions(*sorted(RULES_DIR.glob("*.yml"))):
+        for clause in re.findall(r"\b(?:by|on|without|ignoring)\s*\(([^)]*)\)", expr):
+            labels = {label.strip() for label in clause.split(",")}
+            if "model" in labels:
+                assert "host" in labels, f"{name}: ({clause}) drops the host"
 
 
 def test_instance_down_is_not_a_bare_up_check() -> None:
@@ -201,6 +211,8 @@ def test_config_structure() -> None:
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}
     assert jobs["llama-server"]["file_sd_configs"] == [{"files": ["targets/llama-servers.json"]}]
     assert jobs["llama-exporter"]["file_sd_configs"] == [{"files": ["targets/llama-exporter.json"]}]
+    # The service's series carry host themselves: keep it, no exported_host.
+    assert jobs["llama-exporter"]["honor_labels"] is True
     assert config["rule_files"] == ["rules/*.yml"]
     am = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert am == ["127.0.0.1:9093"]

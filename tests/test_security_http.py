@@ -184,6 +184,21 @@ def _public(method: str, path: str) -> bool:
     return method == "GET" and (path in ("/healthz", "/") or path.startswith("/ui/"))
 
 
+async def test_every_route_refuses_a_foreign_origin_and_a_rebinding_host(client: Client) -> None:
+    routes = _routes(client.app)
+    for method, path in routes:
+        resp = await client.request(method, path, headers={"Origin": EVIL})
+        assert resp.status == 403, (method, path)
+        resp = await client.request(method, path, headers={"Host": "evil.example"})
+        assert resp.status == 421, (method, path)
+        if method != "GET":
+            resp = await client.request(
+                method, path, data="{}", headers={"Content-Type": "text/plain"}
+            )
+            assert resp.status == 415, (method, path)
+    assert (await (await client.get(f"{API}/status")).json())["running"] == 0
+
+
 async def test_with_a_token_every_route_but_healthz_and_the_page_needs_it(
     token_client: Client,
 ) -> None:

@@ -30,8 +30,9 @@ _ERROR_TEXT = {
     "415": "the body is not application/json",
     "421": "the Host header is not a name of this service (DNS rebinding)",
     "429": "the cap is full and the queue too (Retry-After)",
-    "502": "the model's llama-server did not answer or did not start",
-    "503": "waited longer than gateway.queue_timeout, or shutting down (Retry-After)",
+    "502": "the model's llama-server did not answer, or broke off its answer",
+    "503": "the model failed to load (the reason is in the message), waited longer than "
+    "gateway.queue_timeout, or shutting down (Retry-After)",
 }
 
 

@@ -56,7 +56,7 @@ class Outcome:
     """What happened to a forwarded request, for the metrics."""
 
     code: int
-    watch: StreamWatch | None = None  # set for streamed answers
+    streamed: bool = False
     usage: Usage | None = None
 
 
@@ -79,6 +79,8 @@ def new_session() -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=0, force_close=False),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # llama-server sets none; skip the jar's work
+        skip_auto_headers=("User-Agent",),
     )
 
 
@@ -88,23 +90,34 @@ async def forward(
     url: str,
     body: bytes,
     api_key: str | None,
-    started: float,
+    watch: StreamWatch,
     clock: Callable[[], float],
 ) -> tuple[web.StreamResponse, Outcome]:
-    """Send the request to url and answer the client with llama-server's answer."""
+    """Send the request to url and answer the client with llama-server's answer.
+
+    A streamed answer is fed to watch as it passes, so what it saw (first token,
+    gaps) is there even when the client leaves half-way.
+    """
     headers = upstream_headers(request.headers, api_key)
     try:
         upstream = await session.request(request.method, url, data=body or None, headers=headers)
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
+    whole = False  # read to the end: the connection may serve the next request
     try:
         if upstream.content_type == "text/event-stream":
-            return await _stream(request, upstream, started, clock)
+            response, outcome = await _stream(request, upstream, watch, clock)
+            whole = outcome.code not in (CLIENT_CLOSED, UPSTREAM_BROKE)
+            return response, outcome
         data = await upstream.read()
+        whole = True
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(f"the answer broke off: {exc}") from exc
     finally:
-        upstream.close()  # mid-stream (client gone, cancelled): llama-server stops generating
+        if whole:
+            upstream.release()
+        else:  # client gone or cancelled mid-answer: closing stops llama-server generating
+            upstream.close()
     usage = None
     if upstream.status == 200 and upstream.content_type == "application/json":
         try:
@@ -118,14 +131,13 @@ async def forward(
 async def _stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
-    started: float,
+    watch: StreamWatch,
     clock: Callable[[], float],
 ) -> tuple[web.StreamResponse, Outcome]:
     response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # proxies in front of us must not buffer
-    watch = StreamWatch(started)
-    outcome = Outcome(upstream.status, watch=watch)
+    outcome = Outcome(upstream.status, streamed=True)
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():

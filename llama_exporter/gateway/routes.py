@@ -21,7 +21,8 @@ from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
 from llama_exporter.gateway.scheduler import GatewayError, Scheduler
-from llama_exporter.supervisor import Supervisor, UnknownModel
+from llama_exporter.gateway.sse import StreamWatch, Usage
+from llama_exporter.supervisor import ShuttingDown, Supervisor, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +192,26 @@ class Gateway:
     ) -> web.StreamResponse:
         code: int = 500
         lease = None
+        watch = StreamWatch(arrived)
+        usage = None
         try:
             lease = await self.scheduler.acquire(model)
             if self._session is None:
                 raise GatewayError(503, "the gateway is not running", "server_error", "stopped")
             url = f"{lease.status.base_url}{upstream_path}"
             response, outcome = await proxy.forward(
-                request, self._session, url, body, lease.status.api_key, arrived, self._mono
+                request, self._session, url, body, lease.status.api_key, watch, self._mono
             )
-            code = outcome.code
-            self._observe(model, outcome)
+            code, usage = outcome.code, outcome.usage
             return response
         except GatewayError as err:
             code = err.status
             return error_response(err)
+        except ShuttingDown:
+            code = 503
+            return error_response(
+                GatewayError(503, "the service is shutting down", "server_error", "shutting_down")
+            )
         except proxy.UpstreamUnreachable as exc:
             code = 502
             return error_response(
@@ -221,17 +228,16 @@ class Gateway:
         finally:
             if lease is not None:
                 lease.release()
+            self._observe(model, watch, usage)
             self.metrics.request_done(model, endpoint, code, arrived, self._mono())
 
-    def _observe(self, model: str, outcome: proxy.Outcome) -> None:
+    def _observe(self, model: str, watch: StreamWatch, usage: Usage | None) -> None:
+        """What a request's stream showed, also for streams cut short."""
         labels = (model,)
-        watch = outcome.watch
-        if watch is not None:
-            if watch.ttft is not None:
-                self.metrics.first_token(model, watch.ttft, self._mono())
-            for gap in watch.gaps:
-                self.metrics.inter_token.observe(labels, gap)
-        usage = outcome.usage
+        if watch.ttft is not None:
+            self.metrics.first_token(model, watch.ttft, self._mono())
+        for gap in watch.gaps:
+            self.metrics.inter_token.observe(labels, gap)
         if usage is not None:
             if usage.prompt_tokens is not None:
                 self.metrics.prompt_tokens.observe(labels, usage.prompt_tokens)
@@ -242,17 +248,13 @@ class Gateway:
         limit = self.config.gateway.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise self._too_big(request.content_length)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise self._too_big(size)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            body = await request.read()  # cached: a middleware may have read it already
+        except web.HTTPRequestEntityTooLarge:
+            raise self._too_big(limit + 1) from None
+        if len(body) > limit:
+            raise self._too_big(len(body))
+        return body
 
     def _too_big(self, size: int) -> GatewayError:
         limit = self.config.gateway.max_body_bytes

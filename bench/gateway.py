@@ -1,0 +1,351 @@
+"""The gateway's cost: through the service vs straight to llama-server, interleaved in one run.
+
+Real llama-server (gemma 270M), the gateway's model and a bare llama-server of our own,
+both loaded at once, requests alternating between them:
+  - warm streaming time to first token (ratio of medians, p50 of the paired extra);
+  - non-streaming total time (ratio of medians);
+  - a cold request's time to first token against bare spawn->ready + direct TTFT.
+Fake llama-server (llama_exporter.testing.fake_llama) behind the service:
+  - non-streaming requests per second, through the gateway and straight to the fake;
+  - 256 concurrent streams: errors, and the service's CPU per streamed token.
+Figures, not asserts: the machine's speed drifts, so compare only within one run.
+
+    .venv/bin/python bench/gateway.py [--rounds 15] [--binary PATH] [--model PATH]
+                                      [--skip-real] [--skip-fake]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+from _service import HttpService, free_port
+from start_stop import DEFAULT_MODEL, default_binary
+
+from llama_exporter.config import ModelConfig
+from llama_exporter.gateway.sse import event_text
+from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status
+
+GOAL_TTFT_RATIO = 1.05
+GOAL_TTFT_EXTRA_MS = 2.0
+GOAL_TOTAL_RATIO = 1.02
+GOAL_COLD_SLACK_MS = 50.0
+GOAL_RPS = 1000.0
+STREAMS = 256
+PROMPT = "Write a short poem about the sea."
+
+
+@dataclass
+class Answer:
+    """One request as the client saw it."""
+
+    status: int
+    ttft: float | None  # first event with text (streams)
+    total: float
+    tokens: int
+    done: bool  # the stream ended with [DONE]
+
+
+async def request(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object], stream: bool
+) -> Answer:
+    """POST body to url; time the first text event and the end."""
+    began = time.monotonic()
+    ttft: float | None = None
+    tokens = 0
+    done = False
+    async with session.post(url, json={**body, "stream": stream}) as resp:
+        if not stream or resp.status != 200:
+            await resp.read()
+            return Answer(resp.status, None, time.monotonic() - began, 0, False)
+        pending = b""
+        async for chunk in resp.content.iter_any():
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if not line.startswith(b"data: "):
+                    continue
+                payload = line[6:]
+                if payload == b"[DONE]":
+                    done = True
+                    continue
+                if event_text(json.loads(payload)) is not None:
+                    tokens += 1
+                    if ttft is None:
+                        ttft = time.monotonic() - began
+    return Answer(resp.status, ttft, time.monotonic() - began, tokens, done)
+
+
+def chat_body(model: str, max_tokens: int) -> dict[str, object]:
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "max_tokens": max_tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+    }
+
+
+class BareServer:
+    """A llama-server of our own, the baseline."""
+
+    def __init__(self, binary: Path, model: ModelConfig) -> None:
+        self.binary, self.model = binary, model
+        self.port = free_port()
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> float:
+        """Spawn and poll /health to 200; returns the seconds it took."""
+        argv = build_argv(self.binary, self.model, "127.0.0.1", self.port)
+        began = time.monotonic()
+        self.proc = await asyncio.create_subprocess_exec(
+            *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
+        )
+        while await health_status("127.0.0.1", self.port, 1.0) != 200:
+            if self.proc.returncode is not None:
+                raise RuntimeError(f"bare llama-server exited with {self.proc.returncode}")
+            await asyncio.sleep(READY_POLL_INTERVAL)
+        return time.monotonic() - began
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await self.proc.wait()
+
+
+async def paired(
+    rounds: int, ours: Callable[[], Awaitable[Answer]], base: Callable[[], Awaitable[Answer]]
+) -> tuple[list[Answer], list[Answer]]:
+    """Alternate which goes first each round, so drift hits both alike."""
+    a: list[Answer] = []
+    b: list[Answer] = []
+    for i in range(rounds):
+        if i % 2:
+            a.append(await ours())
+            b.append(await base())
+        else:
+            b.append(await base())
+            a.append(await ours())
+    bad = [x.status for x in a + b if x.status != 200]
+    if bad:
+        raise RuntimeError(f"requests failed: {bad}")
+    return a, b
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:8.1f} ms"
+
+
+async def real_part(binary: Path, model_path: Path, rounds: int, tmp: Path) -> None:
+    model = ModelConfig("gemma", model_path, ctx_size=2048, parallel=2, args=("--threads", "1"))
+    bare = BareServer(binary, model)
+    async with HttpService(binary, [model], tmp / "real") as service:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+        try:
+            await bare.start()
+            gw_url = service.url + "/v1/chat/completions"
+            direct_url = f"http://127.0.0.1:{bare.port}/v1/chat/completions"
+            warm = chat_body("gemma", 1)
+            await request(session, gw_url, warm, True)  # the first load, not counted
+            await request(session, direct_url, warm, True)
+
+            async def gw_stream() -> Answer:
+                return await request(session, gw_url, chat_body("gemma", 4), True)
+
+            async def direct_stream() -> Answer:
+                return await request(session, direct_url, chat_body("gemma", 4), True)
+
+            ours, base = await paired(rounds, gw_stream, direct_stream)
+            o_ttft = [a.ttft for a in ours if a.ttft is not None]
+            b_ttft = [a.ttft for a in base if a.ttft is not None]
+            extra = statistics.median(o - b for o, b in zip(o_ttft, b_ttft, strict=False))
+            ratio = statistics.median(o_ttft) / statistics.median(b_ttft)
+            print(f"warm streaming TTFT ({rounds} pairs, 4 tokens)")
+            b_med, o_med = statistics.median(b_ttft), statistics.median(o_ttft)
+            print(
+                f"  direct {ms(b_med)}   gateway {ms(o_med)}"
+                f"   ratio {ratio:.3f} (goal <= {GOAL_TTFT_RATIO})"
+                f"   p50 added {extra * 1000:+.2f} ms (goal <= {GOAL_TTFT_EXTRA_MS:g} ms)"
+            )
+
+            async def gw_total() -> Answer:
+                return await request(session, gw_url, chat_body("gemma", 32), False)
+
+            async def direct_total() -> Answer:
+                return await request(session, direct_url, chat_body("gemma", 32), False)
+
+            ours, base = await paired(rounds, gw_total, direct_total)
+            o_total = statistics.median(a.total for a in ours)
+            b_total = statistics.median(a.total for a in base)
+            print(f"non-streaming total time ({rounds} pairs, 32 tokens)")
+            print(
+                f"  direct {ms(b_total)}   gateway {ms(o_total)}   ratio {o_total / b_total:.3f}"
+                f" (goal <= {GOAL_TOTAL_RATIO})"
+            )
+            direct_ttft = statistics.median(b_ttft)
+            await bare.stop()
+
+            colds: list[float] = []
+            spawns: list[float] = []
+            stop_url = f"{service.url}/api/v1/llama/models/gemma/stop"
+            for _ in range(max(3, rounds // 5)):
+                async with session.post(stop_url) as resp:
+                    await resp.read()
+                cold = await request(session, gw_url, chat_body("gemma", 4), True)
+                assert cold.ttft is not None
+                colds.append(cold.ttft)
+                spare = BareServer(binary, model)
+                try:
+                    spawns.append(await spare.start())
+                finally:
+                    await spare.stop()
+            cold_ttft, spawn = statistics.median(colds), statistics.median(spawns)
+            bound = spawn + direct_ttft + GOAL_COLD_SLACK_MS / 1000
+            print(f"cold request ({len(colds)} runs, the model stopped before each)")
+            print(
+                f"  gateway TTFT {ms(cold_ttft)}   bare spawn->ready {ms(spawn)} + direct TTFT"
+                f" {ms(direct_ttft)} + 50 ms = {ms(bound)}   "
+                f"{'within' if cold_ttft <= bound else 'ABOVE'} the goal"
+                f" ({(cold_ttft - spawn - direct_ttft) * 1000:+.1f} ms over spawn + TTFT)"
+            )
+        finally:
+            await session.close()
+            await bare.stop()
+
+
+def fake_binary(tmp: Path) -> Path:
+    script = tmp / "fake-llama-server"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "from llama_exporter.testing.fake_llama import main\n"
+        "raise SystemExit(main())\n"
+    )
+    script.chmod(0o755)
+    return script
+
+
+async def throughput(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object], n: int, concurrency: int
+) -> tuple[float, int]:
+    """n non-streaming requests with concurrency workers: (requests/s, errors)."""
+    todo = iter(range(n))
+    errors = 0
+
+    async def worker() -> None:
+        nonlocal errors
+        for _ in todo:
+            async with session.post(url, json=body) as resp:
+                await resp.read()
+                errors += resp.status != 200
+
+    began = time.monotonic()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return n / (time.monotonic() - began), errors
+
+
+async def fake_part(rounds: int, tmp: Path) -> None:
+    binary = fake_binary(tmp)
+    gguf = tmp / "fake.gguf"
+    from llama_exporter.testing.gguf_writer import write_minimal_gguf
+
+    write_minimal_gguf(gguf)
+    args = ("--fake-tokens-per-second", "20", "--fake-prompt-tokens-per-second", "1000000")
+    model = ModelConfig("fake", gguf, ctx_size=STREAMS * 64, parallel=STREAMS, args=args)
+    connector = aiohttp.TCPConnector(limit=0)
+    async with HttpService(binary, [model], tmp / "fake") as service:
+        session = aiohttp.ClientSession(connector=connector)
+        try:
+            gw_url = service.url + "/v1/chat/completions"
+            await request(session, gw_url, chat_body("fake", 0), False)  # load it
+            async with session.get(f"{service.url}/api/v1/llama/status") as resp:
+                port = next(m for m in (await resp.json())["models"] if m["model"] == "fake")[
+                    "port"
+                ]
+            direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            body = chat_body("fake", 0)
+            n, conc = 2000, 32
+            ours: list[float] = []
+            base: list[float] = []
+            errors = 0
+            proc = psutil.Process(service.proc.pid if service.proc else 0)
+            service_cpu = 0.0
+            for i in range(max(2, rounds // 5)):
+                first, second = (gw_url, direct_url) if i % 2 else (direct_url, gw_url)
+                for url in (first, second):
+                    cpu0 = sum(proc.cpu_times()[:2])
+                    rps, err = await throughput(session, url, body, n, conc)
+                    if url == gw_url:
+                        service_cpu += sum(proc.cpu_times()[:2]) - cpu0
+                    errors += err
+                    (ours if url == gw_url else base).append(rps)
+            print(
+                f"non-streaming throughput, fake llama-server ({n} x {len(ours)}, {conc} at once)"
+            )
+            print(
+                f"  direct {statistics.median(base):7.0f} req/s   gateway "
+                f"{statistics.median(ours):7.0f} req/s (goal >= {GOAL_RPS:.0f})   errors {errors}"
+            )
+            per_request = service_cpu / (n * len(ours))
+            print(
+                f"  service CPU {per_request * 1e6:.0f} us per request"
+                f" (one core could serve {1 / per_request:.0f} req/s)"
+            )
+
+            cpu0 = sum(proc.cpu_times()[:2])
+            began = time.monotonic()
+            answers = await asyncio.gather(
+                *(request(session, gw_url, chat_body("fake", 20), True) for _ in range(STREAMS))
+            )
+            wall = time.monotonic() - began
+            cpu = sum(proc.cpu_times()[:2]) - cpu0
+            bad = sum(1 for a in answers if a.status != 200 or not a.done or a.tokens != 20)
+            tokens = sum(a.tokens for a in answers)
+            print(
+                f"{STREAMS} concurrent streams of 20 tokens through the gateway (fake at 20 tok/s)"
+            )
+            print(
+                f"  errors {bad}   tokens {tokens}   wall {wall:.2f} s   service CPU {cpu:.2f} s"
+                f" = {cpu / tokens * 1e6:.0f} us per streamed token"
+            )
+        finally:
+            await session.close()
+
+
+async def run(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as name:
+        tmp = Path(name)
+        if not args.skip_real:
+            await real_part(args.binary or default_binary(), args.model, args.rounds, tmp)
+        if not args.skip_fake:
+            await fake_part(args.rounds, tmp)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--binary", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    parser.add_argument("--skip-real", action="store_true", help="only the fake llama-server part")
+    parser.add_argument("--skip-fake", action="store_true", help="only the real llama-server part")
+    args = parser.parse_args(argv)
+    if not args.skip_real and not args.model.is_file():
+        print(f"model not found: {args.model} (run scripts/bootstrap.sh)", file=sys.stderr)
+        return 2
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,335 @@
+"""The gateway, all real: the service as a process, real llama-servers with the gemma model,
+and the official `openai` package as the client, streaming and not.
+
+Two module-scoped services (3 models, cap 2): the first for loads, streaming, LRU
+eviction, disconnects, the queue and the exact metrics; the second for pinned models
+and idle unload. The tests of a service run in file order and build on each other.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from promstack import missing
+from service_proc import ServiceProcess, http_json, http_text, start_service
+
+try:
+    import openai
+except ImportError:  # pragma: no cover - installed by scripts/bootstrap.sh --test
+    openai = None  # type: ignore[assignment]
+
+pytestmark = [pytest.mark.real]
+
+PROMPT = "Tell me a long story about a lighthouse keeper and the sea."
+LONG = 400  # tokens for a generation that must still be running after several seconds
+
+
+@dataclass
+class Gw:
+    """A service with the gateway, its OpenAI client, and what the tests sent through it."""
+
+    service: ServiceProcess
+    client: openai.OpenAI
+    sent: int = 0  # every request through the gateway, whatever its answer
+    streamed: int = 0  # streamed requests that received a first token
+    client_ttfts: list[float] = field(default_factory=list)
+
+    def chat(self, model: str, max_tokens: int = 8, **kw: Any) -> Any:
+        """A non-streaming chat completion (counted)."""
+        self.sent += 1
+        return self.client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=max_tokens,
+            **kw,
+        )
+
+    def stream(self, model: str, max_tokens: int = 8) -> tuple[Any, float, str]:
+        """Open a stream and read up to its first token: (stream, client TTFT, text).
+
+        The client's TTFT runs from the moment its HTTP request is sent (an httpx
+        request hook) to the first chunk with text, as the openai package hands it over.
+        """
+        self.sent += 1
+        stream = self.client.chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=max_tokens,
+            stream=True,
+            stream_options={"include_usage": True},
+            extra_body={"ignore_eos": True},
+        )
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                ttft = time.monotonic() - _sent.at
+                self.streamed += 1
+                self.client_ttfts.append(ttft)
+                return stream, ttft, chunk.choices[0].delta.content
+        raise AssertionError("the stream ended without any text")
+
+    def hold(self, model: str) -> http.client.HTTPConnection:
+        """Keep model busy with a long non-streamed generation until the connection is closed.
+
+        Not streamed and not through the openai client: the TTFT comparison stays
+        about the streams whose first token the client timed.
+        """
+        self.sent += 1
+        before = self.service.status(model)["in_flight"]
+        conn = http.client.HTTPConnection("127.0.0.1", self.service.port, timeout=120)
+        body = {
+            "model": model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": LONG,
+            "ignore_eos": True,
+        }
+        conn.request(
+            "POST", "/v1/chat/completions", json.dumps(body), {"Content-Type": "application/json"}
+        )
+        wait_until(
+            lambda: self.service.status(model)["in_flight"] > before, f"a request in {model}"
+        )
+        return conn
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of name matching labels (0 when none)."""
+        text = http_text(self.service.url + "/metrics")
+        total = 0.0
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def summary(self) -> dict[str, Any]:
+        body: dict[str, Any] = http_json("GET", self.service.api + "/gateway")[1]
+        return body
+
+
+_sent = threading.local()  # when this thread's last HTTP request went out
+
+
+def _mark_sent(_: Any) -> None:
+    _sent.at = time.monotonic()
+
+
+def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
+    """Poll pred every 20 ms until it holds; fail naming what was awaited."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def _models(tmp: Path, gemma: Path, n: int) -> list[Path]:
+    """n names for the same GGUF file (hard links, copies if links are not allowed)."""
+    paths = []
+    for i in range(n):
+        path = tmp / f"g{i}.gguf"
+        try:
+            os.link(gemma, path)
+        except OSError:
+            import shutil
+
+            shutil.copyfile(gemma, path)
+        paths.append(path)
+    return paths
+
+
+@contextlib.contextmanager
+def gateway_service(
+    tmp: Path, llama: Path, gemma: Path, model_extra: dict[int, dict[str, Any]], **top: Any
+) -> Iterator[Gw]:
+    if openai is None:
+        missing("the openai package is not installed (scripts/bootstrap.sh --test)")
+    models = [
+        {
+            "name": f"g{i}",
+            "path": str(path),
+            "ctx_size": 2048,
+            "parallel": 2,
+            "args": ["--threads", "1"],
+            **model_extra.get(i, {}),
+        }
+        for i, path in enumerate(_models(tmp, gemma, 3))
+    ]
+    config = {"llama_server": str(llama), "max_parallel": 2, "models": models, **top}
+    service = start_service(tmp / "service", config)
+    client = openai.OpenAI(
+        base_url=service.url + "/v1",
+        api_key="unused",
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(event_hooks={"request": [_mark_sent]}),
+    )
+    try:
+        yield Gw(service, client)
+    finally:
+        client.close()
+        code = service.stop()
+    assert code == 0, service.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def gw(
+    tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
+) -> Iterator[Gw]:
+    """Models g0..g2, cap 2, evict when full, a small queue with a short timeout."""
+    tmp = tmp_path_factory.mktemp("gw-real")
+    gateway = {"when_full": "evict", "max_queue": 4, "queue_timeout": 4}
+    with gateway_service(tmp, llama_server_bin, gemma_gguf, {}, gateway=gateway) as g:
+        yield g
+
+
+@pytest.fixture(scope="module")
+def gw_pinned(
+    tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
+) -> Iterator[Gw]:
+    """Models g0 (pinned), g1, g2 (idle_ttl 3 s), cap 2, the poller at 2 Hz."""
+    tmp = tmp_path_factory.mktemp("gw-pinned")
+    extra: dict[int, dict[str, Any]] = {0: {"pinned": True}, 2: {"idle_ttl": 3}}
+    with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll={"interval": 0.5}) as g:
+        yield g
+
+
+def slots_busy(g: Gw, model: str) -> bool:
+    """Whether any slot of the model's llama-server is processing (asked directly)."""
+    url = g.service.status(model)["url"]
+    with urllib.request.urlopen(url + "/slots", timeout=5) as resp:
+        return any(s["is_processing"] for s in json.loads(resp.read()))
+
+
+def test_twenty_concurrent_requests_for_a_cold_model_spawn_one_process(gw: Gw) -> None:
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: gw.chat("g0", max_tokens=4), range(20)))
+    assert all(a.choices[0].message.content for a in answers)
+    assert gw.metric("llama_exporter_model_loads_total", model="g0") == 1
+    assert gw.metric("llama_exporter_instance_start_duration_seconds_count", model="g0") == 1
+    assert gw.metric("llama_exporter_gateway_load_wait_seconds_count", model="g0") >= 1
+    assert gw.service.status("g0")["state"] == "ready"
+
+
+def test_streaming_cold_and_warm(gw: Gw) -> None:
+    stream, ttft, first = gw.stream("g1", max_tokens=16)  # g1 is cold: a load, then tokens
+    text = first + "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text.strip()
+    assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 1
+    for _ in range(3):
+        stream, warm, _ = gw.stream("g0", max_tokens=8)
+        usage = [c.usage for c in stream if c.usage is not None]
+        assert usage and usage[-1].completion_tokens == 8
+        assert warm < ttft  # no load this time
+    reply = gw.chat("g1", max_tokens=6, extra_body={"ignore_eos": True})
+    assert reply.usage.completion_tokens == 6
+
+
+def test_lru_eviction_at_the_cap(gw: Gw) -> None:
+    gw.chat("g0", max_tokens=1)  # g0 used after g1: g1 is the least recently used
+    gw.chat("g2", max_tokens=1)  # the cap is 2: g1 goes
+    assert gw.service.status("g1")["state"] == "stopped"
+    assert gw.service.status("g0")["state"] == "ready"
+    assert gw.metric("llama_exporter_model_unloads_total", model="g1", reason="evicted") == 1
+    assert gw.metric("llama_exporter_model_unloads_total", model="g0") == 0
+
+
+def test_client_disconnect_mid_stream_frees_the_slot(gw: Gw) -> None:
+    stream, _, _ = gw.stream("g0", max_tokens=LONG)
+    assert slots_busy(gw, "g0")
+    stream.close()  # the client goes away mid-stream
+    wait_until(lambda: not slots_busy(gw, "g0"), "g0's slot to be free")
+    wait_until(
+        lambda: gw.metric("llama_exporter_gateway_requests_total", model="g0", code="499") == 1,
+        "the cut stream to be counted as 499",
+    )
+
+
+def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
+    # g0 and g2 are loaded; keep both busy with long generations.
+    busy = {m: gw.hold(m) for m in ("g0", "g2")}
+    with ThreadPoolExecutor(5) as pool:
+        queued = [pool.submit(gw.chat, "g1", 2) for _ in range(4)]
+        wait_until(lambda: gw.summary()["queue_length"] == 4, "4 queued requests for g1")
+        with pytest.raises(openai.RateLimitError) as full:
+            gw.chat("g1", max_tokens=2)
+        assert full.value.response.headers["retry-after"]
+        assert full.value.code == "queue_full"
+        assert all(not f.done() for f in queued)
+        busy.pop("g0").close()  # g0 is idle now: evicted, and g1 loads once for all four
+        answers = [f.result(timeout=120) for f in queued]
+    assert all(a.choices for a in answers)
+    assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
+    assert gw.metric("llama_exporter_gateway_queue_wait_seconds_count", model="g1") == 4
+    # Now g1 and g2 both busy: a request for g0 waits 4 s in the queue, then 503.
+    busy["g1"] = gw.hold("g1")
+    with pytest.raises(openai.InternalServerError) as late:
+        gw.chat("g0", max_tokens=2)
+    assert late.value.status_code == 503
+    assert late.value.response.headers["retry-after"]
+    for stream in busy.values():
+        stream.close()
+    rejected = "llama_exporter_gateway_rejected_total"
+    assert gw.metric(rejected, model="g1", reason="queue_full") == 1
+    assert gw.metric(rejected, model="g0", reason="timeout") == 1
+
+
+def test_exact_request_and_ttft_metrics(gw: Gw) -> None:
+    wait_until(
+        lambda: gw.metric("llama_exporter_gateway_requests_total") == gw.sent,
+        f"requests_total to reach the {gw.sent} requests sent",
+    )
+    time.sleep(0.5)  # nothing else may arrive: the count must stay exact
+    assert gw.metric("llama_exporter_gateway_requests_total") == gw.sent
+    assert gw.metric("llama_exporter_gateway_requests_in_flight") == 0
+    count = gw.metric("llama_exporter_gateway_time_to_first_token_seconds_count")
+    total = gw.metric("llama_exporter_gateway_time_to_first_token_seconds_sum")
+    assert count == gw.streamed == len(gw.client_ttfts)
+    server_mean = total / count
+    client_mean = sum(gw.client_ttfts) / len(gw.client_ttfts)
+    print(f"TTFT mean: service {server_mean * 1000:.2f} ms, client {client_mean * 1000:.2f} ms")
+    assert abs(server_mean - client_mean) <= 0.010, (server_mean, client_mean)
+
+
+def test_pinned_model_is_never_evicted(gw_pinned: Gw) -> None:
+    g = gw_pinned
+    g.chat("g0", max_tokens=1)  # pinned, and the least recently used
+    g.chat("g1", max_tokens=1)
+    g.chat("g2", max_tokens=1)  # the cap is 2: g1 goes, not g0
+    assert g.service.status("g0")["state"] == "ready"
+    assert g.service.status("g1")["state"] == "stopped"
+    assert g.metric("llama_exporter_model_unloads_total", model="g0") == 0
+    status = g.service.status("g0")
+    assert status["pinned"] is True
+
+
+def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: Gw) -> None:
+    g = gw_pinned
+    used = g.service.status("g2")["last_used"]
+    assert used is not None
+    polled_after_use: list[float] = []
+
+    def unloaded() -> bool:
+        st = g.service.status("g2")  # /status reads are no use either
+        if st["state"] == "ready":
+            assert st["last_used"] == used
+            _, body = http_json("GET", g.service.api + "/models/g2/metrics")
+            polled_after_use[:] = [h["timestamp"] for h in body["history"] if h["timestamp"] > used]
+        return bool(st["state"] == "stopped")
+
+    wait_until(unloaded, "g2 to be unloaded for idleness", timeout=30)
+    assert len(polled_after_use) >= 3  # the poller read it several times after its last use
+    assert g.metric("llama_exporter_model_unloads_total", model="g2", reason="idle") == 1
+    assert g.service.status("g0")["state"] == "ready"  # pinned: not unloaded
