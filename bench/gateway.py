@@ -151,7 +151,12 @@ async def real_part(binary: Path, model_path: Path, rounds: int, tmp: Path) -> N
     model = ModelConfig("gemma", model_path, ctx_size=2048, parallel=2, args=("--threads", "1"))
     bare = BareServer(binary, model)
     async with HttpService(binary, [model], tmp / "real") as service:
-        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600))
+        # A new connection per request on both sides (llama-server closes kept-alive
+        # connections on its own schedule; the gateway keeps its upstream ones).
+        session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=600),
+            connector=aiohttp.TCPConnector(force_close=True),
+        )
         try:
             await bare.start()
             gw_url = service.url + "/v1/chat/completions"

@@ -256,6 +256,26 @@ class PromHandle(_Daemon):
         if status != 200:
             raise RuntimeError(f"reload: HTTP {status}: {body!r}")
 
+    def wait_for_data(self, queries: list[tuple[str, str, str]], *, timeout: float) -> None:
+        """Poll every (title, expr, unit) until it answers at least one series; fail on NaN,
+        negative values, ratios above 1, or queries still empty at the timeout."""
+        pending = {(title, expr): unit for title, expr, unit in queries}
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for (title, expr), unit in list(pending.items()):
+                result = self.query(expr)
+                if not result:
+                    continue
+                for series in result:
+                    value = float(series["value"][1])
+                    assert value == value, (title, expr, series)  # not NaN
+                    assert value >= 0, (title, expr, series)
+                    if unit == "percentunit" or expr.endswith("ratio"):
+                        assert value <= 1.0, (title, expr, series)
+                del pending[(title, expr)]
+            time.sleep(2)
+        assert not pending, f"queries without data: {sorted(pending)}"
+
     def wait_for(self, predicate: Callable[[], T], *, timeout: float = 20.0, what: str = "") -> T:
         """wait_for(), failing with Prometheus's log tail attached."""
         try:

@@ -404,3 +404,49 @@ async def test_gateway_requires_the_api_token_and_does_not_forward_it(
         headers={"Authorization": "Bearer service-token"},
     )
     assert resp.status == 200  # the fake accepted the model's own key, not ours
+
+
+async def test_upstream_that_closes_kept_alive_connections_is_retried_once() -> None:
+    """Like cpp-httplib after its keep-alive timeout: answer, then close without saying so."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from llama_exporter.gateway import proxy
+    from llama_exporter.gateway.sse import StreamWatch
+
+    served = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            writer.close()
+            return
+        length = next(
+            (int(line.split(b":")[1]) for line in head.split(b"\r\n")
+             if line.lower().startswith(b"content-length")),
+            0,
+        )  # fmt: skip
+        await reader.readexactly(length)
+        served += 1
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 2\r\n\r\n{}")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = proxy.new_session()
+    request = make_mocked_request("POST", CHAT, headers={"Content-Type": "application/json"})
+    try:
+        for _ in range(5):
+            _, outcome = await proxy.forward(
+                request, session, f"http://127.0.0.1:{port}/x", b"{}", None, StreamWatch(0.0),
+                asyncio.get_running_loop().time,
+            )  # fmt: skip
+            assert outcome.code == 200
+    finally:
+        await session.close()
+        server.close()
+        await server.wait_closed()
+    assert served == 5

@@ -188,9 +188,10 @@ def gateway_service(
 def gw(
     tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
 ) -> Iterator[Gw]:
-    """Models g0..g2, cap 2, evict when full, a small queue with a short timeout."""
+    """Models g0..g2, cap 2, evict when full, a queue of 4 with a 10 s timeout."""
     tmp = tmp_path_factory.mktemp("gw-real")
-    gateway = {"when_full": "evict", "max_queue": 4, "queue_timeout": 4}
+    # queue_timeout: long enough for the queue test's steps on a loaded machine.
+    gateway = {"when_full": "evict", "max_queue": 4, "queue_timeout": 10}
     with gateway_service(tmp, llama_server_bin, gemma_gguf, {}, gateway=gateway) as g:
         yield g
 
@@ -199,10 +200,11 @@ def gw(
 def gw_pinned(
     tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
 ) -> Iterator[Gw]:
-    """Models g0 (pinned), g1, g2 (idle_ttl 3 s), cap 2, the poller at 2 Hz."""
+    """Models g0 (pinned), g1, g2 (idle_ttl 3 s), cap 2, every instance polled at 2 Hz."""
     tmp = tmp_path_factory.mktemp("gw-pinned")
     extra: dict[int, dict[str, Any]] = {0: {"pinned": True}, 2: {"idle_ttl": 3}}
-    with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll={"interval": 0.5}) as g:
+    poll = {"interval": 0.5, "idle_interval": 0}  # idle instances are read each time too
+    with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll=poll) as g:
         yield g
 
 
@@ -273,7 +275,7 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     assert all(a.choices for a in answers)
     assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
     assert gw.metric("llama_exporter_gateway_queue_wait_seconds_count", model="g1") == 4
-    # Now g1 and g2 both busy: a request for g0 waits 4 s in the queue, then 503.
+    # Now g1 and g2 both busy: a request for g0 waits 10 s in the queue, then 503.
     busy["g1"] = gw.hold("g1")
     with pytest.raises(openai.InternalServerError) as late:
         gw.chat("g0", max_tokens=2)

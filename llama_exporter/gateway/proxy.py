@@ -19,6 +19,7 @@ from llama_exporter.gateway.sse import StreamWatch, Usage, usage_of
 
 log = logging.getLogger(__name__)
 
+KEEPALIVE_SECONDS = 2.0
 CLIENT_CLOSED = 499  # counted when the client left before the answer ended (nginx's code)
 UPSTREAM_BROKE = 502  # counted when llama-server failed mid-answer
 
@@ -76,7 +77,9 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
 def new_session() -> aiohttp.ClientSession:
     """The gateway's client session: no total timeout (generations run long), no pool cap."""
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=0, force_close=False),
+        # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: ours
+        # give up sooner, so a request rarely meets a connection the server just closed.
+        connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_SECONDS),
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),  # llama-server sets none; skip the jar's work
@@ -101,6 +104,14 @@ async def forward(
     headers = upstream_headers(request.headers, api_key)
     try:
         upstream = await session.request(request.method, url, data=body or None, headers=headers)
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        # A kept-alive connection the server closed meanwhile: once more on a new one.
+        try:
+            upstream = await session.request(
+                request.method, url, data=body or None, headers=headers
+            )
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
     whole = False  # read to the end: the connection may serve the next request
