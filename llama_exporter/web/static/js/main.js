@@ -1,0 +1,217 @@
+// Start-up and wiring: the shared store, the live stream, the two views, routing.
+
+import { api, ApiError, LiveSocket } from "./api.js";
+import { $, setAttr, setText, show } from "./dom.js";
+import { ModelsView, RUNNING_STATES } from "./models.js";
+import { MonitorView } from "./monitor.js";
+
+const GATEWAY_EVERY_MS = 2000;
+const HOST_EVERY_MS = 2000;
+const MODELS_EVERY_MS = 30000;
+
+/** Everything the views show; main.js is its only writer. */
+const store = {
+  models: new Map(), // name -> GET /models entry
+  status: new Map(), // name -> {st: status JSON, at: local unix time it was current}
+  cap: null,
+  host: null,
+  gateway: null, // GET /gateway answer, or null (none yet, or the service has no gateway)
+};
+
+let gatewayPresent = null; // unknown until the first probe; false after a 404
+
+const isRunning = (name) => {
+  const entry = store.status.get(name);
+  return entry ? RUNNING_STATES.has(entry.st.state) : false;
+};
+
+const models = new ModelsView({
+  store,
+  applyStatus: (st) => applyStatus(st),
+  refreshModels: () => refreshModels(),
+  openMonitor: (name) => {
+    window.location.hash = `#monitor/${encodeURIComponent(name)}`;
+  },
+});
+
+const monitor = new MonitorView({
+  store,
+  isRunning: (name) => store.status.get(name)?.st.state === "ready",
+  select: (name) => {
+    window.location.hash = `#monitor/${encodeURIComponent(name)}`;
+  },
+});
+
+let renderQueued = false;
+
+/** Render both views and the header on the next frame (status bursts render once). */
+function render() {
+  if (renderQueued) return;
+  renderQueued = true;
+  requestAnimationFrame(flush);
+}
+
+function flush() {
+  renderQueued = false;
+  models.render();
+  monitor.render();
+  renderHeader();
+}
+
+function renderHeader() {
+  const running = [...store.status.keys()].filter(isRunning).length;
+  setText($("running-count"), String(running));
+  setText($("running-cap"), store.cap === null ? "–" : String(store.cap));
+  setAttr($("running"), "data-full", store.cap !== null && running >= store.cap ? "true" : null);
+  const gw = store.gateway;
+  show($("gateway-queue"), Boolean(gw));
+  if (gw) {
+    setText($("gateway-queue-length"), String(gw.queue_length));
+    setText($("gateway-queue-max"), String(gw.max_queue));
+  }
+}
+
+function applyStatus(st) {
+  const prev = store.status.get(st.model);
+  if (prev && prev.st.since > st.since) return; // an older answer than what we hold
+  store.status.set(st.model, { st, at: Date.now() / 1000 });
+  if (!store.models.has(st.model)) refreshModels();
+  render();
+}
+
+function notice(text) {
+  setText($("notice"), text);
+  show($("notice"), Boolean(text));
+}
+
+let refreshing = null;
+
+/** Reload the model list and every status (at start, after reconnects, after changes). */
+function refreshModels() {
+  if (refreshing) return refreshing;
+  refreshing = (async () => {
+    try {
+      const [list, status] = await Promise.all([api.get("/models"), api.get("/status")]);
+      store.models = new Map(list.models.map((m) => [m.name, m]));
+      const now = Date.now() / 1000;
+      store.status = new Map(status.models.map((st) => [st.model, { st, at: now }]));
+      store.cap = status.cap;
+      if (status.host) {
+        store.host = status.host;
+        monitor.onHost(status.host);
+      }
+      notice("");
+      render();
+      // Metadata is read in the background at start-up: look again shortly.
+      if (list.models.some((m) => m.metadata === null && !m.metadata_error)) {
+        setTimeout(refreshModels, 2000);
+      }
+    } catch (err) {
+      notice(`Cannot load the models: ${err.message}`);
+    } finally {
+      refreshing = null;
+    }
+  })();
+  return refreshing;
+}
+
+/** Statuses carry `pinned` only when the service has the gateway: ask for it only then. */
+const gatewayHinted = () =>
+  [...store.status.values()].some((entry) => typeof entry.st.pinned === "boolean");
+
+/** The gateway summary, polled while the page is visible; a 404 means no gateway. */
+async function pollGateway() {
+  const worth = gatewayPresent === true || (gatewayPresent === null && gatewayHinted());
+  if (worth && document.visibilityState === "visible") {
+    try {
+      store.gateway = await api.get("/gateway");
+      gatewayPresent = true;
+    } catch (err) {
+      store.gateway = null;
+      if (err instanceof ApiError && err.status === 404) gatewayPresent = false;
+    }
+    render();
+  }
+  if (gatewayPresent !== false) setTimeout(pollGateway, GATEWAY_EVERY_MS);
+}
+
+/** Host CPU and memory (part of GET /status), while the monitoring view is open. */
+async function pollHost() {
+  if (monitor.visible && document.visibilityState === "visible") {
+    try {
+      const status = await api.get("/status");
+      store.cap = status.cap;
+      for (const st of status.models) applyStatus(st);
+      if (status.host) {
+        store.host = status.host;
+        monitor.onHost(status.host);
+      }
+    } catch {
+      // the connection indicator and the next poll tell the story
+    }
+  }
+  setTimeout(pollHost, HOST_EVERY_MS);
+}
+
+function onEvent(msg) {
+  if (msg.type === "llama-status:update") {
+    applyStatus(msg.data);
+  } else if (msg.type === "llama-metrics:update") {
+    monitor.onMetrics(msg.model, msg.data);
+  }
+}
+
+function onConnState(state) {
+  const conn = $("conn");
+  setAttr(conn, "data-conn", state);
+  setText($("conn-text"), state);
+}
+
+let opened = false;
+
+const socket = new LiveSocket({
+  onEvent,
+  onState: onConnState,
+  onOpen: () => {
+    // A reconnect may have missed changes: reload the list and refill the charts.
+    if (opened) {
+      refreshModels();
+      monitor.refill();
+    }
+    opened = true;
+  },
+});
+
+/** #models (default), #monitor or #monitor/NAME. */
+function route() {
+  const hash = window.location.hash.slice(1);
+  const [view, ...rest] = hash.split("/");
+  const onMonitor = view === "monitor";
+  show($("view-models"), !onMonitor);
+  show($("view-monitor"), onMonitor);
+  setAttr($("tab-models"), "aria-current", onMonitor ? null : "page");
+  setAttr($("tab-monitor"), "aria-current", onMonitor ? "page" : null);
+  models.setVisible(!onMonitor);
+  monitor.setVisible(onMonitor);
+  if (onMonitor) monitor.show(rest.length ? decodeURIComponent(rest.join("/")) : monitor.model);
+}
+
+async function main() {
+  window.addEventListener("hashchange", route);
+  // The page polls for as long as it is open: keep the browser's timing record of
+  // those requests small instead of letting it grow to its default 250 entries.
+  performance.setResourceTimingBufferSize(50);
+  performance.addEventListener("resourcetimingbufferfull", () => performance.clearResourceTimings());
+  setInterval(() => models.tick(), 1000);
+  setInterval(refreshModels, MODELS_EVERY_MS);
+  await refreshModels(); // asks for the token first, if the service needs one
+  route();
+  flush();
+  // What bench/page_cost.py reads as "first render": every model card is on screen.
+  performance.mark("llama-exporter:first-render");
+  socket.start();
+  pollGateway();
+  pollHost();
+}
+
+main();

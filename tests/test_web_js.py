@@ -1,0 +1,112 @@
+"""The page's pure modules (format.js, series.js), run in the real headless Chromium.
+
+No llama-server needed: the service runs with no models, and each test imports a
+module into a page of that origin and returns what the functions give.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from browser import Browser, chromium, require_chromium
+from service_proc import start_service
+
+pytestmark = [pytest.mark.browser]
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
+    """Chromium on the page of a service with no models."""
+    require_chromium()
+    tmp = tmp_path_factory.mktemp("webjs")
+    service = start_service(tmp / "service", {})
+    try:
+        with chromium(tmp / "chromium") as result:
+            result.driver.get(service.url + "/")
+            yield result
+    finally:
+        service.stop()
+
+
+def run(browser: Browser, module: str, body: str) -> Any:
+    """Import /ui/js/<module> as `m` and return the value of `body` (a JS expression)."""
+    script = (
+        "const done = arguments[arguments.length - 1];"
+        f"import('/ui/js/{module}').then((m) => done({body}), (e) => done('error: ' + e));"
+    )
+    return browser.driver.execute_async_script(script)
+
+
+@pytest.mark.parametrize(
+    ("call", "expected"),
+    [
+        ("m.count(987)", "987"),
+        ("m.count(1234)", "1.2k"),
+        ("m.count(34567)", "34.6k"),
+        ("m.count(123456)", "123k"),
+        ("m.count(1234567)", "1.2M"),
+        ("m.count(null)", "\u2013"),
+        ("m.bytes(241e6)", "241 MB"),
+        ("m.bytes(5.1e9)", "5.1 GB"),
+        ("m.bytes(512)", "512 B"),
+        ("m.rate(12.34)", "12.3 tok/s"),
+        ("m.rate(0)", "0 tok/s"),
+        ("m.rate(145.6)", "146 tok/s"),
+        ("m.ms(4.23)", "4.2 ms"),
+        ("m.ms(83.2)", "83 ms"),
+        ("m.ms(1234)", "1.2 s"),
+        ("m.ms(null)", "\u2013"),
+        ("m.seconds(0.085)", "85 ms"),
+        ("m.percent(0.0423)", "4.2%"),
+        ("m.percent(0.37)", "37%"),
+        ("m.percent(0)", "0%"),
+        ("m.duration(45)", "45 s"),
+        ("m.duration(192)", "3 min 12 s"),
+        ("m.duration(7500)", "2 h 05 min"),
+        ("m.duration(300000)", "3 d 11 h"),
+        ("m.outOf(1234, 4096)", "1.2k / 4.1k"),
+        ("m.ago(100, 112)", "12 s ago"),
+        ("m.ago(null, 112)", "never"),
+    ],
+)
+def test_numbers_are_formatted_for_people(browser: Browser, call: str, expected: str) -> None:
+    assert run(browser, "format.js", call) == expected
+
+
+def test_window_keeps_sixty_seconds_of_live_samples(browser: Browser) -> None:
+    body = (
+        "(() => { const w = new m.SampleWindow(60);"
+        "  for (let t = 0; t < 600; t++) w.push({timestamp: 1000 + t, v: t});"
+        "  const again = w.push({timestamp: 1500, v: -1});"
+        "  return [w.length, w.samples[0].timestamp, w.newest.timestamp, again]; })()"
+    )
+    assert run(browser, "series.js", body) == [61, 1539, 1599, False]
+
+
+def test_history_fill_merges_without_duplicates(browser: Browser) -> None:
+    body = (
+        "(() => { const w = new m.SampleWindow(60);"
+        "  for (let t = 110; t < 120; t++) w.push({timestamp: t, v: 'live'});"
+        "  const history = Array.from({length: 120}, (_, i) => ({timestamp: i, v: 'history'}));"
+        "  w.fill(history);"
+        "  const xs = w.columns([(s) => s.v]);"
+        "  return [w.length, xs[0][0], xs[0][xs[0].length - 1], xs[1][xs[1].length - 1]]; })()"
+    )
+    # 59..119 (60 s back from the newest, both ends in): the history fills in before
+    # the live samples, which win on equal times.
+    assert run(browser, "series.js", body) == [61, 59, 119, "live"]
+
+
+def test_reconnect_backoff_doubles_to_a_ceiling(browser: Browser) -> None:
+    body = "[0, 1, 2, 3, 4, 5, 10].map((n) => m.backoffDelay(n, () => 0.5))"
+    assert run(browser, "series.js", body) == [0.5, 1, 2, 4, 8, 10, 10]
+    jitter = "[m.backoffDelay(3, () => 0), m.backoffDelay(3, () => 1)]"
+    assert run(browser, "series.js", jitter) == pytest.approx([3.2, 4.8])
+
+
+def test_module_scripts_load_under_the_policy(browser: Browser) -> None:
+    policy = browser.js("return fetch('/').then((r) => r.headers.get('content-security-policy'));")
+    assert "script-src 'self'" in policy
+    assert [e for e in browser.drain_console() if e.get("level") == "SEVERE"] == []
