@@ -34,7 +34,7 @@ except ImportError:  # pragma: no cover - installed by scripts/bootstrap.sh --te
 pytestmark = [pytest.mark.real]
 
 PROMPT = "Tell me a long story about a lighthouse keeper and the sea."
-LONG = 400  # tokens for a generation that must still be running after several seconds
+LONG = 900  # tokens for a generation still running after 10+ s (a slot has 1024 of context)
 
 
 @dataclass
@@ -276,6 +276,10 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
     assert gw.metric("llama_exporter_gateway_queue_wait_seconds_count", model="g1") == 4
     # Now g1 and g2 both busy: a request for g0 waits 10 s in the queue, then 503.
+    # g2's generation began before the steps above: a fast machine may be near its end,
+    # so hold g2 afresh, and both generations outlast the queue timeout.
+    busy.pop("g2").close()
+    busy["g2"] = gw.hold("g2")
     busy["g1"] = gw.hold("g1")
     with pytest.raises(openai.InternalServerError) as late:
         gw.chat("g0", max_tokens=2)
