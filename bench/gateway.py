@@ -36,6 +36,7 @@ from start_stop import DEFAULT_MODEL, default_binary
 from llama_exporter.config import ModelConfig
 from llama_exporter.gateway.sse import event_text
 from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.testing.fake_llama import write_executable
 
 GOAL_TTFT_RATIO = 1.05
 GOAL_TTFT_EXTRA_MS = 2.0
@@ -229,17 +230,6 @@ async def real_part(binary: Path, model_path: Path, rounds: int, tmp: Path) -> N
             await bare.stop()
 
 
-def fake_binary(tmp: Path) -> Path:
-    script = tmp / "fake-llama-server"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "from llama_exporter.testing.fake_llama import main\n"
-        "raise SystemExit(main())\n"
-    )
-    script.chmod(0o755)
-    return script
-
-
 async def throughput(
     session: aiohttp.ClientSession, url: str, body: dict[str, object], n: int, concurrency: int
 ) -> tuple[float, int]:
@@ -260,7 +250,7 @@ async def throughput(
 
 
 async def fake_part(rounds: int, tmp: Path) -> None:
-    binary = fake_binary(tmp)
+    binary = write_executable(tmp)
     gguf = tmp / "fake.gguf"
     from llama_exporter.testing.gguf_writer import write_minimal_gguf
 

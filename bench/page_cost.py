@@ -38,22 +38,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from browser import Browser, chromium, find_chromium  # noqa: E402
 from service_proc import ServiceProcess, http_json, start_service  # noqa: E402
 
+from llama_exporter.testing.fake_llama import write_executable  # noqa: E402
 from llama_exporter.testing.gguf_writer import write_minimal_gguf  # noqa: E402
 
 FAKE_TOKENS_PER_SECOND = 20
 FIRST_RENDER_GOAL_MS = 1000.0
-
-
-def fake_server(tmp: Path) -> Path:
-    """An executable running the fake llama-server."""
-    script = tmp / "fake-llama-server"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "from llama_exporter.testing.fake_llama import main\n"
-        "raise SystemExit(main())\n"
-    )
-    script.chmod(0o755)
-    return script
 
 
 @contextlib.contextmanager
@@ -74,7 +63,7 @@ def service(tmp: Path, count: int) -> Iterator[ServiceProcess]:
             }
         )
     config = {
-        "llama_server": str(fake_server(tmp)),
+        "llama_server": str(write_executable(tmp)),
         "max_parallel": count,
         "poll": {"interval": 1.0},
         "models": models,

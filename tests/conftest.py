@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from promstack import missing
+
+from llama_exporter.testing.fake_llama import write_executable
 
 CACHE_DIR = Path(os.environ.get("LLAMA_EXPORTER_CACHE", Path.home() / ".cache" / "llama-exporter"))
 MODEL_FILE = "gemma-3-270m-q4_k_m.gguf"
@@ -61,14 +62,7 @@ def gemma_gguf() -> Path:
 @pytest.fixture(scope="session")
 def fake_server_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An executable that runs the fake llama-server (llama_exporter.testing.fake_llama)."""
-    script = tmp_path_factory.mktemp("fakebin") / "fake-llama-server"
-    script.write_text(
-        f"#!{sys.executable}\n"
-        "from llama_exporter.testing.fake_llama import main\n"
-        "raise SystemExit(main())\n"
-    )
-    script.chmod(0o755)
-    return script
+    return write_executable(tmp_path_factory.mktemp("fakebin"))
 
 
 @pytest.fixture

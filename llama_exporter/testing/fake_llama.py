@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -643,6 +644,18 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         _log(f"error: couldn't bind HTTP server socket, {options.host}:{options.port}: {exc}")
         return 1
+
+
+def write_executable(directory: Path) -> Path:
+    """Write an executable ``fake-llama-server`` into directory that runs main() here."""
+    script = directory / "fake-llama-server"
+    script.write_text(
+        f"#!{sys.executable}\n"
+        "from llama_exporter.testing.fake_llama import main\n"
+        "raise SystemExit(main())\n"
+    )
+    script.chmod(0o755)
+    return script
 
 
 if __name__ == "__main__":
