@@ -200,9 +200,9 @@ def gw(
 def gw_pinned(
     tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
 ) -> Iterator[Gw]:
-    """Models g0 (pinned), g1, g2 (idle_ttl 3 s), cap 2, every instance polled at 2 Hz."""
+    """Models g0 (pinned), g1, g2 (idle_ttl 6 s), cap 2, every instance polled at 2 Hz."""
     tmp = tmp_path_factory.mktemp("gw-pinned")
-    extra: dict[int, dict[str, Any]] = {0: {"pinned": True}, 2: {"idle_ttl": 3}}
+    extra: dict[int, dict[str, Any]] = {0: {"pinned": True}, 2: {"idle_ttl": 6}}
     poll = {"interval": 0.5, "idle_interval": 0}  # idle instances are read each time too
     with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll=poll) as g:
         yield g
