@@ -4,7 +4,8 @@ Real llama-server (gemma 270M), the gateway's model and a bare llama-server of o
 both loaded at once, requests alternating between them:
   - warm streaming time to first token (ratio of medians, p50 of the paired extra);
   - non-streaming total time (ratio of medians);
-  - a cold request's time to first token against bare spawn->ready + direct TTFT.
+  - a cold request's time to first token against a bare spawn->ready plus the first
+    request's TTFT on that fresh bare server.
 Fake llama-server (llama_exporter.testing.fake_llama) behind the service:
   - non-streaming requests per second, through the gateway and straight to the fake;
   - 256 concurrent streams: errors, and the service's CPU per streamed token.
@@ -199,11 +200,14 @@ async def real_part(binary: Path, model_path: Path, rounds: int, tmp: Path) -> N
                 f"  direct {ms(b_total)}   gateway {ms(o_total)}   ratio {o_total / b_total:.3f}"
                 f" (goal <= {GOAL_TOTAL_RATIO})"
             )
-            direct_ttft = statistics.median(b_ttft)
             await bare.stop()
 
+            # A fresh llama-server's first request is slower than a warm one (its prompt
+            # cache is empty, its buffers untouched): the baseline for a cold request is a
+            # bare spawn->ready plus that same first request on the bare server.
             colds: list[float] = []
             spawns: list[float] = []
+            firsts: list[float] = []
             stop_url = f"{service.url}/api/v1/llama/models/gemma/stop"
             for _ in range(max(3, rounds // 5)):
                 async with session.post(stop_url) as resp:
@@ -214,16 +218,30 @@ async def real_part(binary: Path, model_path: Path, rounds: int, tmp: Path) -> N
                 spare = BareServer(binary, model)
                 try:
                     spawns.append(await spare.start())
+                    first = await request(
+                        session,
+                        f"http://127.0.0.1:{spare.port}/v1/chat/completions",
+                        chat_body("gemma", 4),
+                        True,
+                    )
+                    assert first.ttft is not None
+                    firsts.append(first.ttft)
                 finally:
                     await spare.stop()
             cold_ttft, spawn = statistics.median(colds), statistics.median(spawns)
-            bound = spawn + direct_ttft + GOAL_COLD_SLACK_MS / 1000
+            first_ttft = statistics.median(firsts)
+            bound = spawn + first_ttft + GOAL_COLD_SLACK_MS / 1000
             print(f"cold request ({len(colds)} runs, the model stopped before each)")
             print(
-                f"  gateway TTFT {ms(cold_ttft)}   bare spawn->ready {ms(spawn)} + direct TTFT"
-                f" {ms(direct_ttft)} + 50 ms = {ms(bound)}   "
+                f"  gateway TTFT {ms(cold_ttft)}   bare spawn->ready {ms(spawn)} + its first"
+                f" request's TTFT {ms(first_ttft)} + 50 ms = {ms(bound)}   "
                 f"{'within' if cold_ttft <= bound else 'ABOVE'} the goal"
-                f" ({(cold_ttft - spawn - direct_ttft) * 1000:+.1f} ms over spawn + TTFT)"
+                f" ({(cold_ttft - spawn - first_ttft) * 1000:+.1f} ms over spawn + first TTFT)"
+            )
+            print(
+                f"  (a warm request's TTFT is {ms(statistics.median(b_ttft))}: a fresh server's"
+                f" first request costs {(first_ttft - statistics.median(b_ttft)) * 1000:+.1f} ms"
+                " more, with or without the gateway)"
             )
         finally:
             await session.close()
