@@ -360,3 +360,28 @@ def test_embeddings_load_on_demand_and_are_counted(gw_pinned: Gw) -> None:
     )
     assert counted == 1
     assert g.chat("g1", max_tokens=2).choices[0].message.content is not None  # same instance
+
+
+def test_legacy_completions_streamed_and_not(gw_pinned: Gw) -> None:
+    g = gw_pinned
+    g.sent += 2
+    whole = g.client.completions.create(
+        model="g0", prompt="The sea is", max_tokens=4, extra_body={"ignore_eos": True}
+    )
+    assert whole.choices[0].text and whole.usage is not None
+    assert whole.usage.completion_tokens == 4
+    parts = g.client.completions.create(
+        model="g0", prompt="The sea is", max_tokens=4, stream=True, extra_body={"ignore_eos": True}
+    )
+    assert "".join(c.choices[0].text for c in parts if c.choices).strip()
+    wait_until(
+        lambda: (
+            g.metric(
+                "llama_exporter_gateway_requests_total", model="g0", endpoint="/v1/completions"
+            )
+            == 2
+        ),
+        "both completions to be counted",
+    )
+    ttfts = g.metric("llama_exporter_gateway_time_to_first_token_seconds_count", model="g0")
+    assert ttfts == 1  # the streamed one (the chats to g0 earlier were not streamed)
