@@ -22,7 +22,9 @@ def observed() -> RequestMetrics:
         queue_length=lambda: 3,
         models=lambda: ["a", "b"],
         lifecycle=lambda name: ({"request": 1}, {"idle": 1}) if name == "a" else ({}, {}),
+        endpoints=("/v1/chat/completions", "/upstream"),
     )
+    m.request_arrived("a", 10.0)
     m.request_done("a", "/v1/chat/completions", 200, 10.0, 10.5)
     m.first_token("a", 0.2, 10.4)
     for hist in (m.inter_token, m.queue_wait, m.load_wait, m.prompt_tokens, m.completion_tokens):
@@ -66,6 +68,10 @@ def test_known_models_start_at_zero() -> None:
     text = render(observed())
     assert 'llama_exporter_gateway_requests_in_flight{model="b"} 0.0' in text
     assert 'llama_exporter_gateway_rejected_total{model="b",reason="queue_full"} 0.0' in text
+    for endpoint in ("/v1/chat/completions", "/upstream"):
+        series = f'code="200",endpoint="{endpoint}",model="b"'
+        assert f"llama_exporter_gateway_requests_total{{{series}}} 0.0" in text
+    assert 'code="200",endpoint="/v1/chat/completions",model="a"} 1.0' in text
     for trigger in LOAD_TRIGGERS:
         assert f'llama_exporter_model_loads_total{{model="b",trigger="{trigger}"}} 0.0' in text
     for reason in UNLOAD_REASONS:
@@ -81,6 +87,15 @@ def test_window_quantiles() -> None:
     assert (w.ttft_p50, w.ttft_p95) == (0.5, 0.95)
     assert m.window("b", 161.0).ttft_p50 is None  # older than 60 s
     assert quantile([], 0.5) is None
+
+
+def test_window_counts_requests_from_their_arrival() -> None:
+    m = observed()
+    m.request_arrived("b", 100.0)  # still running: counted
+    assert m.window("b", 130.0).requests == 1
+    m.request_done("b", "/v1/chat/completions", 200, 100.0, 150.0)
+    assert m.window("b", 155.0).requests == 1
+    assert m.window("b", 161.0).requests == 0  # arrived more than 60 s ago
 
 
 @pytest.mark.prometheus

@@ -116,7 +116,10 @@ class RequestMetrics(Collector):
         queue_length: Callable[[], int],
         models: Callable[[], list[str]],
         lifecycle: Callable[[str], tuple[dict[str, int], dict[str, int]]],
+        endpoints: Sequence[str] = (),
     ) -> None:
+        """endpoints: whose requests_total{code="200"} starts at 0 for every known model."""
+        self._endpoints = tuple(endpoints)
         self._in_flight = in_flight
         self._queue_length = queue_length
         self._models = models
@@ -168,14 +171,16 @@ class RequestMetrics(Collector):
 
     # -- observations ----------------------------------------------------------------
 
+    def request_arrived(self, model: str, arrived: float) -> None:
+        """A request for model came in (the summary's last minute counts it from now on)."""
+        self._recent.setdefault(model, deque()).append(arrived)
+
     def request_done(
         self, model: str, endpoint: str, code: int | str, arrived: float, now: float
     ) -> None:
         """Count a finished request and its duration."""
         self.requests.inc((model, endpoint, str(code)))
         self.duration.observe((model, endpoint), now - arrived)
-        if model:
-            self._recent.setdefault(model, deque()).append(arrived)
 
     def first_token(self, model: str, seconds: float, now: float) -> None:
         """A streamed request's time to first token."""
@@ -185,7 +190,7 @@ class RequestMetrics(Collector):
     # -- summary -----------------------------------------------------------------------
 
     def window(self, model: str, now: float) -> ModelWindow:
-        """Requests and TTFT quantiles of the last 60 s (old entries are dropped here)."""
+        """Requests that arrived in the last 60 s (running ones too) and TTFT quantiles."""
         since = now - WINDOW_SECONDS
         arrivals = self._recent.get(model, deque())
         while arrivals and arrivals[0] < since:
@@ -214,6 +219,9 @@ class RequestMetrics(Collector):
             value=self._queue_length(),
         )
         for name in models:
+            # A series born at 1 loses that first request to rate() and increase().
+            for endpoint in self._endpoints:
+                self.requests.values.setdefault((name, endpoint, "200"), 0.0)
             for reason in REJECT_REASONS:
                 self.rejected.values.setdefault((name, reason), 0.0)
         for counters in (self.requests, self.rejected, self.cut_off):

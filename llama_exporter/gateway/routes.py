@@ -57,6 +57,7 @@ class Gateway:
             queue_length=lambda: self.scheduler.queue_length,
             models=supervisor.models.names,
             lifecycle=supervisor.lifecycle_counts,
+            endpoints=(*OPENAI_ROUTES, UPSTREAM_ENDPOINT),
         )
         self.scheduler = Scheduler(
             supervisor, config.gateway, self.metrics, clock=clock, monotonic=monotonic
@@ -194,6 +195,7 @@ class Gateway:
         lease = None
         watch = StreamWatch(arrived)
         usage = None
+        self.metrics.request_arrived(model, arrived)
         try:
             lease = await self.scheduler.acquire(model)
             if self._session is None:
