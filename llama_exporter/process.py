@@ -310,9 +310,14 @@ class LlamaProcess:
                     "(raise ready_timeout for big models or slow disks)"
                 )
             probe = asyncio.ensure_future(health_status(self.host, self.port, min(1.0, remaining)))
-            done, _ = await asyncio.wait({probe, self._exited}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait(
+                    {probe, self._exited}, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:  # also when a stop cancels the load: no probe outlives it
+                if not probe.done():
+                    probe.cancel()
             if self._exited in done:
-                probe.cancel()
                 raise StartError(await self._describe(during_load=True))
             if probe.result() == 200:
                 return

@@ -234,6 +234,8 @@ async def test_client_disconnect_mid_stream_frees_the_slot(
     seen = b""
     while b'"content": "' not in seen:
         seen += await resp.content.readany()
+    summary = await (await client.get(f"{API}/gateway")).json()
+    assert summary["models"]["m0"]["requests_last_minute"] == 1  # counted while running
     assert await _slots_busy(client, "m0")
     resp.close()  # the client goes away mid-stream
 
@@ -256,6 +258,9 @@ async def test_client_disconnect_mid_stream_frees_the_slot(
 
     await until(counted)
     assert (await status_of(client, "m0"))["in_flight"] == 0
+    # What the abandoned stream showed before the client left is still observed.
+    ttft = "llama_exporter_gateway_time_to_first_token_seconds_count"
+    assert await sample(client, ttft, model="m0") == 1
 
 
 async def test_upstream_death_mid_stream_ends_with_an_error_event(

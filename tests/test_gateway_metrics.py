@@ -23,6 +23,7 @@ def observed() -> RequestMetrics:
         models=lambda: ["a", "b"],
         lifecycle=lambda name: ({"request": 1}, {"idle": 1}) if name == "a" else ({}, {}),
     )
+    m.request_arrived("a", 10.0)
     m.request_done("a", "/v1/chat/completions", 200, 10.0, 10.5)
     m.first_token("a", 0.2, 10.4)
     for hist in (m.inter_token, m.queue_wait, m.load_wait, m.prompt_tokens, m.completion_tokens):
@@ -81,6 +82,15 @@ def test_window_quantiles() -> None:
     assert (w.ttft_p50, w.ttft_p95) == (0.5, 0.95)
     assert m.window("b", 161.0).ttft_p50 is None  # older than 60 s
     assert quantile([], 0.5) is None
+
+
+def test_window_counts_requests_from_their_arrival() -> None:
+    m = observed()
+    m.request_arrived("b", 100.0)  # still running: counted
+    assert m.window("b", 130.0).requests == 1
+    m.request_done("b", "/v1/chat/completions", 200, 100.0, 150.0)
+    assert m.window("b", 155.0).requests == 1
+    assert m.window("b", 161.0).requests == 0  # arrived more than 60 s ago
 
 
 @pytest.mark.prometheus

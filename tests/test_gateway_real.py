@@ -200,9 +200,14 @@ def gw(
 def gw_pinned(
     tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
 ) -> Iterator[Gw]:
-    """Models g0 (pinned), g1, g2 (idle_ttl 6 s), cap 2, every instance polled at 2 Hz."""
+    """g0 (pinned), g1 (embeddings too), g2 (idle_ttl 6 s), cap 2, polled at 2 Hz."""
     tmp = tmp_path_factory.mktemp("gw-pinned")
-    extra: dict[int, dict[str, Any]] = {0: {"pinned": True}, 2: {"idle_ttl": 6}}
+    extra: dict[int, dict[str, Any]] = {
+        0: {"pinned": True},
+        # gemma needs mean pooling for OpenAI embeddings; chat works as well.
+        1: {"args": ["--threads", "1", "--embeddings", "--pooling", "mean"]},
+        2: {"idle_ttl": 6},
+    }
     poll = {"interval": 0.5, "idle_interval": 0}  # idle instances are read each time too
     with gateway_service(tmp, llama_server_bin, gemma_gguf, extra, poll=poll) as g:
         yield g
@@ -339,3 +344,44 @@ def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: 
     assert len(polled_after_use) >= 3  # the poller read it several times after its last use
     assert g.metric("llama_exporter_model_unloads_total", model="g2", reason="idle") == 1
     assert g.service.status("g0")["state"] == "ready"  # pinned: not unloaded
+
+
+def test_embeddings_load_on_demand_and_are_counted(gw_pinned: Gw) -> None:
+    g = gw_pinned
+    assert g.service.status("g1")["state"] == "stopped"  # evicted earlier
+    g.sent += 1
+    answer = g.client.embeddings.create(model="g1", input=["a lighthouse", "the sea"])
+    vectors = [d.embedding for d in answer.data]
+    assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
+    assert vectors[0] != vectors[1]
+    assert g.service.status("g1")["state"] == "ready"
+    counted = g.metric(
+        "llama_exporter_gateway_requests_total", model="g1", endpoint="/v1/embeddings", code="200"
+    )
+    assert counted == 1
+    assert g.chat("g1", max_tokens=2).choices[0].message.content is not None  # same instance
+
+
+def test_legacy_completions_streamed_and_not(gw_pinned: Gw) -> None:
+    g = gw_pinned
+    g.sent += 2
+    whole = g.client.completions.create(
+        model="g0", prompt="The sea is", max_tokens=4, extra_body={"ignore_eos": True}
+    )
+    assert whole.choices[0].text and whole.usage is not None
+    assert whole.usage.completion_tokens == 4
+    parts = g.client.completions.create(
+        model="g0", prompt="The sea is", max_tokens=4, stream=True, extra_body={"ignore_eos": True}
+    )
+    assert "".join(c.choices[0].text for c in parts if c.choices).strip()
+    wait_until(
+        lambda: (
+            g.metric(
+                "llama_exporter_gateway_requests_total", model="g0", endpoint="/v1/completions"
+            )
+            == 2
+        ),
+        "both completions to be counted",
+    )
+    ttfts = g.metric("llama_exporter_gateway_time_to_first_token_seconds_count", model="g0")
+    assert ttfts == 1  # the streamed one (the chats to g0 earlier were not streamed)

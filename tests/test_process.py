@@ -10,6 +10,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -206,6 +207,37 @@ async def test_wait_ready_times_out(
     with pytest.raises(StartError, match=r"within 0\.5 s"):
         await proc.wait_ready(0.5)
     assert proc.returncode is None
+
+
+def _probes() -> list[asyncio.Task[Any]]:
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if getattr(t.get_coro(), "__qualname__", "") == health_status.__qualname__
+    ]
+
+
+async def test_a_cancelled_wait_ready_leaves_no_probe_behind(
+    fake_server_bin: Path, tmp_path: Path, spawned: list[LlamaProcess]
+) -> None:
+    proc = await spawn(fake_server_bin, tmp_path, spawned, "--fake-load-delay", "30")
+    async with asyncio.timeout(60):
+        while True:  # until it listens and says it is loading
+            if await health_status("127.0.0.1", proc.port, 1.0) == 503:
+                break
+            await asyncio.sleep(0.02)
+    os.kill(proc.pid, signal.SIGSTOP)  # the kernel still accepts; nothing answers
+    waiting = asyncio.create_task(proc.wait_ready(30))
+    async with asyncio.timeout(60):
+        while True:
+            if _probes():
+                break
+            await asyncio.sleep(0.01)
+    waiting.cancel()  # a stop during the load
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    await asyncio.sleep(0)  # the probe's cancellation is delivered
+    assert _probes() == []
 
 
 async def test_stop_escalates_to_sigkill(

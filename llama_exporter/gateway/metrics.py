@@ -168,14 +168,16 @@ class RequestMetrics(Collector):
 
     # -- observations ----------------------------------------------------------------
 
+    def request_arrived(self, model: str, arrived: float) -> None:
+        """A request for model came in (the summary's last minute counts it from now on)."""
+        self._recent.setdefault(model, deque()).append(arrived)
+
     def request_done(
         self, model: str, endpoint: str, code: int | str, arrived: float, now: float
     ) -> None:
         """Count a finished request and its duration."""
         self.requests.inc((model, endpoint, str(code)))
         self.duration.observe((model, endpoint), now - arrived)
-        if model:
-            self._recent.setdefault(model, deque()).append(arrived)
 
     def first_token(self, model: str, seconds: float, now: float) -> None:
         """A streamed request's time to first token."""
@@ -185,7 +187,7 @@ class RequestMetrics(Collector):
     # -- summary -----------------------------------------------------------------------
 
     def window(self, model: str, now: float) -> ModelWindow:
-        """Requests and TTFT quantiles of the last 60 s (old entries are dropped here)."""
+        """Requests that arrived in the last 60 s (running ones too) and TTFT quantiles."""
         since = now - WINDOW_SECONDS
         arrivals = self._recent.get(model, deque())
         while arrivals and arrivals[0] < since:

@@ -161,7 +161,11 @@ def paths() -> dict[str, Schema]:
                                             "properties": {
                                                 "in_flight": integer,
                                                 "queued": integer,
-                                                "requests_last_minute": integer,
+                                                "requests_last_minute": {
+                                                    **integer,
+                                                    "description": "requests that arrived "
+                                                    "in the last 60 s, running ones included",
+                                                },
                                                 "ttft_p50_seconds": number,
                                                 "ttft_p95_seconds": number,
                                             },

@@ -152,8 +152,11 @@ async def _stream(
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
-            watch.feed(chunk, clock())
-            await response.write(chunk)
+            now = clock()  # the chunk's arrival; it is read after it went on (off the path)
+            try:
+                await response.write(chunk)
+            finally:
+                watch.feed(chunk, now)
     except ConnectionResetError:
         outcome.code = CLIENT_CLOSED  # the client left; the caller closes upstream
         return response, outcome

@@ -194,6 +194,7 @@ class Gateway:
         lease = None
         watch = StreamWatch(arrived)
         usage = None
+        self.metrics.request_arrived(model, arrived)
         try:
             lease = await self.scheduler.acquire(model)
             if self._session is None:
