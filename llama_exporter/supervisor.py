@@ -1,7 +1,9 @@
-"""All llama-server instances: the parallel cap, restarts with back-off, hang watchdog.
+"""All llama-server instances: the parallel cap, start and stop, status and subscribers.
 
 The Supervisor is the only writer of instance state: every change goes through
 ``_set_state``, which checks the transition and publishes an ``InstanceStatus``.
+Each instance's life (spawn, ready, watch, restarts with back-off) runs in
+``lifecycle.Lifecycle``, which changes state through that same ``_set_state``.
 """
 
 from __future__ import annotations
@@ -12,26 +14,14 @@ import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 from llama_exporter.config import Config, ModelConfig
-from llama_exporter.orphans import InstanceRecord, InstancesFile
-from llama_exporter.process import (
-    Instance,
-    LlamaProcess,
-    SpawnFn,
-    StartError,
-    hang_watch,
-    port_bindable,
-    rotated_log,
-    tail_file,
-)
+from llama_exporter.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
+from llama_exporter.process import Instance, SpawnFn, rotated_log, tail_file
 from llama_exporter.states import (
     COUNTS_AGAINST_CAP,
     SETTLED,
-    TRANSITIONS,
     CapExceeded,
     Conflict,
     InstanceCounters,
@@ -39,7 +29,6 @@ from llama_exporter.states import (
     ShuttingDown,
     State,
     UnknownModel,
-    backoff_delay,
     check_transition,
 )
 
@@ -59,9 +48,6 @@ __all__ = [
 Spawn = SpawnFn  # the OS seam: how an instance is started (LlamaProcess.spawn by default)
 
 log = logging.getLogger(__name__)
-
-WATCHDOG_INTERVAL = 1.0  # seconds between /health probes of a ready instance
-BIND_RETRIES = 3
 
 # Why an instance started (model_loads_total{trigger}) and stopped (model_unloads_total{reason}).
 LOAD_TRIGGERS = ("request", "api", "autostart", "restart")
@@ -102,18 +88,6 @@ class StaticModels:
         return list(self._models)
 
 
-@dataclass
-class _Entry:
-    status: InstanceStatus
-    counters: InstanceCounters = dataclasses.field(default_factory=InstanceCounters)
-    proc: Instance | None = None
-    last_proc: Instance | None = None
-    task: asyncio.Task[None] | None = None
-    changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
-    loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
-    unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason
-
-
 class Supervisor:
     """Starts and stops one llama-server per model under the cap; sole owner of their state."""
 
@@ -130,29 +104,28 @@ class Supervisor:
     ) -> None:
         self.config = config
         self.models = models
-        self._spawn: SpawnFn = spawn or self._spawn_llama_server
-        self._observe = observe_start_duration
         self._clock = clock
-        self._host = instance_host
-        self._watchdog_interval = watchdog_interval
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._subscribers: list[Callable[[InstanceStatus], None]] = []
         self._shutting_down = False
-        self._port_cursor = 0
         self._created = clock()
-        self._instances = InstancesFile(config.state_dir / "instances.json")
         self._drain: DrainFn | None = None
+        self._lifecycle = Lifecycle(
+            config,
+            self._entries,
+            set_state=self._set_state,
+            count=self._count,
+            spawn=spawn,
+            observe_start_duration=observe_start_duration,
+            clock=clock,
+            instance_host=instance_host,
+            watchdog_interval=watchdog_interval,
+        )
+        self._host = instance_host  # readers connect to it (see _launch)
 
     def set_drain(self, drain: DrainFn | None) -> None:
         """Who an explicit stop asks to let requests in flight finish (the gateway)."""
         self._drain = drain
-
-    async def _spawn_llama_server(
-        self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
-    ) -> Instance:
-        return await LlamaProcess.spawn(
-            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
-        )
 
     # --- reading ------------------------------------------------------------------
 
@@ -183,11 +156,11 @@ class Supervisor:
         except KeyError:
             raise UnknownModel(name) from None
 
-    def _entry(self, name: str) -> _Entry:
+    def _entry(self, name: str) -> Entry:
         """The entry of a model start() checked; created on its first start."""
         entry = self._entries.get(name)
         if entry is None:
-            entry = _Entry(self._never_started(name))
+            entry = Entry(self._never_started(name))
             self._entries[name] = entry
         return entry
 
@@ -243,7 +216,7 @@ class Supervisor:
 
         Reads the file from its end, so call it off the event loop for large n.
         """
-        path = self._log_path(name)
+        path = self._lifecycle.log_path(name)
         try:
             lines = tail_file(path, n)
         except OSError:
@@ -267,7 +240,7 @@ class Supervisor:
 
     # --- the one writer -----------------------------------------------------------
 
-    def _set_state(self, entry: _Entry, state: State, **fields: Any) -> InstanceStatus:
+    def _set_state(self, entry: Entry, state: State, **fields: Any) -> InstanceStatus:
         """Change state (checked; same state = field update) and publish the new status."""
         old = entry.status
         if state is not old.state:
@@ -283,7 +256,7 @@ class Supervisor:
                 log.exception("status subscriber %r failed", callback)
         return entry.status
 
-    def _count(self, entry: _Entry, **delta: int) -> None:
+    def _count(self, entry: Entry, **delta: int) -> None:
         c = entry.counters
         entry.counters = dataclasses.replace(c, **{k: getattr(c, k) + v for k, v in delta.items()})
 
@@ -316,7 +289,7 @@ class Supervisor:
 
     def _launch(
         self,
-        entry: _Entry,
+        entry: Entry,
         model: ModelConfig,
         trigger: str,
         *,
@@ -331,7 +304,7 @@ class Supervisor:
         if retries is not None:
             fields.update(retries=retries, last_error=None)
         status = self._set_state(entry, State.STARTING, **fields)
-        entry.task = asyncio.create_task(self._run(entry, model, automatic))
+        entry.task = asyncio.create_task(self._lifecycle.run(entry, model, automatic))
         return status
 
     async def stop(self, name: str, *, reason: str = "api") -> InstanceStatus:
@@ -375,12 +348,12 @@ class Supervisor:
         if proc is not None:
             rc = await proc.stop(self.config.stop_grace)
             log.info("%s: llama-server pid %d stopped (status %d)", name, proc.pid, rc)
-            self._forget_proc(entry)
+            self._lifecycle.forget_proc(entry)
         return self._set_state(
             entry, State.STOPPED, pid=None, port=None, ready_at=None, last_error=None
         )
 
-    async def _cancel_task(self, entry: _Entry) -> None:
+    async def _cancel_task(self, entry: Entry) -> None:
         task, entry.task = entry.task, None
         if task is not None and task is not asyncio.current_task():
             task.cancel()
@@ -397,9 +370,9 @@ class Supervisor:
             if isinstance(result, BaseException):
                 log.error("shutdown: stopping %s failed", name, exc_info=result)
         try:
-            await self._instances.flush()
+            await self._lifecycle.instances.flush()
         except Exception:
-            log.exception("shutdown: cannot write %s", self._instances.path)
+            log.exception("shutdown: cannot write %s", self._lifecycle.instances.path)
 
     async def start_autostart(self) -> list[str]:
         """Start the autostart models in order while under the cap; returns those started."""
@@ -416,156 +389,8 @@ class Supervisor:
             started.append(name)
         return started
 
-    # --- the life of one instance -------------------------------------------------
-
-    async def _run(self, entry: _Entry, model: ModelConfig, automatic: bool) -> None:
-        """The instance's life task; a bug in it fails the instance instead of freezing it."""
-        try:
-            await self._life(entry, model, automatic)
-        except Exception as exc:
-            log.exception("%s: supervisor error", model.name)
-            if State.FAILED in TRANSITIONS[entry.status.state]:
-                if entry.proc is not None:
-                    entry.proc.kill()
-                self._set_state(entry, State.FAILED, last_error=f"internal error: {exc!r}")
-
-    async def _life(self, entry: _Entry, model: ModelConfig, automatic: bool) -> None:
-        """Launch, then watch until a crash or hang; restart per policy. Cancelled by stop()."""
-        while True:
-            reason = await self._bring_up(entry, model)
-            if reason is not None:
-                self._count(entry, start_failures_total=1)
-            else:
-                reason = await self._watch(entry)
-                if entry.status.state is State.STOPPING:
-                    return  # it ended while stop() let requests drain: stop() finishes
-            delay = self._restart_delay(entry) if automatic or entry.status.ready_at else None
-            gone: dict[str, Any] = {"last_error": reason, "pid": None, "port": None}
-            if delay is None:
-                log.error("%s: %s", model.name, reason)
-                self._set_state(entry, State.FAILED, ready_at=None, **gone)
-                return
-            retry_at = self._clock() + delay
-            log.warning("%s: %s; restarting in %g s", model.name, reason, delay)
-            self._set_state(entry, State.BACKOFF, next_retry_at=retry_at, ready_at=None, **gone)
-            await asyncio.sleep(delay)
-            automatic = True
-            self._count(entry, restarts_total=1)
-            entry.loads["restart"] = entry.loads.get("restart", 0) + 1
-            self._set_state(
-                entry,
-                State.STARTING,
-                next_retry_at=None,
-                retries=entry.status.retries + 1,
-                restarts=entry.status.restarts + 1,
-            )
-
-    def _restart_delay(self, entry: _Entry) -> float | None:
-        policy = self.config.restart
-        status = entry.status
-        if status.ready_at is not None and self._clock() - status.ready_at >= policy.stable_after:
-            entry.status = dataclasses.replace(status, retries=0)
-        if not policy.enabled or entry.status.retries >= policy.max_retries:
-            return None
-        return backoff_delay(entry.status.retries, policy.backoff_initial, policy.backoff_max)
-
-    async def _bring_up(self, entry: _Entry, model: ModelConfig) -> str | None:
-        """Spawn and wait for /health 200; None when READY, else the failure reason."""
-        reason = "no free port"
-        for _ in range(BIND_RETRIES):
-            port = self._pick_port(entry)
-            if port is None:
-                first, last = self.config.ports.first, self.config.ports.last
-                reason = f"no free port in {first}-{last}: widen ports or stop other services"
-                break
-            begun = time.monotonic()
-            self._set_state(entry, State.STARTING, port=port, ready_at=None)
-            spawning = asyncio.ensure_future(
-                self._spawn(
-                    self.config.llama_server, model, self._host, port, self._log_path(model.name)
-                )
-            )
-            try:
-                proc = await asyncio.shield(spawning)
-            except asyncio.CancelledError:
-                with contextlib.suppress(Exception):
-                    entry.proc = await spawning  # stop() will stop it
-                raise
-            except OSError as exc:
-                reason = (
-                    f"cannot start {self.config.llama_server}: {exc} (check llama_server in the "
-                    f"config, and that {self.config.log_dir} is writable)"
-                )
-                break
-            entry.proc = entry.last_proc = proc
-            self._set_state(entry, State.STARTING, pid=proc.pid, started_at=self._clock())
-            self._persist()
-            try:
-                await proc.wait_ready(self.config.ready_timeout)
-            except StartError as exc:
-                reason = exc.reason
-                proc.kill()
-                await proc.wait()
-                self._forget_proc(entry)
-                lowered = reason.lower()
-                if "couldn't bind" in lowered or "address already in use" in lowered:
-                    continue  # another program took the port after our bind test
-                break
-            if self._observe is not None:
-                self._observe(model.name, time.monotonic() - begun)
-            self._set_state(entry, State.READY, ready_at=self._clock(), last_error=None)
-            return None
-        return reason
-
-    async def _watch(self, entry: _Entry) -> str:
-        """Wait for the ready process to exit or hang; kill and reap it; return the reason."""
-        proc = entry.proc
-        assert proc is not None
-        exited = asyncio.ensure_future(proc.wait())
-        limit, every = self.config.hang_timeout, self._watchdog_interval
-        hung = asyncio.ensure_future(hang_watch(proc.health, limit, every))
-        try:
-            done, _ = await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            hung.cancel()
-            exited.cancel()
-        if exited in done:
-            reason = await proc.describe_exit(during_load=False)
-        else:
-            reason = hung.result()
-            proc.kill()
-            await proc.wait()
-        self._forget_proc(entry)
-        return reason
-
-    # --- ports, logs, instances.json ------------------------------------------------
-
-    def _pick_port(self, entry: _Entry) -> int | None:
-        ports = self.config.ports
-        used = {e.status.port for e in self._entries.values() if e is not entry}
-        for i in range(ports.size):
-            port = ports.first + (self._port_cursor + i) % ports.size
-            if port not in used and port_bindable(self._host, port):
-                self._port_cursor = (port - ports.first + 1) % ports.size
-                return port
-        return None
-
-    def _log_path(self, name: str) -> Path:
-        return self.config.log_dir / f"{name.replace('/', '_')}.log"
-
-    def _forget_proc(self, entry: _Entry) -> None:
-        entry.proc = None
-        self._persist()
-
-    def _persist(self) -> None:
-        self._instances.update(
-            InstanceRecord(name, e.proc.pid, e.proc.create_time, e.proc.port)
-            for name, e in self._entries.items()
-            if e.proc is not None and e.proc.returncode is None
-        )
-
     async def recover(self) -> list[int]:
         """Kill llama-servers a previous run recorded that are still alive; returns their pids."""
-        killed = await self._instances.recover()
-        self._persist()
+        killed = await self._lifecycle.instances.recover()
+        self._lifecycle.persist()
         return killed

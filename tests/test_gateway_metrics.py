@@ -22,6 +22,7 @@ def observed() -> RequestMetrics:
         queue_length=lambda: 3,
         models=lambda: ["a", "b"],
         lifecycle=lambda name: ({"request": 1}, {"idle": 1}) if name == "a" else ({}, {}),
+        endpoints=("/v1/chat/completions", "/upstream"),
     )
     m.request_arrived("a", 10.0)
     m.request_done("a", "/v1/chat/completions", 200, 10.0, 10.5)
@@ -67,6 +68,10 @@ def test_known_models_start_at_zero() -> None:
     text = render(observed())
     assert 'llama_exporter_gateway_requests_in_flight{model="b"} 0.0' in text
     assert 'llama_exporter_gateway_rejected_total{model="b",reason="queue_full"} 0.0' in text
+    for endpoint in ("/v1/chat/completions", "/upstream"):
+        series = f'code="200",endpoint="{endpoint}",model="b"'
+        assert f"llama_exporter_gateway_requests_total{{{series}}} 0.0" in text
+    assert 'code="200",endpoint="/v1/chat/completions",model="a"} 1.0' in text
     for trigger in LOAD_TRIGGERS:
         assert f'llama_exporter_model_loads_total{{model="b",trigger="{trigger}"}} 0.0' in text
     for reason in UNLOAD_REASONS:

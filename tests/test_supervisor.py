@@ -358,7 +358,7 @@ async def test_stop_from_backoff_cancels_the_restart(tmp_path: Path) -> None:
     lives = [
         t
         for t in asyncio.all_tasks()
-        if getattr(t.get_coro(), "__qualname__", "") == "Supervisor._run"
+        if getattr(t.get_coro(), "__qualname__", "") == "Lifecycle.run"
     ]
     assert lives == []
     assert len(spawner.instances) == 1

@@ -116,7 +116,10 @@ class RequestMetrics(Collector):
         queue_length: Callable[[], int],
         models: Callable[[], list[str]],
         lifecycle: Callable[[str], tuple[dict[str, int], dict[str, int]]],
+        endpoints: Sequence[str] = (),
     ) -> None:
+        """endpoints: whose requests_total{code="200"} starts at 0 for every known model."""
+        self._endpoints = tuple(endpoints)
         self._in_flight = in_flight
         self._queue_length = queue_length
         self._models = models
@@ -216,6 +219,9 @@ class RequestMetrics(Collector):
             value=self._queue_length(),
         )
         for name in models:
+            # A series born at 1 loses that first request to rate() and increase().
+            for endpoint in self._endpoints:
+                self.requests.values.setdefault((name, endpoint, "200"), 0.0)
             for reason in REJECT_REASONS:
                 self.rejected.values.setdefault((name, reason), 0.0)
         for counters in (self.requests, self.rejected, self.cut_off):

@@ -57,6 +57,7 @@ class Gateway:
             queue_length=lambda: self.scheduler.queue_length,
             models=supervisor.models.names,
             lifecycle=supervisor.lifecycle_counts,
+            endpoints=(*OPENAI_ROUTES, UPSTREAM_ENDPOINT),
         )
         self.scheduler = Scheduler(
             supervisor, config.gateway, self.metrics, clock=clock, monotonic=monotonic
