@@ -11,9 +11,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from llama_exporter.config import GatewayConfig
 from llama_exporter.gateway import policy
@@ -94,6 +93,7 @@ class Scheduler:
         self._claims: dict[str, int] = {}  # waiters let go that have not come back yet
         self._requested_loads: set[str] = set()  # loads a request started, not settled yet
         self._evicting: set[str] = set()
+        self._unloading: dict[str, asyncio.Task[None]] = {}  # eviction or idle stop, by model
         self._drained: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pumping = False
@@ -127,6 +127,12 @@ class Scheduler:
         self.touch(model)
         deadline: float | None = None
         while True:
+            unloading = self._unloading.get(model)
+            if unloading is not None:
+                # Picked for eviction or idle unload, its stop perhaps not begun (still
+                # READY): a request must not run on it. Wait until it is gone, then load it.
+                await asyncio.wait({unloading})
+                continue
             status = self._sup.status(model)
             state = status.state
             if state is State.READY:
@@ -337,8 +343,7 @@ class Scheduler:
 
     def _evict(self, victim: str) -> None:
         log.info("gateway: evicting %s to make room for the queue", victim)
-        self._evicting.add(victim)
-        self._spawn(self._stop(victim, "evicted"))
+        self._unload(victim, "evicted")
 
     async def _stop(self, model: str, reason: str) -> None:
         try:
@@ -347,10 +352,14 @@ class Scheduler:
             log.exception("gateway: stopping %s (%s) failed", model, reason)
         finally:
             self._evicting.discard(model)
+            self._unloading.pop(model, None)
             self._pump()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def _unload(self, model: str, reason: str) -> None:
+        """Stop model in a task; until the task ends, acquire() sends nobody to it."""
+        self._evicting.add(model)
+        task: asyncio.Task[None] = asyncio.ensure_future(self._stop(model, reason))
+        self._unloading[model] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -416,8 +425,7 @@ class Scheduler:
         idle = policy.idle_models(usage, now)
         for name in idle:
             log.info("gateway: unloading %s (idle)", name)
-            self._evicting.add(name)
-            self._spawn(self._stop(name, "idle"))
+            self._unload(name, "idle")
         return idle
 
     async def run_idle_loop(self, interval: float = IDLE_CHECK_INTERVAL) -> None:
