@@ -18,7 +18,7 @@ from llama_exporter.config import GatewayConfig, ModelConfig
 from llama_exporter.gateway import Gateway
 from llama_exporter.gateway.scheduler import GatewayError, Lease
 from llama_exporter.states import State
-from llama_exporter.supervisor import StaticModels, Supervisor
+from llama_exporter.supervisor import ShuttingDown, StaticModels, Supervisor
 
 
 class Clock:
@@ -392,3 +392,19 @@ async def test_a_request_for_a_model_picked_for_eviction_is_not_given_it(
     assert unloads(sup, "a") == {"evicted": 1} and loads(sup, "a") == {"request": 2}
     lease.release()
     await sup.shutdown()
+
+
+async def test_shutdown_answers_queued_requests_at_once(tmp_path: Path) -> None:
+    """A queued request must not wait out queue_timeout (nor hold up the server's exit)."""
+    gw, sup, _, _ = setup(tmp_path, "abc", stop_drain=0.05)
+    held = [await gw.scheduler.acquire("a"), await gw.scheduler.acquire("b")]
+    waiting = asyncio.create_task(gw.scheduler.acquire("c"))
+    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await sup.shutdown()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(waiting, 5)
+    assert gw.scheduler.queue_length == 0
+    with pytest.raises(ShuttingDown):  # and one that comes in afterwards is not queued
+        await asyncio.wait_for(gw.scheduler.acquire("c"), 5)
+    for lease in held:
+        lease.release()

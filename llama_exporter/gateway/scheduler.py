@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from llama_exporter.config import GatewayConfig
 from llama_exporter.gateway import policy
 from llama_exporter.gateway.metrics import RequestMetrics
-from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
+from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, ShuttingDown, State
 from llama_exporter.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,8 @@ class Scheduler:
                 # READY): a request must not run on it. Wait until it is gone, then load it.
                 await asyncio.wait({unloading})
                 continue
+            if self._sup.shutting_down:
+                raise ShuttingDown("the service is shutting down")
             status = self._sup.status(model)
             state = status.state
             if state is State.READY:
@@ -198,6 +200,8 @@ class Scheduler:
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         if status.state is State.STOPPED:
+            if self._sup.shutting_down:
+                raise ShuttingDown("the service is shutting down")
             raise GatewayError(
                 503,
                 f"model {model!r} was stopped while loading; send the request again",
@@ -274,13 +278,14 @@ class Scheduler:
             self._pumping = False
 
     def _pump_once(self) -> None:
+        if self._sup.shutting_down:  # nothing loads any more: every waiter is answered now
+            self._let_go({w.model for w in self._queue})
+            return
         while self._queue:
             live = {w.model for w in self._queue if self._sup.status(w.model).state in LIVE}
             plan = policy.plan_queue([w.model for w in self._queue], live)
             self._let_go(plan.go)
             if plan.head is None:
-                return
-            if self._sup.shutting_down:
                 return
             if self._sup.running_count < self._sup.cap:
                 try:
@@ -368,7 +373,11 @@ class Scheduler:
             self._requested_loads.discard(status.model)
         if status.state is State.READY and status.model not in self.last_used:
             self.last_used[status.model] = status.ready_at or self._clock()
-        if status.state not in COUNTS_AGAINST_CAP or status.state in LIVE:
+        if (
+            status.state not in COUNTS_AGAINST_CAP
+            or status.state in LIVE
+            or self._sup.shutting_down  # the first stop of a shutdown answers the queue
+        ):
             self._pump()
 
     # -- release and drain ---------------------------------------------------------------
