@@ -254,7 +254,13 @@ class Soak:
             raise RuntimeError(f"instances still running: {busy}")
         await asyncio.sleep(5)  # closed sockets drained, a fresh 1 Hz host sample
         rss, fds = self.sample_process()
-        return Sample(rss, fds, await self.tasks())
+        # The fewest of 5 host samples a second apart: a request being served at the
+        # sample's moment is a task for a moment; a leaked one is in all five.
+        counts = []
+        for _ in range(5):
+            counts.append(await self.tasks())
+            await asyncio.sleep(1.0)
+        return Sample(rss, fds, min(counts))
 
     # --- workers --------------------------------------------------------------------
 
