@@ -156,6 +156,9 @@ def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
         "parallel": cfg.parallel,
         "args": redact_args(cfg.args),
         "autostart": cfg.autostart,
+        "pinned": cfg.pinned,
+        "idle_ttl": cfg.idle_ttl,
+        "stop_drain": cfg.stop_drain,
         "state": str(status.state),
         "metadata": None if info is None else dataclasses.asdict(info),
         "metadata_error": model.error,
@@ -227,6 +230,7 @@ async def add_model(request: web.Request) -> web.Response:
     """Register a GGUF file as a model (persisted across restarts)."""
     body = await _json_body(request)
     known = {"name", "path", "ctx_size", "parallel", "args", "env"}
+    known |= {"pinned", "idle_ttl", "stop_drain"}  # checked by the registry, as in the config
     unknown = sorted(set(body) - known)
     if unknown:
         raise ApiError(
@@ -245,6 +249,9 @@ async def add_model(request: web.Request) -> web.Response:
         parallel=_field(body, "parallel", int),
         args=tuple(args),
         env=env,
+        pinned=body.get("pinned"),
+        idle_ttl=body.get("idle_ttl"),
+        stop_drain=body.get("stop_drain"),
     )
     status = request.app[SUPERVISOR].status(model.config.name)
     return web.json_response(model_json(model, status), status=201)

@@ -16,7 +16,7 @@ from typing import IO, Any, TextIO
 
 from llama_exporter import __version__
 from llama_exporter.client import Client, ClientError, ServiceUnreachable
-from llama_exporter.config import ConfigError, exposure_error, load_config
+from llama_exporter.config import ConfigError, exposure_error, load_config, parse_seconds
 
 EXIT_USAGE = 2
 EXIT_CAP = 3
@@ -324,9 +324,26 @@ def cmd_add(args: argparse.Namespace, client: Client) -> int:
         body["ctx_size"] = args.ctx_size
     if args.parallel is not None:
         body["parallel"] = args.parallel
+    for key in ("pinned", "idle_ttl", "stop_drain"):  # unset: the service's defaults apply
+        if getattr(args, key) is not None:
+            body[key] = getattr(args, key)
     model = client.post("/models", body)
-    print(f"{model['name']}: registered ({model['path']})")
+    ttl = _fmt_duration(model["idle_ttl"]) if model.get("idle_ttl") else "never"
+    gateway = "pinned" if model.get("pinned") else f"idle unload: {ttl}"
+    print(f"{model['name']}: registered ({model['path']}; {gateway})")
     return 0
+
+
+def _seconds(text: str) -> float:
+    """argparse type: 0 or more seconds, by the config file's rule."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    try:
+        return parse_seconds(value, zero_ok=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_remove(args: argparse.Namespace, client: Client) -> int:
@@ -393,6 +410,26 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("path")
     add.add_argument("--ctx-size", type=int, default=None)
     add.add_argument("--parallel", type=int, default=None)
+    add.add_argument(
+        "--pinned",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never evicted nor unloaded when idle (default: the config's defaults)",
+    )
+    add.add_argument(
+        "--idle-ttl",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="unload after this long without a request, 0 = never (default: defaults)",
+    )
+    add.add_argument(
+        "--stop-drain",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="a stop waits this long for requests in flight (default: defaults)",
+    )
     rm = client_cmd("rm", cmd_remove, "forget a model registered with `add`")
     rm.add_argument("name")
     return parser

@@ -9,6 +9,7 @@ check_files=True looks at the filesystem.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import shutil
@@ -243,6 +244,33 @@ def sanitize_model_name(stem: str) -> str:
     """Turn a file stem into a valid model name (bad characters become '-', max 64)."""
     name = _NAME_BAD_CHARS.sub("-", stem)[:MODEL_NAME_MAX]
     return name or "model"
+
+
+# --- values the config file and the API check alike ---------------------------------------------
+
+
+def parse_seconds(value: object, *, zero_ok: bool = False) -> float:
+    """value as a finite number of seconds, > 0 (>= 0 with zero_ok); ValueError says why not."""
+    # bool is an int to Python, but `idle_ttl: true` is a mistake, not 1 second
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer too large for a float
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise ValueError(f"must be a finite number of seconds, got {value}")
+    if seconds < 0 or (seconds == 0 and not zero_ok):
+        bound = "0 or more" if zero_ok else "more than 0"
+        raise ValueError(f"must be {bound} seconds, got {value}")
+    return seconds
+
+
+def parse_flag(value: object) -> bool:
+    """value as a boolean (only true or false themselves); ValueError says why not."""
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
 
 
 # --- environment defaults ----------------------------------------------------------------------

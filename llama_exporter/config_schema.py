@@ -37,6 +37,8 @@ from llama_exporter.config import (
     expand_path,
     exposure_error,
     find_managed_flag,
+    parse_flag,
+    parse_seconds,
     resolve_llama_server,
     validate_host_label,
     validate_model_name,
@@ -90,23 +92,22 @@ class Parser:
         return value
 
     def seconds(self, value: object, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
-            raise self.error(key, f"must be a number of seconds, got {value!r}")
-        if value <= 0:
-            raise self.error(key, f"must be more than 0 seconds, got {value}")
-        return float(value)
+        try:
+            return parse_seconds(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
 
     def seconds_or_zero(self, value: object, key: str) -> float:
-        if isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES):
-            raise self.error(key, f"must be a number of seconds, got {value!r}")
-        if value < 0:
-            raise self.error(key, f"must be 0 or more seconds, got {value}", "0 means never")
-        return float(value)
+        try:
+            return parse_seconds(value, zero_ok=True)
+        except ValueError as exc:
+            raise self.error(key, str(exc), "0 means never") from None
 
     def boolean(self, value: object, key: str) -> bool:
-        if not isinstance(value, bool):
-            raise self.error(key, f"must be true or false, got {value!r}")
-        return value
+        try:
+            return parse_flag(value)
+        except ValueError as exc:
+            raise self.error(key, str(exc)) from None
 
     def string(self, value: object, key: str) -> str:
         if not isinstance(value, str) or not value:

@@ -83,6 +83,29 @@ def _change(summary: str, ok: dict[str, Schema], *errors: str, **extra: Any) -> 
     return _op(summary, ok, "415", *errors, **extra)
 
 
+def _gateway_settings() -> dict[str, Schema]:
+    """A registration's gateway settings: the same rules as the config file's keys."""
+    default = "default: the config's `defaults:` value"
+    return {
+        "pinned": {
+            "type": "boolean",
+            "description": f"never evicted nor unloaded when idle by the gateway; {default}",
+        },
+        "idle_ttl": {
+            "type": "number",
+            "minimum": 0,
+            "description": f"seconds without a request before unloading, 0 = never; {default}",
+            "example": 300,
+        },
+        "stop_drain": {
+            "type": "number",
+            "minimum": 0,
+            "description": f"seconds an explicit stop waits for requests in flight; {default}",
+            "example": 30,
+        },
+    }
+
+
 def schemas() -> dict[str, Schema]:
     """The component schemas."""
     number = {"type": "number"}
@@ -123,7 +146,18 @@ def schemas() -> dict[str, Schema]:
             last_used=_nullable(number),
         ),
         "Model": _obj(
-            ["name", "source", "path", "ctx_size", "parallel", "args", "state"],
+            [
+                "name",
+                "source",
+                "path",
+                "ctx_size",
+                "parallel",
+                "args",
+                "pinned",
+                "idle_ttl",
+                "stop_drain",
+                "state",
+            ],
             name=string,
             source={"type": "string", "enum": ["config", "discovered", "api"]},
             path=string,
@@ -131,6 +165,9 @@ def schemas() -> dict[str, Schema]:
             parallel=integer,
             args={"type": "array", "items": string, "description": "secret values are ***"},
             autostart={"type": "boolean"},
+            pinned={"type": "boolean"},
+            idle_ttl=number,
+            stop_drain=number,
             state=string,
             metadata=_nullable({"type": "object"}),
             metadata_error=_nullable(string),
@@ -152,6 +189,7 @@ def schemas() -> dict[str, Schema]:
                     "description": "tuning flags only (README: security model)",
                 },
                 env={"type": "object", "additionalProperties": string},
+                **_gateway_settings(),
             ),
             "additionalProperties": False,
         },

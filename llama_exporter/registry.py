@@ -3,39 +3,33 @@
 Config models win every name clash; API-registered models (persisted in
 ``<state_dir>/models.json``) win over files discovered in a folder. Metadata is
 read through a GGUFInfoCache off the event loop (load_metadata), so start-up never
-waits on it.
+waits on it. What a registration may contain is checked in registration.py; the
+models.json format, reading and writing are in models_file.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import MappingProxyType
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Literal, Unpack
 
-from llama_exporter import api_limits, states
-from llama_exporter.atomic import write_atomic
-from llama_exporter.config import (
-    Config,
-    ModelConfig,
-    ModelDefaults,
-    find_managed_flag,
-    sanitize_model_name,
-    validate_model_name,
-)
+from llama_exporter import states
+from llama_exporter.config import Config, ModelConfig, ModelDefaults, sanitize_model_name
 from llama_exporter.gguf_meta import GGUFError, GGUFInfo, GGUFInfoCache
+from llama_exporter.models_file import ModelsFile
+from llama_exporter.registration import GatewaySettings, check_registration
+
+# re-exported: callers know them as registry errors
+from llama_exporter.registration import InvalidModel as InvalidModel
+from llama_exporter.registration import RegistryError as RegistryError
 
 log = logging.getLogger(__name__)
 
 ModelSource = Literal["config", "discovered", "api"]
 SOURCE_ORDER: Mapping[ModelSource, int] = {"config": 0, "discovered": 1, "api": 2}
-STATE_VERSION = 1
-_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -54,29 +48,6 @@ class Model:
     @property
     def path(self) -> Path:
         return self.config.path
-
-
-class RegistryError(Exception):
-    """A request the registry refuses; status is the HTTP status the API should answer."""
-
-    status: ClassVar[int] = 500
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message  # not KeyError's quoted repr
-
-
-class InvalidModel(RegistryError):
-    """A field of a model registration is invalid (HTTP 400)."""
-
-    status = 400
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 class UnknownModel(RegistryError, states.UnknownModel):
@@ -189,80 +160,6 @@ def merge_sources(
     return ordered, warnings
 
 
-def model_to_json(model: ModelConfig) -> dict[str, Any]:
-    """The persisted form of an API-registered model."""
-    return {
-        "name": model.name,
-        "path": str(model.path),
-        "ctx_size": model.ctx_size,
-        "parallel": model.parallel,
-        "args": list(model.args),
-        "env": dict(model.env),
-    }
-
-
-def models_from_json(data: object) -> list[ModelConfig]:
-    """Parse models.json content; raise ValueError when it is not what we wrote."""
-    if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
-        raise ValueError(f"expected an object with version {STATE_VERSION}")
-    entries = data.get("models")
-    if not isinstance(entries, list):
-        raise ValueError("'models' must be a list")
-    models = []
-    for i, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(f"models[{i}] must be an object")
-        try:
-            model = ModelConfig(
-                name=_check(entry["name"], str, i, "name"),
-                path=Path(_check(entry["path"], str, i, "path")),
-                ctx_size=_check(entry["ctx_size"], int, i, "ctx_size"),
-                parallel=_check(entry["parallel"], int, i, "parallel"),
-                args=tuple(
-                    _check(a, str, i, "args")
-                    for a in _check(entry.get("args", []), list, i, "args")
-                ),
-                env=MappingProxyType(
-                    {
-                        str(k): _check(v, str, i, "env")
-                        for k, v in _check(entry.get("env", {}), dict, i, "env").items()
-                    }
-                ),
-            )
-        except KeyError as exc:
-            raise ValueError(f"models[{i}] lacks {exc}") from None
-        problem = validate_model_name(model.name)
-        if problem:
-            raise ValueError(f"models[{i}].name {problem}")
-        models.append(model)
-    return models
-
-
-def _check(value: object, kind: type[_T], index: int, field: str) -> _T:
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise ValueError(f"models[{index}].{field} must be {kind.__name__}, got {value!r}")
-    return value
-
-
-def _positive(value: object, field: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidModel(field, f"must be a positive integer, got {value!r}")
-    return value
-
-
-def check_gguf_file(path: Path, field: str = "path") -> Path:
-    """Return path when it names an existing regular .gguf file, else raise InvalidModel."""
-    if not path.is_absolute():
-        raise InvalidModel(field, f"{path} is not an absolute path: give the full path")
-    if path.suffix != ".gguf":
-        raise InvalidModel(field, f"{path} does not end in .gguf: give a GGUF model file")
-    if not path.exists():
-        raise InvalidModel(field, f"{path} does not exist")
-    if not path.is_file():
-        raise InvalidModel(field, f"{path} is not a regular file")
-    return path
-
-
 # --- the registry ---------------------------------------------------------------------------------
 
 
@@ -277,7 +174,7 @@ class Registry:
         gguf_cache: GGUFInfoCache | None = None,
     ) -> None:
         self.config = config
-        self.state_file = state_file or config.state_dir / "models.json"
+        self.file = ModelsFile(state_file or config.state_dir / "models.json")
         self.cache = gguf_cache or GGUFInfoCache()
         self._models: dict[str, Model] = {}
         # models.json entries the API limits refuse: not loaded, but kept in the file.
@@ -288,8 +185,9 @@ class Registry:
     def load(self) -> None:
         """(Re)build the model list from the config, model_dirs and the state file."""
         found = self._discover()
-        api = self._read_state()
-        merged, warnings = merge_sources(self.config.models, found, api)
+        stored = self.file.read(self.config.defaults)
+        self._rejected = stored.refused
+        merged, warnings = merge_sources(self.config.models, found, stored.allowed)
         for warning in warnings:
             log.warning("%s", warning)
         previous = self._models
@@ -320,72 +218,6 @@ class Registry:
                 continue
             found.extend(discovered_model(f, self.config.defaults) for f in files if f.is_file())
         return found
-
-    def _read_state(self) -> list[ModelConfig]:
-        try:
-            text = self.state_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        except OSError as exc:
-            log.error(
-                "cannot read %s: %s; API-registered models are not loaded", self.state_file, exc
-            )
-            return []
-        try:
-            stored = models_from_json(json.loads(text))
-        except (ValueError, TypeError, AttributeError) as exc:
-            aside = self._move_aside()
-            log.error(
-                "%s is corrupt (%s): moved to %s; API-registered models must be added again",
-                self.state_file,
-                exc,
-                aside,
-            )
-            return []
-        d = self.config.defaults  # gateway settings are not stored: today's defaults apply
-        return self._within_limits(
-            [
-                replace(m, pinned=d.pinned, idle_ttl=d.idle_ttl, stop_drain=d.stop_drain)
-                for m in stored
-            ]
-        )
-
-    def _within_limits(self, models: list[ModelConfig]) -> list[ModelConfig]:
-        """The persisted models the API limits allow; the others are logged and set aside.
-
-        An entry written before the limits existed (or edited by hand) must not start
-        with flags the API would refuse today.
-        """
-        self._rejected = []
-        allowed = []
-        for model in models:
-            refused = api_limits.check_model(model.args, model.env)
-            if refused is None:
-                allowed.append(model)
-                continue
-            self._rejected.append(model)
-            log.error(
-                "model %s in %s is not loaded: %s: %s (move it into the config file, whose "
-                "models may use any flag, or edit the file)",
-                model.name,
-                self.state_file,
-                refused.field,
-                refused.message,
-            )
-        return allowed
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = self.state_file.with_name(f"{self.state_file.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = self.state_file.with_name(f"{self.state_file.name}.corrupt-{stamp}-{n}")
-        try:
-            self.state_file.rename(aside)
-        except OSError as exc:
-            log.error("cannot move %s aside: %s", self.state_file, exc)
-        return aside
 
     def get(self, name: str) -> Model:
         """The model called name; UnknownModel when there is none."""
@@ -432,9 +264,10 @@ class Registry:
         env: Mapping[str, str] | None = None,
         *,
         info: GGUFInfo | None = None,
+        **settings: Unpack[GatewaySettings],
     ) -> Model:
         """Register a model through the API and persist it; InvalidModel or ModelConflict."""
-        model_config = self.validate_new(name, path, ctx_size, parallel, args, env)
+        model_config = self.validate_new(name, path, ctx_size, parallel, args, env, **settings)
         if name in self._models:
             held = self._models[name]
             raise ModelConflict(
@@ -458,14 +291,15 @@ class Registry:
         parallel: int | None = None,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        **settings: Unpack[GatewaySettings],
     ) -> Model:
         """add() that first reads the GGUF header off the event loop (not GGUF: InvalidModel)."""
-        model_config = self.validate_new(name, path, ctx_size, parallel, args, env)
+        model_config = self.validate_new(name, path, ctx_size, parallel, args, env, **settings)
         try:
             info = await self.cache.aget(model_config.path)
         except (GGUFError, OSError) as exc:
             raise InvalidModel("path", f"not a readable GGUF file: {exc}") from None
-        return self.add(name, path, ctx_size, parallel, args, env, info=info)
+        return self.add(name, path, ctx_size, parallel, args, env, info=info, **settings)
 
     def validate_new(
         self,
@@ -475,42 +309,11 @@ class Registry:
         parallel: int | None = None,
         args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        **settings: Unpack[GatewaySettings],
     ) -> ModelConfig:
         """Check a registration's fields and build its ModelConfig; InvalidModel on a bad one."""
-        problem = validate_model_name(name)
-        if problem:
-            raise InvalidModel("name", problem)
-        if not isinstance(path, str | Path) or not str(path):
-            raise InvalidModel("path", f"must be a path to a .gguf file, got {path!r}")
-        gguf_path = check_gguf_file(Path(path).expanduser())
-        defaults = self.config.defaults
-        ctx = _positive(defaults.ctx_size if ctx_size is None else ctx_size, "ctx_size")
-        slots = _positive(defaults.parallel if parallel is None else parallel, "parallel")
-        if ctx < slots:
-            raise InvalidModel("ctx_size", f"{ctx} is less than parallel ({slots})")
-        if isinstance(args, str) or not all(isinstance(a, str) for a in args):
-            raise InvalidModel("args", "must be a list of strings")
-        managed = find_managed_flag(args)
-        if managed is not None:
-            raise InvalidModel(
-                "args", f"{managed[1]} is set by the service: use {managed[2]} instead"
-            )
-        env = env or {}
-        if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
-            raise InvalidModel("env", "must map strings to strings")
-        refused = api_limits.check_model(args, env)
-        if refused is not None:
-            raise InvalidModel(refused.field, refused.message)
-        return ModelConfig(
-            name=name,
-            path=gguf_path,
-            ctx_size=ctx,
-            parallel=slots,
-            args=tuple(args) or defaults.args,
-            env=MappingProxyType(dict(env)),
-            pinned=defaults.pinned,
-            idle_ttl=defaults.idle_ttl,
-            stop_drain=defaults.stop_drain,
+        return check_registration(
+            self.config.defaults, name, path, ctx_size, parallel, args, env, **settings
         )
 
     def remove(self, name: str) -> Model:
@@ -533,10 +336,8 @@ class Registry:
         return model
 
     def _persist(self) -> None:
-        entries = [model_to_json(m.config) for m in self._models.values() if m.source == "api"]
-        entries += [model_to_json(m) for m in self._rejected if m.name not in self._models]
-        data = {"version": STATE_VERSION, "models": entries}
-        write_atomic(self.state_file, json.dumps(data, indent=2) + "\n", mode=0o600)
+        api = [m.config for m in self._models.values() if m.source == "api"]
+        self.file.write(api + [m for m in self._rejected if m.name not in self._models])
 
     # -- metadata
 

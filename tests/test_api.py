@@ -142,6 +142,11 @@ async def test_models_list_shows_metadata(client: Client) -> None:
         ({"name": "ok", "path": "/x.gguf", "ctx_size": "big"}, "ctx_size", "integer"),
         ({"name": "ok", "path": "/x.gguf", "colour": "red"}, "colour", "unknown field"),
         ({"name": "ok", "path": "/x.gguf", "args": [1]}, "args", "strings"),
+        ({"name": "ok", "path": "/x.gguf", "pinned": "yes"}, "pinned", "true or false"),
+        ({"name": "ok", "path": "/x.gguf", "idle_ttl": -1}, "idle_ttl", "0 or more seconds"),
+        ({"name": "ok", "path": "/x.gguf", "idle_ttl": True}, "idle_ttl", "number of seconds"),
+        ({"name": "ok", "path": "/x.gguf", "idle_ttl": float("inf")}, "idle_ttl", "finite"),
+        ({"name": "ok", "path": "/x.gguf", "stop_drain": "30"}, "stop_drain", "number of"),
     ],
 )
 async def test_register_rejects_bad_input(
@@ -209,6 +214,33 @@ async def test_registered_model_survives_a_restart(
     second = await aiohttp_client(create_app(config))
     names = [m["name"] for m in (await _json(await second.get(f"{API}/models")))["models"]]
     assert "kept" in names
+
+
+async def test_registered_gateway_settings_are_shown_and_kept_across_a_restart(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    config = make_config(tmp_path, fake_server_bin)
+    first = await aiohttp_client(create_app(config))
+    path = write_minimal_gguf(tmp_path / "pin.gguf")
+    body = {"name": "pin", "path": str(path), "pinned": True, "idle_ttl": 90, "stop_drain": 2.5}
+    resp = await first.post(f"{API}/models", json=body)
+    created = await _json(resp)
+    assert resp.status == 201, created
+    plain = write_minimal_gguf(tmp_path / "plain.gguf")
+    resp = await first.post(f"{API}/models", json={"name": "plain", "path": str(plain)})
+    assert resp.status == 201
+    await first.close()
+
+    second = await aiohttp_client(create_app(config))
+    models = {m["name"]: m for m in (await _json(await second.get(f"{API}/models")))["models"]}
+    settings = {k: models["pin"][k] for k in ("pinned", "idle_ttl", "stop_drain")}
+    assert settings == {"pinned": True, "idle_ttl": 90.0, "stop_drain": 2.5}
+    assert {k: created[k] for k in settings} == settings
+    defaults = {k: models["plain"][k] for k in settings}  # config.defaults: ModelDefaults()
+    assert defaults == {"pinned": False, "idle_ttl": 0.0, "stop_drain": 30.0}
+    status = (await _json(await second.get(f"{API}/status")))["models"]
+    pin = next(s for s in status if s["model"] == "pin")
+    assert (pin["pinned"], pin["idle_ttl"]) == (True, 90.0)
 
 
 async def test_unknown_model_is_404_everywhere(client: Client) -> None:

@@ -168,6 +168,33 @@ def test_client_commands_against_a_running_service(service: ServiceProcess) -> N
     assert "stopped" in stop.stdout
 
 
+def test_add_with_gateway_settings_and_ps_shows_them(
+    tmp_path: Path, service: ServiceProcess
+) -> None:
+    pin, ttl = (write_minimal_gguf(tmp_path / f"{n}.gguf") for n in ("pin", "ttl"))
+    added = cli("add", "pin", str(pin), "--pinned", "--stop-drain", "2", url=service.url)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"pin: registered ({pin}; pinned)"
+    added = cli("add", "ttl", str(ttl), "--idle-ttl", "300", url=service.url)
+    assert added.returncode == 0, added.stderr
+    assert added.stdout.strip() == f"ttl: registered ({ttl}; idle unload: 5m00s)"
+    bad = cli("add", "bad", str(ttl), "--idle-ttl", "-1", url=service.url)
+    assert bad.returncode == 2
+    assert "--idle-ttl: must be 0 or more seconds, got -1" in bad.stderr
+    _, body = http_json("GET", service.api + "/models")
+    models = {m["name"]: m for m in body["models"]}
+    assert (models["pin"]["pinned"], models["pin"]["stop_drain"]) == (True, 2.0)
+    assert (models["ttl"]["pinned"], models["ttl"]["idle_ttl"]) == (False, 300.0)
+    assert "bad" not in models
+    for name in ("pin", "ttl"):
+        assert cli("start", name, "--wait", url=service.url).returncode == 0
+    ps = cli("ps", url=service.url)
+    assert ps.returncode == 0, ps.stderr
+    rows = {line.split()[0]: line for line in ps.stdout.splitlines()[1:-1]}
+    assert rows["pin"].rstrip().endswith(", pinned")
+    assert ", unload in 4m" in rows["ttl"] or ", unload in 5m00s" in rows["ttl"]
+
+
 def test_client_says_when_no_service_answers() -> None:
     result = cli("ps", url=f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 1

@@ -443,6 +443,10 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("models: [{name: a, path: a.gguf, idle_ttl: x}]\n", "models[0].idle_ttl", "seconds"),
     ("models: [{name: a, path: a.gguf, stop_drain: -1}]\n", "models[0].stop_drain", "0 or more"),
     ("models: [{name: a, path: a.gguf, pinned: 1}]\n", "models[0].pinned", "true or false"),
+    ("defaults: {idle_ttl: .nan}\n", "defaults.idle_ttl", "finite number of seconds"),
+    ("models: [{name: a, path: a.gguf, idle_ttl: .inf}]\n", "models[0].idle_ttl", "finite"),
+    ("models: [{name: a, path: a.gguf, stop_drain: true}]\n", "models[0].stop_drain", "got True"),
+    ("gateway: {queue_timeout: .inf}\n", "gateway.queue_timeout", "finite number of seconds"),
 ]
 
 

@@ -22,6 +22,7 @@ from test_api import make_config
 
 from llama_exporter.app import create_app
 from llama_exporter.config import Config, GatewayConfig, ModelConfig
+from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 API = "/api/v1/llama"
 CHAT = "/v1/chat/completions"
@@ -306,6 +307,37 @@ async def test_idle_model_is_unloaded_and_the_poller_is_no_use(
     assert (
         await sample(client, "llama_exporter_model_unloads_total", model="m0", reason="idle") == 1
     )
+
+
+async def test_api_registered_models_are_pinned_and_unloaded_when_idle_as_registered(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    client = await aiohttp_client(create_app(gw_config(tmp_path, fake_server_bin, cap=2)))
+    for name, settings in (("pin", {"pinned": True}), ("idle", {"idle_ttl": 1.0})):
+        path = write_minimal_gguf(tmp_path / f"{name}.gguf")
+        resp = await client.post(
+            f"{API}/models", json={"name": name, "path": str(path), **settings}
+        )
+        assert resp.status == 201, await resp.text()
+    for model in ("pin", "m0", "m1"):  # pin is the least recently used when m1 needs room
+        assert (await client.post(CHAT, json=chat(model, max_tokens=1))).status == 200
+    assert [(await status_of(client, m))["state"] for m in ("pin", "m0", "m1")] == [
+        "ready",
+        "stopped",
+        "ready",
+    ]
+    assert await sample(client, "llama_exporter_model_unloads_total", model="pin") == 0
+
+    assert (await client.post(CHAT, json=chat("idle", max_tokens=1))).status == 200
+
+    async def idle_stopped() -> bool:
+        return bool((await status_of(client, "idle"))["state"] == "stopped")
+
+    await until(idle_stopped)
+    assert (
+        await sample(client, "llama_exporter_model_unloads_total", model="idle", reason="idle") == 1
+    )
+    assert (await status_of(client, "pin"))["state"] == "ready"
 
 
 async def test_queue_full_429_and_queue_timeout_503(

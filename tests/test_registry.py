@@ -6,12 +6,14 @@ import json
 import logging
 import os
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from llama_exporter.config import Config, ModelConfig, ModelDefaults
 from llama_exporter.gguf_meta import GGUFInfo, GGUFInfoCache
+from llama_exporter.models_file import models_from_json
 from llama_exporter.registry import (
     InvalidModel,
     Model,
@@ -20,7 +22,6 @@ from llama_exporter.registry import (
     RegistryError,
     UnknownModel,
     merge_sources,
-    models_from_json,
 )
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
@@ -171,6 +172,35 @@ def test_add_and_persist_across_instances(tmp_path: Path, files: Path) -> None:
     assert "api-model" not in make_registry(config)
 
 
+def test_gateway_settings_survive_a_restart(tmp_path: Path, files: Path) -> None:
+    config = make_config(tmp_path)
+    make_registry(config).add("p", files / "a.gguf", pinned=True, idle_ttl=90, stop_drain=2.5)
+    make_registry(config).add("d", files / "b.gguf")  # the defaults: unpinned, never idle
+    again = make_registry(config)
+    p, d = again.model_source().get("p"), again.model_source().get("d")  # what the gateway reads
+    assert (p.pinned, p.idle_ttl, p.stop_drain) == (True, 90.0, 2.5)
+    assert (d.pinned, d.idle_ttl, d.stop_drain) == (False, 0.0, 30.0)
+
+
+def test_a_models_json_without_gateway_settings_takes_todays_defaults(
+    tmp_path: Path, files: Path
+) -> None:
+    old = {"name": "m", "path": str(files / "a.gguf"), "ctx_size": 1024, "parallel": 2}
+    state = tmp_path / "state" / "models.json"
+    state.parent.mkdir()
+    state.write_text(json.dumps({"version": 1, "models": [old]}))
+    defaults = ModelDefaults(pinned=True, idle_ttl=120.0, stop_drain=3.0)
+    config = replace(make_config(tmp_path), defaults=defaults)
+    m = make_registry(config).get("m").config
+    assert (m.pinned, m.idle_ttl, m.stop_drain) == (True, 120.0, 3.0)
+    make_registry(config).add("n", files / "b.gguf")  # rewrites the file, now with the keys
+    written = json.loads(state.read_text())["models"]
+    assert [(e["name"], e["pinned"], e["idle_ttl"]) for e in written] == [
+        ("m", True, 120.0),
+        ("n", True, 120.0),
+    ]
+
+
 def test_add_uses_defaults(tmp_path: Path, files: Path) -> None:
     model = make_registry(make_config(tmp_path)).add("m", str(files / "a.gguf"))
     assert (model.config.ctx_size, model.config.parallel, model.config.args) == (
@@ -295,6 +325,8 @@ def test_remove_refuses_config_and_discovered(tmp_path: Path, files: Path, model
         ' "ctx_size": "1", "parallel": 1}]}',
         '{"version": 1, "models": [{"name": "x", "path": "/a.gguf",'
         ' "ctx_size": 1, "parallel": 1, "args": "-t"}]}',
+        '{"version": 1, "models": [{"name": "x", "path": "/a.gguf",'
+        ' "ctx_size": 1, "parallel": 1, "idle_ttl": "soon"}]}',
     ],
 )
 def test_corrupt_state_is_moved_aside(
@@ -317,7 +349,7 @@ def test_state_round_trip_format(tmp_path: Path, files: Path) -> None:
     registry = make_registry(make_config(tmp_path))
     registry.add("m", files / "a.gguf", args=["-t", "2"], env={"CUDA_VISIBLE_DEVICES": "0"})
     data = json.loads((tmp_path / "state" / "models.json").read_text())
-    assert models_from_json(data) == [registry.get("m").config]
+    assert models_from_json(data, ModelDefaults()) == [registry.get("m").config]
 
 
 def test_explicit_state_file(tmp_path: Path, files: Path) -> None:
