@@ -7,6 +7,7 @@ death, the queue's 429/503, idle unload with the poller running, and the metrics
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
@@ -487,3 +488,37 @@ async def test_upstream_that_closes_kept_alive_connections_is_retried_once() -> 
         server.close()
         await server.wait_closed()
     assert served == 5
+
+
+async def test_a_post_the_server_read_on_a_new_connection_is_not_sent_again() -> None:
+    """The server reads the request and drops the connection without an answer: it may
+    have acted on it (a generation), so a POST must not go to it a second time."""
+    from aiohttp.test_utils import make_mocked_request
+
+    from llama_exporter.gateway import proxy
+    from llama_exporter.gateway.sse import StreamWatch
+
+    received = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal received
+        with contextlib.suppress(asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+            received += 1
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    session = proxy.new_session()
+    request = make_mocked_request("POST", CHAT, headers={"Content-Type": "application/json"})
+    try:
+        with pytest.raises(proxy.UpstreamUnreachable):
+            await proxy.forward(
+                request, session, f"http://127.0.0.1:{port}/x", b"{}", None, StreamWatch(0.0),
+                asyncio.get_running_loop().time,
+            )  # fmt: skip
+    finally:
+        await session.close()
+        server.close()
+        await server.wait_closed()
+    assert received == 1

@@ -98,6 +98,17 @@ def test_window_counts_requests_from_their_arrival() -> None:
     assert m.window("b", 161.0).requests == 0  # arrived more than 60 s ago
 
 
+def test_the_window_keeps_only_its_last_minute_when_nobody_reads_it() -> None:
+    """Nothing but the summary read the window: without it, one entry per request forever."""
+    m = observed()
+    for i in range(36_000):  # five hours at 2 requests/s, and no summary asked for
+        now = 1000.0 + i / 2
+        m.request_arrived("b", now)
+        m.first_token("b", 0.1, now)
+    assert len(m._recent["b"]) <= 121 and len(m._recent_ttft["b"]) <= 121
+    assert m.window("b", now).requests == 121
+
+
 @pytest.mark.prometheus
 def test_promtool_accepts_the_exposition() -> None:
     promtool = shutil.which("promtool")

@@ -18,7 +18,7 @@ from llama_exporter.config import GatewayConfig, ModelConfig
 from llama_exporter.gateway import Gateway
 from llama_exporter.gateway.scheduler import GatewayError, Lease
 from llama_exporter.states import State
-from llama_exporter.supervisor import StaticModels, Supervisor
+from llama_exporter.supervisor import ShuttingDown, StaticModels, Supervisor
 
 
 class Clock:
@@ -351,3 +351,60 @@ async def test_load_triggers_are_counted(tmp_path: Path) -> None:
     await until(sup, "a", lambda s: s.restarts == 1 and s.state is State.READY)
     assert loads(sup, "a") == {"api": 1, "restart": 1}
     await sup.shutdown()
+
+
+async def test_a_request_for_a_model_picked_for_idle_unload_is_not_given_it(
+    tmp_path: Path,
+) -> None:
+    """idle_check picks a; a request comes in before the unload's first step has run."""
+    gw, sup, spawner, clock = setup(tmp_path, "ab", idle_ttl=10, stop_drain=1)
+    await use(gw, clock, "a")
+    clock.now += 20
+    assert gw.scheduler.idle_check() == ["a"]
+    async with asyncio.timeout(10):
+        lease = await gw.scheduler.acquire("a")  # inline: no loop step since idle_check
+    # Not the instance being unloaded (its stop would drain, then cut this request off):
+    # the request waited for the unload and loaded a afresh.
+    assert lease.status.pid == spawner.by_model["a"][1].pid
+    assert sup.status("a").state is State.READY
+    assert unloads(sup, "a") == {"idle": 1} and loads(sup, "a") == {"request": 2}
+    assert gw.metrics.cut_off.values == {}
+    lease.release()
+    await sup.shutdown()
+
+
+async def test_a_request_for_a_model_picked_for_eviction_is_not_given_it(
+    tmp_path: Path,
+) -> None:
+    """The queue's pump picks a to evict; a request for a comes in before a's stop began."""
+    gw, sup, _, clock = setup(tmp_path, "ab", cap=1, stop_drain=1)
+    held = await gw.scheduler.acquire("a")
+    waiting_b = asyncio.create_task(gw.scheduler.acquire("b"))
+    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    waiting_b.add_done_callback(lambda t: t.result().release())  # b's request ends at once
+    clock.now += 1
+    held.release()  # a is free: the pump picks it to make room for b
+    async with asyncio.timeout(10):
+        lease = await gw.scheduler.acquire("a")  # inline: before a's stop began
+    await wait_for(waiting_b.done)
+    assert sup.status("a").state is State.READY and lease.status.pid == sup.status("a").pid
+    assert gw.metrics.cut_off.values == {}
+    assert unloads(sup, "a") == {"evicted": 1} and loads(sup, "a") == {"request": 2}
+    lease.release()
+    await sup.shutdown()
+
+
+async def test_shutdown_answers_queued_requests_at_once(tmp_path: Path) -> None:
+    """A queued request must not wait out queue_timeout (nor hold up the server's exit)."""
+    gw, sup, _, _ = setup(tmp_path, "abc", stop_drain=0.05)
+    held = [await gw.scheduler.acquire("a"), await gw.scheduler.acquire("b")]
+    waiting = asyncio.create_task(gw.scheduler.acquire("c"))
+    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await sup.shutdown()
+    with pytest.raises(ShuttingDown):
+        await asyncio.wait_for(waiting, 5)
+    assert gw.scheduler.queue_length == 0
+    with pytest.raises(ShuttingDown):  # and one that comes in afterwards is not queued
+        await asyncio.wait_for(gw.scheduler.acquire("c"), 5)
+    for lease in held:
+        lease.release()

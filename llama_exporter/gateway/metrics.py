@@ -173,7 +173,10 @@ class RequestMetrics(Collector):
 
     def request_arrived(self, model: str, arrived: float) -> None:
         """A request for model came in (the summary's last minute counts it from now on)."""
-        self._recent.setdefault(model, deque()).append(arrived)
+        arrivals = self._recent.setdefault(model, deque())
+        arrivals.append(arrived)
+        while arrivals[0] < arrived - WINDOW_SECONDS:  # kept short without a reader too
+            arrivals.popleft()
 
     def request_done(
         self, model: str, endpoint: str, code: int | str, arrived: float, now: float
@@ -185,7 +188,10 @@ class RequestMetrics(Collector):
     def first_token(self, model: str, seconds: float, now: float) -> None:
         """A streamed request's time to first token."""
         self.ttft.observe((model,), seconds)
-        self._recent_ttft.setdefault(model, deque()).append((now, seconds))
+        ttfts = self._recent_ttft.setdefault(model, deque())
+        ttfts.append((now, seconds))
+        while ttfts[0][0] < now - WINDOW_SECONDS:
+            ttfts.popleft()
 
     # -- summary -----------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import aiohttp
 from aiohttp import web
@@ -74,8 +75,28 @@ def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
     return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
 
 
+class _Attempt:
+    """One try of a request: did it go out on a kept-alive connection (set by the trace)?"""
+
+    __slots__ = ("reused",)
+
+    def __init__(self) -> None:
+        self.reused = False
+
+
+async def _on_reuse(
+    session: aiohttp.ClientSession,
+    ctx: SimpleNamespace,
+    params: aiohttp.TraceConnectionReuseconnParams,
+) -> None:
+    if isinstance(ctx.trace_request_ctx, _Attempt):
+        ctx.trace_request_ctx.reused = True
+
+
 def new_session() -> aiohttp.ClientSession:
     """The gateway's client session: no total timeout (generations run long), no pool cap."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_reuseconn.append(_on_reuse)
     return aiohttp.ClientSession(
         # llama-server (cpp-httplib) drops idle keep-alive connections after 5 s: ours
         # give up sooner, so a request rarely meets a connection the server just closed.
@@ -84,6 +105,7 @@ def new_session() -> aiohttp.ClientSession:
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),  # llama-server sets none; skip the jar's work
         skip_auto_headers=("User-Agent",),
+        trace_configs=[trace],  # tells forward() whether a failed try was on a reused one
     )
 
 
@@ -102,10 +124,17 @@ async def forward(
     gaps) is there even when the client leaves half-way.
     """
     headers = upstream_headers(request.headers, api_key)
+    attempt = _Attempt()
     try:
-        upstream = await session.request(request.method, url, data=body or None, headers=headers)
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+        upstream = await session.request(
+            request.method, url, data=body or None, headers=headers, trace_request_ctx=attempt
+        )
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
         # A kept-alive connection the server closed meanwhile: once more on a new one.
+        # Not a new connection: the server may have read the request and acted on it
+        # (a POST that generates must not run twice).
+        if not attempt.reused:
+            raise UpstreamUnreachable(str(exc) or type(exc).__name__) from exc
         try:
             upstream = await session.request(
                 request.method, url, data=body or None, headers=headers

@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from llama_exporter.config import GatewayConfig
 from llama_exporter.gateway import policy
 from llama_exporter.gateway.metrics import RequestMetrics
-from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
+from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, ShuttingDown, State
 from llama_exporter.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -94,6 +93,7 @@ class Scheduler:
         self._claims: dict[str, int] = {}  # waiters let go that have not come back yet
         self._requested_loads: set[str] = set()  # loads a request started, not settled yet
         self._evicting: set[str] = set()
+        self._unloading: dict[str, asyncio.Task[None]] = {}  # eviction or idle stop, by model
         self._drained: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._pumping = False
@@ -127,6 +127,14 @@ class Scheduler:
         self.touch(model)
         deadline: float | None = None
         while True:
+            unloading = self._unloading.get(model)
+            if unloading is not None:
+                # Picked for eviction or idle unload, its stop perhaps not begun (still
+                # READY): a request must not run on it. Wait until it is gone, then load it.
+                await asyncio.wait({unloading})
+                continue
+            if self._sup.shutting_down:
+                raise ShuttingDown("the service is shutting down")
             status = self._sup.status(model)
             state = status.state
             if state is State.READY:
@@ -192,6 +200,8 @@ class Scheduler:
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
         if status.state is State.STOPPED:
+            if self._sup.shutting_down:
+                raise ShuttingDown("the service is shutting down")
             raise GatewayError(
                 503,
                 f"model {model!r} was stopped while loading; send the request again",
@@ -268,13 +278,14 @@ class Scheduler:
             self._pumping = False
 
     def _pump_once(self) -> None:
+        if self._sup.shutting_down:  # nothing loads any more: every waiter is answered now
+            self._let_go({w.model for w in self._queue})
+            return
         while self._queue:
             live = {w.model for w in self._queue if self._sup.status(w.model).state in LIVE}
             plan = policy.plan_queue([w.model for w in self._queue], live)
             self._let_go(plan.go)
             if plan.head is None:
-                return
-            if self._sup.shutting_down:
                 return
             if self._sup.running_count < self._sup.cap:
                 try:
@@ -337,8 +348,7 @@ class Scheduler:
 
     def _evict(self, victim: str) -> None:
         log.info("gateway: evicting %s to make room for the queue", victim)
-        self._evicting.add(victim)
-        self._spawn(self._stop(victim, "evicted"))
+        self._unload(victim, "evicted")
 
     async def _stop(self, model: str, reason: str) -> None:
         try:
@@ -347,10 +357,14 @@ class Scheduler:
             log.exception("gateway: stopping %s (%s) failed", model, reason)
         finally:
             self._evicting.discard(model)
+            self._unloading.pop(model, None)
             self._pump()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+    def _unload(self, model: str, reason: str) -> None:
+        """Stop model in a task; until the task ends, acquire() sends nobody to it."""
+        self._evicting.add(model)
+        task: asyncio.Task[None] = asyncio.ensure_future(self._stop(model, reason))
+        self._unloading[model] = task
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -359,7 +373,11 @@ class Scheduler:
             self._requested_loads.discard(status.model)
         if status.state is State.READY and status.model not in self.last_used:
             self.last_used[status.model] = status.ready_at or self._clock()
-        if status.state not in COUNTS_AGAINST_CAP or status.state in LIVE:
+        if (
+            status.state not in COUNTS_AGAINST_CAP
+            or status.state in LIVE
+            or self._sup.shutting_down  # the first stop of a shutdown answers the queue
+        ):
             self._pump()
 
     # -- release and drain ---------------------------------------------------------------
@@ -416,8 +434,7 @@ class Scheduler:
         idle = policy.idle_models(usage, now)
         for name in idle:
             log.info("gateway: unloading %s (idle)", name)
-            self._evicting.add(name)
-            self._spawn(self._stop(name, "idle"))
+            self._unload(name, "idle")
         return idle
 
     async def run_idle_loop(self, interval: float = IDLE_CHECK_INTERVAL) -> None:
