@@ -128,7 +128,7 @@ class Scheduler:
         deadline: float | None = None
         while True:
             unloading = self._unloading.get(model)
-            if unloading is not None:
+            if unloading is not None and not unloading.done():
                 # Picked for eviction or idle unload, its stop perhaps not begun (still
                 # READY): a request must not run on it. Wait until it is gone, then load it.
                 await asyncio.wait({unloading})
@@ -174,8 +174,10 @@ class Scheduler:
         return await self._sup.start(model, trigger="api")
 
     def _start(self, model: str) -> None:
-        self._requested_loads.add(model)
+        # Marked after launch: the STARTING it publishes pumps the queue, and with the mark
+        # the load would look abandoned (its request is not counted as waiting for it yet).
         self._sup.launch(model, trigger="request")
+        self._requested_loads.add(model)
 
     async def _wait_load(self, model: str) -> None:
         began = self._mono()
