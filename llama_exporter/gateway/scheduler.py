@@ -284,6 +284,10 @@ class Scheduler:
             self._let_go({w.model for w in self._queue})
             return
         while self._queue:
+            # A model deleted while queued: its waiters go, and acquire() raises UnknownModel.
+            self._let_go({w.model for w in self._queue if not self._known(w.model)})
+            if not self._queue:
+                return
             live = {w.model for w in self._queue if self._sup.status(w.model).state in LIVE}
             plan = policy.plan_queue([w.model for w in self._queue], live)
             self._let_go(plan.go)
@@ -314,6 +318,13 @@ class Scheduler:
             else:
                 keep.append(waiter)
         self._queue = keep
+
+    def _known(self, model: str) -> bool:
+        try:
+            self._sup.models.get(model)
+        except KeyError:  # UnknownModel is one
+            return False
+        return True
 
     def _unclaim(self, model: str) -> None:
         self._claims[model] = max(0, self._claims.get(model, 0) - 1)
