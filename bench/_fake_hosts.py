@@ -20,7 +20,8 @@ import signal
 
 from aiohttp import web
 
-from llama_exporter.testing.fake_llama import SERVER_KEY, FakeOptions, FakeServer, create_app
+from llama_exporter.testing.fake_llama_app import SERVER_KEY, create_app
+from llama_exporter.testing.fake_llama_engine import FakeOptions, FakeServer
 
 
 async def keep_generating(server: FakeServer) -> None:

@@ -16,7 +16,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llama_exporter.testing.fake_llama import FakeOptions, create_app, parse_args
+from llama_exporter.testing.fake_llama import parse_args
+from llama_exporter.testing.fake_llama_app import create_app
+from llama_exporter.testing.fake_llama_engine import FakeOptions
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]

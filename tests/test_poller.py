@@ -18,7 +18,8 @@ from llama_exporter.config import Config, PollConfig
 from llama_exporter.derive import ModelDeriver, ModelSnapshot
 from llama_exporter.poller import MetricsStore, Poller, host_cpu_ratio
 from llama_exporter.states import InstanceStatus, State
-from llama_exporter.testing.fake_llama import FakeOptions, create_app
+from llama_exporter.testing.fake_llama_app import create_app
+from llama_exporter.testing.fake_llama_engine import FakeOptions
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 

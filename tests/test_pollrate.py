@@ -18,7 +18,8 @@ from llama_exporter import procstat
 from llama_exporter.derive import ModelDeriver, ModelSnapshot, parse_slots
 from llama_exporter.poller import MetricsStore, Poller
 from llama_exporter.pollrate import WAKE_CPU_SECONDS, is_idle, read_now
-from llama_exporter.testing.fake_llama import FakeOptions, create_app
+from llama_exporter.testing.fake_llama_app import create_app
+from llama_exporter.testing.fake_llama_engine import FakeOptions
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 
