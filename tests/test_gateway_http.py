@@ -522,3 +522,43 @@ async def test_a_post_the_server_read_on_a_new_connection_is_not_sent_again() ->
         server.close()
         await server.wait_closed()
     assert received == 1
+
+
+async def test_a_model_deleted_while_its_request_queues_gets_404_and_evicts_nothing(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    """The queue must go on: the request that frees the place is counted, the deleted
+    model's request gets OpenAI's 404, and nothing is evicted for a model that is gone."""
+    cfg = gw_config(
+        tmp_path,
+        fake_server_bin,
+        models=1,
+        cap=1,
+        model_args={0: ("--fake-tokens-per-second", "20")},
+    )
+    client = await aiohttp_client(create_app(cfg))
+    path = write_minimal_gguf(tmp_path / "extra.gguf")
+    resp = await client.post(f"{API}/models", json={"name": "extra", "path": str(path)})
+    assert resp.status == 201, await resp.text()
+    busy = await client.post(CHAT, json=chat("m0", max_tokens=400, stream=True))
+    assert busy.status == 200  # m0 holds the only place
+    queued = asyncio.create_task(client.post(CHAT, json=chat("extra", max_tokens=1)))
+
+    async def in_queue() -> bool:
+        return bool((await (await client.get(f"{API}/gateway")).json())["queue_length"] == 1)
+
+    await until(in_queue)
+    assert (await client.delete(f"{API}/models/extra")).status == 200
+    busy.close()  # m0 is free: the queue's head is a model that is gone
+    resp = await asyncio.wait_for(queued, 20)
+    body = await resp.json()
+    assert resp.status == 404 and body["error"]["code"] == "model_not_found", body
+    requests = "llama_exporter_gateway_requests_total"
+    assert await sample(client, requests, model="extra", endpoint=CHAT, code="404") == 1
+    assert await sample(client, requests, model="extra", endpoint=CHAT, code="500") == 0
+    assert (await status_of(client, "m0"))["state"] == "ready"  # not evicted for nothing
+
+    async def busy_counted() -> bool:
+        return await sample(client, requests, model="m0", endpoint=CHAT, code="499") == 1
+
+    await until(busy_counted)

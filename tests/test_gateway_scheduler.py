@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from test_supervisor import FakeSpawner, config, until
 
-from llama_exporter.config import GatewayConfig, ModelConfig
+from llama_exporter.config import GatewayConfig, ModelConfig, RestartPolicy
 from llama_exporter.gateway import Gateway
 from llama_exporter.gateway.scheduler import GatewayError, Lease
 from llama_exporter.states import State
@@ -40,6 +40,7 @@ def setup(
     pinned: str = "",
     idle_ttl: float = 0.0,
     stop_drain: float = 30.0,
+    restart: RestartPolicy | None = None,
     **gateway: Any,
 ) -> tuple[Gateway, Supervisor, FakeSpawner, Clock]:
     clock = Clock()
@@ -55,6 +56,7 @@ def setup(
         Path("/nonexistent/llama-server"),
         max_parallel=cap,
         gateway=GatewayConfig(**gateway),
+        restart=restart or RestartPolicy(),
     )
     sup = Supervisor(cfg, StaticModels(models), spawn=spawner, clock=clock, watchdog_interval=0.05)
     return Gateway(cfg, sup, clock=clock), sup, spawner, clock
@@ -408,3 +410,28 @@ async def test_shutdown_answers_queued_requests_at_once(tmp_path: Path) -> None:
         await asyncio.wait_for(gw.scheduler.acquire("c"), 5)
     for lease in held:
         lease.release()
+
+
+async def test_a_request_restarting_a_crashed_model_is_not_evicted_for_the_queue(
+    tmp_path: Path,
+) -> None:
+    """x crashed (BACKOFF keeps its place); b queues; a request for x restarts it at once.
+
+    Its load must not count as abandoned while the request that started it is on its way.
+    """
+    gw, sup, spawner, _ = setup(
+        tmp_path, "abx", restart=RestartPolicy(backoff_initial=60, backoff_max=60)
+    )
+    held = await gw.scheduler.acquire("a")
+    (await gw.scheduler.acquire("x")).release()
+    spawner.by_model["x"][0].finish(1)
+    await until(sup, "x", lambda s: s.state is State.BACKOFF)
+    waiting_b = asyncio.create_task(gw.scheduler.acquire("b"))  # a busy, x in BACKOFF
+    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    lease = await asyncio.wait_for(gw.scheduler.acquire("x"), 10)
+    assert sup.status("x").state is State.READY and unloads(sup, "x") == {}
+    assert loads(sup, "x") == {"request": 2} and not waiting_b.done()
+    waiting_b.cancel()
+    for done in (held, lease):
+        done.release()
+    await sup.shutdown()

@@ -209,6 +209,9 @@ class Gateway:
         except GatewayError as err:
             code = err.status
             return error_response(err)
+        except UnknownModel:  # deleted from the registry while the request waited
+            code = 404
+            return error_response(self._not_found(model))
         except ShuttingDown:
             code = 503
             return error_response(
@@ -293,10 +296,13 @@ class Gateway:
         try:
             self._sup.models.get(name)
         except (UnknownModel, KeyError):
-            known = ", ".join(self._sup.models.names()) or "none"
-            raise GatewayError(
-                404,
-                f"model {name!r} does not exist; known models: {known}",
-                "invalid_request_error",
-                "model_not_found",
-            ) from None
+            raise self._not_found(name) from None
+
+    def _not_found(self, name: str) -> GatewayError:
+        known = ", ".join(self._sup.models.names()) or "none"
+        return GatewayError(
+            404,
+            f"model {name!r} does not exist; known models: {known}",
+            "invalid_request_error",
+            "model_not_found",
+        )

@@ -128,7 +128,7 @@ class Scheduler:
         deadline: float | None = None
         while True:
             unloading = self._unloading.get(model)
-            if unloading is not None:
+            if unloading is not None and not unloading.done():
                 # Picked for eviction or idle unload, its stop perhaps not begun (still
                 # READY): a request must not run on it. Wait until it is gone, then load it.
                 await asyncio.wait({unloading})
@@ -174,8 +174,10 @@ class Scheduler:
         return await self._sup.start(model, trigger="api")
 
     def _start(self, model: str) -> None:
-        self._requested_loads.add(model)
+        # Marked after launch: the STARTING it publishes pumps the queue, and with the mark
+        # the load would look abandoned (its request is not counted as waiting for it yet).
         self._sup.launch(model, trigger="request")
+        self._requested_loads.add(model)
 
     async def _wait_load(self, model: str) -> None:
         began = self._mono()
@@ -282,6 +284,10 @@ class Scheduler:
             self._let_go({w.model for w in self._queue})
             return
         while self._queue:
+            # A model deleted while queued: its waiters go, and acquire() raises UnknownModel.
+            self._let_go({w.model for w in self._queue if not self._known(w.model)})
+            if not self._queue:
+                return
             live = {w.model for w in self._queue if self._sup.status(w.model).state in LIVE}
             plan = policy.plan_queue([w.model for w in self._queue], live)
             self._let_go(plan.go)
@@ -312,6 +318,13 @@ class Scheduler:
             else:
                 keep.append(waiter)
         self._queue = keep
+
+    def _known(self, model: str) -> bool:
+        try:
+            self._sup.models.get(model)
+        except KeyError:  # UnknownModel is one
+            return False
+        return True
 
     def _unclaim(self, model: str) -> None:
         self._claims[model] = max(0, self._claims.get(model, 0) - 1)
