@@ -18,8 +18,6 @@ from llama_exporter.config import (
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PORT,
     DEFAULT_WEBSOCKET_MAX_CLIENTS,
-    ENV_API_TOKEN,
-    ENV_SCRAPE_TOKEN,
     WHEN_FULL,
     Config,
     GatewayConfig,
@@ -28,12 +26,16 @@ from llama_exporter.config import (
     RestartPolicy,
     TargetsConfig,
     _empty_env,
-    _env_token,
     default_host_label,
+    validate_host_label,
+)
+from llama_exporter.config_env import (
+    ENV_API_TOKEN,
+    ENV_SCRAPE_TOKEN,
     default_state_dir,
+    env_token,
     exposure_error,
     resolve_llama_server,
-    validate_host_label,
 )
 from llama_exporter.config_models import ModelSchema
 from llama_exporter.config_values import NUMBER_TYPES, Values, kind_of
@@ -118,9 +120,7 @@ class Parser(Values):
 
     def token(self, top: Mapping[str, Any], key: str) -> str | None:
         """A token from its environment variable (which wins) or the file."""
-        from_env = _env_token(
-            self.env, ENV_SCRAPE_TOKEN if key == "scrape_token" else ENV_API_TOKEN
-        )
+        from_env = env_token(self.env, ENV_SCRAPE_TOKEN if key == "scrape_token" else ENV_API_TOKEN)
         value = top.get(key)
         return from_env or (None if value is None else self.string(value, key))
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from llama_exporter.config import ConfigError, expand_path, parse_flag, parse_seconds
+from llama_exporter.config import ConfigError, parse_flag, parse_seconds
+from llama_exporter.config_env import expand_path
 
 NUMBER_TYPES = (int, float)
 

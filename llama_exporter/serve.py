@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import IO
 
 from llama_exporter import __version__
-from llama_exporter.config import exposure_error, load_config
+from llama_exporter.config import load_config
+from llama_exporter.config_env import exposure_error
 
 
 def _config_path(arg: Path | None) -> Path | None:

@@ -25,11 +25,11 @@ from llama_exporter.config import (
     default_host_label,
     load_config,
     parse_config,
-    resolve_llama_server,
     sanitize_model_name,
     validate_host_label,
     validate_model_name,
 )
+from llama_exporter.config_env import resolve_llama_server
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 
