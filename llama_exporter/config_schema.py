@@ -1,16 +1,16 @@
 """The YAML schema of the config file: one checker per key, each naming what is wrong.
 
-Only ``config.parse_config`` uses this module; everything it builds is defined in
-``config.py``.
+This module holds the top level and the service's sections (listen, ports, restart,
+targets, poll, gateway, tokens...); the model sections are in ``config_models`` and
+the typed values in ``config_values``. Only ``config.parse_config`` uses it;
+everything it builds is defined in ``config.py``.
 """
 
 from __future__ import annotations
 
-import difflib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from llama_exporter.config import (
@@ -22,10 +22,7 @@ from llama_exporter.config import (
     ENV_SCRAPE_TOKEN,
     WHEN_FULL,
     Config,
-    ConfigError,
     GatewayConfig,
-    ModelConfig,
-    ModelDefaults,
     PollConfig,
     PortRange,
     RestartPolicy,
@@ -34,110 +31,23 @@ from llama_exporter.config import (
     _env_token,
     default_host_label,
     default_state_dir,
-    expand_path,
     exposure_error,
-    find_managed_flag,
-    parse_flag,
-    parse_seconds,
     resolve_llama_server,
     validate_host_label,
-    validate_model_name,
 )
+from llama_exporter.config_models import ModelSchema
+from llama_exporter.config_values import NUMBER_TYPES, Values, kind_of
 from llama_exporter.guard import normalise_origin, split_host
 
 _LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_NUMBER_TYPES = (int, float)
 
 
-class Parser:
+class Parser(Values):
     """Turns a YAML mapping into Config; every failure is a ConfigError naming the key."""
 
     def __init__(self, file: Path | None, env: Mapping[str, str], check_files: bool) -> None:
-        self.file = file
-        self.env = env
-        self.check_files = check_files
-        self.base = file.parent if file is not None else None
-
-    def error(self, key: str, message: str, hint: str | None = None) -> ConfigError:
-        return ConfigError(key, message, file=self.file, hint=hint)
-
-    # -- typed values
-
-    def mapping(self, value: object, key: str, allowed: Sequence[str]) -> dict[str, Any]:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            where = key or "the top level"
-            raise self.error(
-                key, f"must be a mapping, got {_kind(value)}", f"write {where} as key: value lines"
-            )
-        for name in value:
-            if name not in allowed:
-                close = difflib.get_close_matches(str(name), allowed, n=1)
-                hint = (
-                    f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
-                )
-                raise self.error(_join(key, str(name)), "unknown key", hint)
-        return value
-
-    def integer(self, value: object, key: str, minimum: int = 1, maximum: int | None = None) -> int:
-        if maximum is not None:
-            what = f"an integer {minimum}..{maximum}"
-        else:
-            what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(key, f"must be {what}, got {value!r}")
-        if value < minimum or (maximum is not None and value > maximum):
-            raise self.error(key, f"must be {what}, got {value}")
-        return value
-
-    def seconds(self, value: object, key: str) -> float:
-        try:
-            return parse_seconds(value)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
-
-    def seconds_or_zero(self, value: object, key: str) -> float:
-        try:
-            return parse_seconds(value, zero_ok=True)
-        except ValueError as exc:
-            raise self.error(key, str(exc), "0 means never") from None
-
-    def boolean(self, value: object, key: str) -> bool:
-        try:
-            return parse_flag(value)
-        except ValueError as exc:
-            raise self.error(key, str(exc)) from None
-
-    def string(self, value: object, key: str) -> str:
-        if not isinstance(value, str) or not value:
-            raise self.error(key, f"must be a non-empty string, got {value!r}")
-        return value
-
-    def word(self, value: object, key: str) -> str:
-        """A string, or a number written without quotes (args, env values)."""
-        if isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool):
-            return str(value)
-        if not isinstance(value, str):
-            raise self.error(key, f"must be a string, got {value!r}", "quote the value")
-        return value
-
-    def strings(self, value: object, key: str) -> tuple[str, ...]:
-        if not isinstance(value, list):
-            raise self.error(key, f"must be a list, got {_kind(value)}", 'write it as ["a", "b"]')
-        return tuple(self.word(item, f"{key}[{i}]") for i, item in enumerate(value))
-
-    def str_map(self, value: object, key: str) -> Mapping[str, str]:
-        if not isinstance(value, dict):
-            raise self.error(key, f"must be a mapping, got {_kind(value)}")
-        return MappingProxyType(
-            {str(k): self.word(v, _join(key, str(k))) for k, v in value.items()}
-        )
-
-    def path(self, value: object, key: str) -> Path:
-        return expand_path(self.string(value, key), self.env, self.base)
-
-    # -- sections
+        super().__init__(file, env, check_files)
+        self.model_schema = ModelSchema(file, env, check_files)
 
     def config(self, data: object) -> Config:
         top = self.mapping(data, "", _TOP_KEYS)
@@ -146,7 +56,7 @@ class Parser:
         port = self.integer(listen.get("port", DEFAULT_PORT), "listen.port", 1, 65535)
         max_parallel = self.integer(top.get("max_parallel", DEFAULT_MAX_PARALLEL), "max_parallel")
         ports = self.ports(top.get("ports"), max_parallel, port)
-        defaults = self.defaults(top.get("defaults"))
+        defaults = self.model_schema.defaults(top.get("defaults"))
         state_dir = (
             self.path(top["state_dir"], "state_dir")
             if top.get("state_dir") is not None
@@ -179,7 +89,7 @@ class Parser:
             restart=self.restart(top.get("restart")),
             model_dirs=self.model_dirs(top.get("model_dirs")),
             defaults=defaults,
-            models=self.models(top.get("models"), defaults),
+            models=self.model_schema.models(top.get("models"), defaults),
             state_dir=state_dir,
             targets=self.targets(top.get("targets"), state_dir),
             poll=self.poll(top.get("poll")),
@@ -195,10 +105,10 @@ class Parser:
     def host_label(self, value: object) -> str:
         if value is None:
             return default_host_label()
-        if isinstance(value, _NUMBER_TYPES) and not isinstance(value, bool):
+        if isinstance(value, NUMBER_TYPES) and not isinstance(value, bool):
             value = str(value)  # `host_label: 7` is a fine name for box 7
         if not isinstance(value, str):
-            raise self.error("host_label", f"must be a string, got {_kind(value)}", "quote it")
+            raise self.error("host_label", f"must be a string, got {kind_of(value)}", "quote it")
         problem = validate_host_label(value)
         if problem is not None:
             raise self.error(
@@ -293,7 +203,7 @@ class Parser:
         if not isinstance(value, list):
             raise self.error(
                 "model_dirs",
-                f"must be a list of folders, got {_kind(value)}",
+                f"must be a list of folders, got {kind_of(value)}",
                 "write it as [~/models]",
             )
         dirs = []
@@ -305,24 +215,6 @@ class Parser:
                 raise self.error(key, f"{folder} {what}", "create the folder or remove the entry")
             dirs.append(folder)
         return tuple(dirs)
-
-    def defaults(self, value: object) -> ModelDefaults:
-        raw = self.mapping(value, "defaults", _DEFAULTS_KEYS)
-        base = ModelDefaults()
-        ctx = self.integer(raw.get("ctx_size", base.ctx_size), "defaults.ctx_size")
-        parallel = self.integer(raw.get("parallel", base.parallel), "defaults.parallel")
-        self.check_ctx(ctx, parallel, "defaults")
-        args = self.args(raw["args"], "defaults.args") if "args" in raw else base.args
-        return ModelDefaults(
-            ctx_size=ctx,
-            parallel=parallel,
-            args=args,
-            pinned=self.boolean(raw.get("pinned", base.pinned), "defaults.pinned"),
-            idle_ttl=self.seconds_or_zero(raw.get("idle_ttl", base.idle_ttl), "defaults.idle_ttl"),
-            stop_drain=self.seconds_or_zero(
-                raw.get("stop_drain", base.stop_drain), "defaults.stop_drain"
-            ),
-        )
 
     def gateway(self, value: object) -> GatewayConfig:
         raw = self.mapping(value, "gateway", _GATEWAY_KEYS)
@@ -344,94 +236,6 @@ class Parser:
                 raw.get("max_body_bytes", base.max_body_bytes), "gateway.max_body_bytes"
             ),
         )
-
-    def check_ctx(self, ctx: int, parallel: int, key: str) -> None:
-        if ctx < parallel:
-            raise self.error(
-                _join(key, "ctx_size"),
-                f"{ctx} is less than parallel ({parallel}): each slot needs context",
-                "raise ctx_size or lower parallel",
-            )
-
-    def args(self, value: object, key: str) -> tuple[str, ...]:
-        args = self.strings(value, key)
-        managed = find_managed_flag(args)
-        if managed is not None:
-            i, flag, setting = managed
-            raise self.error(
-                f"{key}[{i}]",
-                f"{flag} is set by the service",
-                f"use the model's {setting} setting instead",
-            )
-        return args
-
-    def models(self, value: object, defaults: ModelDefaults) -> tuple[ModelConfig, ...]:
-        if value is None:
-            return ()
-        if not isinstance(value, list):
-            raise self.error(
-                "models", f"must be a list, got {_kind(value)}", "write each model as '- name: ...'"
-            )
-        models: list[ModelConfig] = []
-        seen: dict[str, int] = {}
-        for i, item in enumerate(value):
-            model = self.model(item, f"models[{i}]", defaults)
-            if model.name in seen:
-                raise self.error(
-                    f"models[{i}].name",
-                    f"duplicate model name {model.name!r} (also models[{seen[model.name]}])",
-                    "give every model its own name",
-                )
-            seen[model.name] = i
-            models.append(model)
-        return tuple(models)
-
-    def model(self, value: object, key: str, defaults: ModelDefaults) -> ModelConfig:
-        raw = self.mapping(value, key, _MODEL_KEYS)
-        for required in ("name", "path"):
-            if raw.get(required) is None:
-                raise self.error(_join(key, required), "is required")
-        name = self.string(raw["name"], f"{key}.name")
-        problem = validate_model_name(name)
-        if problem:
-            raise self.error(f"{key}.name", problem)
-        path = self.gguf_path(raw["path"], f"{key}.path")
-        ctx = self.integer(raw.get("ctx_size", defaults.ctx_size), f"{key}.ctx_size")
-        parallel = self.integer(raw.get("parallel", defaults.parallel), f"{key}.parallel")
-        self.check_ctx(ctx, parallel, key)
-        api_key = raw.get("api_key")
-        return ModelConfig(
-            name=name,
-            path=path,
-            ctx_size=ctx,
-            parallel=parallel,
-            args=self.args(raw["args"], f"{key}.args") if "args" in raw else defaults.args,
-            env=self.str_map(raw["env"], f"{key}.env") if raw.get("env") else _empty_env(),
-            autostart=self.boolean(raw.get("autostart", False), f"{key}.autostart"),
-            api_key=None if api_key is None else self.string(api_key, f"{key}.api_key"),
-            pinned=self.boolean(raw.get("pinned", defaults.pinned), f"{key}.pinned"),
-            idle_ttl=self.seconds_or_zero(
-                raw.get("idle_ttl", defaults.idle_ttl), f"{key}.idle_ttl"
-            ),
-            stop_drain=self.seconds_or_zero(
-                raw.get("stop_drain", defaults.stop_drain), f"{key}.stop_drain"
-            ),
-        )
-
-    def gguf_path(self, value: object, key: str) -> Path:
-        path = self.path(value, key)
-        if path.suffix != ".gguf":
-            raise self.error(key, f"{path} does not end in .gguf", "point it at a GGUF model file")
-        if self.check_files:
-            if not path.exists():
-                raise self.error(
-                    key, f"{path} does not exist", "fix the path or download the model"
-                )
-            if not path.is_file():
-                raise self.error(
-                    key, f"{path} is not a regular file", "point it at a GGUF model file"
-                )
-        return path
 
     def targets(self, value: object, state_dir: Path) -> TargetsConfig | None:
         if value is None:
@@ -506,34 +310,5 @@ _TOP_KEYS = (
     "gateway",
     "models",
 )
-_DEFAULTS_KEYS = ("ctx_size", "parallel", "args", "pinned", "idle_ttl", "stop_drain")
 _GATEWAY_KEYS = ("when_full", "max_queue", "queue_timeout", "max_body_bytes")
 _RESTART_KEYS = ("enabled", "max_retries", "backoff_initial", "backoff_max", "stable_after")
-_MODEL_KEYS = (
-    "name",
-    "path",
-    "ctx_size",
-    "parallel",
-    "args",
-    "env",
-    "autostart",
-    "api_key",
-    "pinned",
-    "idle_ttl",
-    "stop_drain",
-)
-
-
-def _join(prefix: str, key: str) -> str:
-    return f"{prefix}.{key}" if prefix else key
-
-
-def _kind(value: object) -> str:
-    """How a YAML value reads to a user: 'a list', 'a string ('x')'."""
-    if value is None:
-        return "nothing"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"{value!r}"

@@ -1,6 +1,6 @@
 """What a model registered through the API may be: every field checked, a bad one named.
 
-The rules follow the config file's (config_schema.py) for the same keys, sharing its
+The rules follow the config file's (config_models.py) for the same keys, sharing its
 checks where the keys mean the same (parse_seconds, parse_flag), plus the API limits
 (api_limits.py) on flags and environment. Pure apart from looking at the GGUF path.
 """
