@@ -1,12 +1,11 @@
-"""HTTP control API under /api/v1/llama/: JSON in and out, errors as JSON."""
+"""HTTP control API under /api/v1/llama/: routes and JSON views (errors: api_json.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,18 @@ from prometheus_client.registry import CollectorRegistry
 from llama_exporter import auth, openapi
 from llama_exporter import registry as reg
 from llama_exporter import supervisor as sup
+from llama_exporter.api_json import ApiError, body_field, json_body, query_flag
 from llama_exporter.collector import StartDurationHistogram, render
 from llama_exporter.config import Config
 from llama_exporter.gateway import Gateway
-from llama_exporter.guard import Refusal
 from llama_exporter.poller import HostSample, MetricsStore
 from llama_exporter.redact import redact_args, redact_lines, redact_text, secret_values
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
 from llama_exporter.targets import render_file_sd
 from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
 
-log = logging.getLogger(__name__)
-
 PREFIX = "/api/v1/llama"
 MAX_LOG_LINES = 10_000
-RETRY_AFTER_SECONDS = 5
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", reg.Registry)
@@ -41,75 +37,6 @@ HUB = web.AppKey("hub", WebSocketHub)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
 GATEWAY = web.AppKey("gateway", Gateway)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """An error answered as {"error": {"code": ..., "message": ..., **details}}."""
-
-    def __init__(
-        self, status: int, message: str, *, headers: dict[str, str] | None = None, **details: Any
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
-        self.details = details
-
-    def response(self) -> web.Response:
-        """The JSON response for this error."""
-        body = {"error": {"code": self.status, "message": self.message, **self.details}}
-        return web.json_response(body, status=self.status, headers=self.headers)
-
-
-def _error_for(exc: Exception) -> ApiError | None:
-    """Map a domain exception to its HTTP error, or None if it is not one of ours."""
-    if isinstance(exc, reg.InvalidModel):
-        return ApiError(400, str(exc), field=exc.field)
-    if isinstance(exc, sup.UnknownModel):  # registry.UnknownModel is one too
-        return ApiError(404, str(exc))
-    if isinstance(exc, reg.ModelConflict | sup.Conflict):
-        return ApiError(409, str(exc))
-    if isinstance(exc, sup.CapExceeded):
-        return ApiError(
-            429,
-            str(exc),
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            running=list(exc.running),
-            cap=exc.cap,
-        )
-    if isinstance(exc, sup.ShuttingDown):
-        return ApiError(503, "the service is shutting down")
-    return None
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error into the JSON error shape; never leak a bare 500."""
-    try:
-        return await handler(request)
-    except ApiError as exc:
-        return exc.response()
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        text = exc.text or ""
-        message = exc.reason if text in ("", f"{exc.status}: {exc.reason}") else text
-        headers = {k: v for k, v in exc.headers.items() if k.lower() != "content-type"}
-        return ApiError(exc.status, message, headers=headers).response()
-    except Exception as exc:
-        mapped = _error_for(exc)
-        if mapped is not None:
-            return mapped.response()
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return ApiError(500, f"internal error: {type(exc).__name__}: {exc}").response()
-
-
-def refusal_response(refusal: Refusal) -> web.Response:
-    """A guard or auth refusal in the API's JSON error shape."""
-    return ApiError(refusal.status, refusal.message).response()
-
 
 # -- JSON views ---------------------------------------------------------------
 
@@ -174,38 +101,6 @@ def _name(request: web.Request) -> str:
     return name
 
 
-async def _json_body(request: web.Request) -> dict[str, Any]:
-    if not request.can_read_body:
-        raise ApiError(400, "this call needs a JSON object body")
-    try:
-        body = await request.json()
-    except ValueError as exc:
-        raise ApiError(400, f"body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "body must be a JSON object")
-    return body
-
-
-_KIND_NAMES: dict[type, str] = {str: "a string", list: "a list", dict: "a JSON object"}
-
-
-def _field(body: dict[str, Any], key: str, kind: type, *, required: bool = False) -> Any:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise ApiError(400, f"field {key!r} is required", field=key)
-        return None
-    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ApiError(400, f"field {key!r} must be an integer", field=key)
-    if kind is not int and not isinstance(value, kind):
-        raise ApiError(400, f"field {key!r} must be {_KIND_NAMES[kind]}", field=key)
-    return value
-
-
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "false").lower() in ("1", "true", "yes")
-
-
 async def healthz(request: web.Request) -> web.Response:
     """Liveness of the service itself."""
     if request.app[SUPERVISOR].shutting_down:
@@ -228,7 +123,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def add_model(request: web.Request) -> web.Response:
     """Register a GGUF file as a model (persisted across restarts)."""
-    body = await _json_body(request)
+    body = await json_body(request)
     known = {"name", "path", "ctx_size", "parallel", "args", "env"}
     known |= {"pinned", "idle_ttl", "stop_drain"}  # checked by the registry, as in the config
     unknown = sorted(set(body) - known)
@@ -236,17 +131,17 @@ async def add_model(request: web.Request) -> web.Response:
         raise ApiError(
             400, f"unknown field {unknown[0]!r}; known: {sorted(known)}", field=unknown[0]
         )
-    args = _field(body, "args", list) or []
+    args = body_field(body, "args", list) or []
     if not all(isinstance(a, str) for a in args):
         raise ApiError(400, "field 'args' must be a list of strings", field="args")
-    env = _field(body, "env", dict) or {}
+    env = body_field(body, "env", dict) or {}
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
         raise ApiError(400, "field 'env' must map strings to strings", field="env")
     model = await request.app[REGISTRY].aadd(
-        _field(body, "name", str, required=True),
-        Path(_field(body, "path", str, required=True)),
-        ctx_size=_field(body, "ctx_size", int),
-        parallel=_field(body, "parallel", int),
+        body_field(body, "name", str, required=True),
+        Path(body_field(body, "path", str, required=True)),
+        ctx_size=body_field(body, "ctx_size", int),
+        parallel=body_field(body, "parallel", int),
         args=tuple(args),
         env=env,
         pinned=body.get("pinned"),
@@ -273,11 +168,11 @@ async def delete_model(request: web.Request) -> web.Response:
 async def start_model(request: web.Request) -> web.Response:
     """Start a model; with ?wait=true answer when it is ready or has failed."""
     name = _name(request)
-    wait = _flag(request, "wait")
+    wait = query_flag(request, "wait")
     supervisor = request.app[SUPERVISOR]
     gateway = request.app[GATEWAY]
     # An explicit start counts as use; ?evict=true makes room like a gateway request.
-    status = await gateway.scheduler.start_for_api(name, evict=_flag(request, "evict"))
+    status = await gateway.scheduler.start_for_api(name, evict=query_flag(request, "evict"))
     if wait:
         status = await supervisor.wait_settled(name)
         if status.state is not State.READY:

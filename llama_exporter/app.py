@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import api, auth, guard
+from llama_exporter import api, api_json, auth, guard
 from llama_exporter import web as page
 from llama_exporter.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.config import Config
@@ -52,9 +52,9 @@ def create_app(
     # Outermost first: errors become JSON, then Host/Origin/body checks, then the token.
     app = web.Application(
         middlewares=[
-            api.error_middleware,
-            guard.guard_middleware(policy, api.refusal_response),
-            auth.auth_middleware(tokens, api.refusal_response),
+            api_json.error_middleware,
+            guard.guard_middleware(policy, api_json.refusal_response),
+            auth.auth_middleware(tokens, api_json.refusal_response),
         ],
         # Gateway bodies may be larger than aiohttp's 1 MiB default (gateway.max_body_bytes).
         client_max_size=max(1024**2, config.gateway.max_body_bytes + 1),

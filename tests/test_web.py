@@ -10,7 +10,7 @@ import pytest
 from aiohttp import web
 from test_api import API, Client, MakeClient, make_config
 
-from llama_exporter import api
+from llama_exporter import api_json
 from llama_exporter.app import create_app
 from llama_exporter.web import add_routes
 from llama_exporter.web.static_routes import STATIC_DIR, load_assets
@@ -19,7 +19,7 @@ from llama_exporter.web.static_routes import STATIC_DIR, load_assets
 @pytest.fixture
 async def client(aiohttp_client: MakeClient) -> Client:
     """The page's routes behind the API's error middleware, as in the service."""
-    app = web.Application(middlewares=[api.error_middleware])
+    app = web.Application(middlewares=[api_json.error_middleware])
     add_routes(app)
     return await aiohttp_client(app)
 
