@@ -226,11 +226,15 @@ async def _slots_busy(client: Client, model: str) -> bool:
     return any(s["is_processing"] for s in slots)
 
 
+@pytest.mark.parametrize("cancellation", [True, False], ids=["as-served", "handler-runs-on"])
 async def test_client_disconnect_mid_stream_frees_the_slot(
-    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path, cancellation: bool
 ) -> None:
+    """As `llama-exporter serve` runs it (the handler is cancelled when its client leaves),
+    and with the handler left running (its next write fails instead)."""
     cfg = gw_config(tmp_path, fake_server_bin, model_args={0: ("--fake-tokens-per-second", "20")})
-    client = await aiohttp_client(create_app(cfg))
+    server_kwargs = {"handler_cancellation": cancellation}
+    client = await aiohttp_client(create_app(cfg), server_kwargs=server_kwargs)
     resp = await client.post(CHAT, json=chat("m0", max_tokens=400, stream=True))
     seen = b""
     while b'"content": "' not in seen:
