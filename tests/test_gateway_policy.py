@@ -182,7 +182,15 @@ def test_usage_from_timings_when_there_is_no_usage() -> None:
 def test_error_event_is_noticed() -> None:
     watch = StreamWatch(started=0.0)
     watch.feed(b'data: {"error": {"message": "boom"}}\n\n', 1.0)
-    assert watch.error and watch.ttft is None
+    assert watch.error and watch.ttft is None and watch.error_code is None
+    over = b'data: {"error": {"code": 400, "message": "too long", "type": "exceed_context"}}\n\n'
+    watch = StreamWatch(started=0.0)
+    watch.feed(over, 1.0)
+    assert watch.error and watch.error_code == 400
+    for odd in (b"true", b"200", b'"400"', b"999"):
+        watch = StreamWatch(started=0.0)
+        watch.feed(b'data: {"error": {"code": ' + odd + b"}}\n\n", 1.0)
+        assert watch.error and watch.error_code is None
 
 
 def test_upstream_path_keeps_the_percent_encoding() -> None:

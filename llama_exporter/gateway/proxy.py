@@ -212,7 +212,9 @@ async def _stream(
         except ConnectionResetError:
             return response, outcome
     if watch.error and outcome.code == 200:
-        outcome.code = UPSTREAM_BROKE
+        # Counted by what llama-server said (a 400 for a prompt over the context is the
+        # client's, not a server failure); without a code, as a broken upstream.
+        outcome.code = watch.error_code or UPSTREAM_BROKE
     outcome.usage = watch.usage
     try:
         await response.write_eof()

@@ -98,6 +98,7 @@ class StreamWatch:
     gaps: list[float] = field(default_factory=list)  # taken by the caller as it goes
     usage: Usage | None = None
     error: bool = False  # an event carried {"error": ...}
+    error_code: int | None = None  # its HTTP-like code (llama-server's "code"), if it had one
     _pending: bytes = b""
 
     def feed(self, chunk: bytes, now: float) -> None:
@@ -121,6 +122,10 @@ class StreamWatch:
             return
         if isinstance(event, dict) and "error" in event:
             self.error = True
+            detail = event["error"]
+            code = detail.get("code") if isinstance(detail, dict) else None
+            if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+                self.error_code = code
         if event_text(event) is not None:
             if self.last_text_at is None:
                 self.first_text_at = now
