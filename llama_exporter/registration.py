@@ -49,30 +49,30 @@ class InvalidModel(RegistryError):
         self.field = field
 
 
-class GatewaySettings(TypedDict, total=False):
-    """A registration's gateway settings; missing or None: the value in ``defaults:``."""
+class Fields(TypedDict, total=False):
+    """A registration's optional fields; missing or None: the value in ``defaults:``."""
 
+    ctx_size: int | None
+    parallel: int | None
+    args: Sequence[str]
+    env: Mapping[str, str] | None
     pinned: bool | None  # never evicted nor unloaded when idle
     idle_ttl: float | None  # seconds without a request before unloading; 0 = never
     stop_drain: float | None  # an explicit stop waits this long for requests in flight
 
 
 def check_registration(
-    defaults: ModelDefaults,
-    name: str,
-    path: Path | str,
-    ctx_size: int | None = None,
-    parallel: int | None = None,
-    args: Sequence[str] = (),
-    env: Mapping[str, str] | None = None,
-    **settings: Unpack[GatewaySettings],
+    defaults: ModelDefaults, name: str, path: Path | str, **fields: Unpack[Fields]
 ) -> ModelConfig:
     """The ModelConfig of a registration; a field given as None takes the defaults' value."""
     problem = validate_model_name(name)
     if problem:
         raise InvalidModel("name", problem)
     # checked before the file: a bad value is named even when the path is wrong too
-    pinned, idle_ttl, stop_drain = _gateway_settings(defaults, settings)
+    pinned, idle_ttl, stop_drain = _gateway_settings(defaults, fields)
+    ctx_size, parallel = fields.get("ctx_size"), fields.get("parallel")
+    args: Sequence[str] = fields.get("args", ())
+    env = fields.get("env")
     if not isinstance(path, str | Path) or not str(path):
         raise InvalidModel("path", f"must be a path to a .gguf file, got {path!r}")
     gguf_path = check_gguf_file(Path(path).expanduser())
@@ -104,9 +104,7 @@ def check_registration(
     )
 
 
-def _gateway_settings(
-    defaults: ModelDefaults, settings: GatewaySettings
-) -> tuple[bool, float, float]:
+def _gateway_settings(defaults: ModelDefaults, settings: Fields) -> tuple[bool, float, float]:
     """(pinned, idle_ttl, stop_drain) checked by the config file's rules, else the defaults."""
     pinned = settings.get("pinned")
     idle_ttl = settings.get("idle_ttl")

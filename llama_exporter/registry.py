@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Unpack
@@ -20,7 +20,7 @@ from llama_exporter import states
 from llama_exporter.config import Config, ModelConfig, ModelDefaults, sanitize_model_name
 from llama_exporter.gguf_meta import GGUFError, GGUFInfo, GGUFInfoCache
 from llama_exporter.models_file import ModelsFile
-from llama_exporter.registration import GatewaySettings, check_registration
+from llama_exporter.registration import Fields, check_registration
 
 # re-exported: callers know them as registry errors
 from llama_exporter.registration import InvalidModel as InvalidModel
@@ -258,16 +258,12 @@ class Registry:
         self,
         name: str,
         path: Path | str,
-        ctx_size: int | None = None,
-        parallel: int | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
         *,
         info: GGUFInfo | None = None,
-        **settings: Unpack[GatewaySettings],
+        **fields: Unpack[Fields],
     ) -> Model:
         """Register a model through the API and persist it; InvalidModel or ModelConflict."""
-        model_config = self.validate_new(name, path, ctx_size, parallel, args, env, **settings)
+        model_config = self.validate_new(name, path, **fields)
         if name in self._models:
             held = self._models[name]
             raise ModelConflict(
@@ -283,38 +279,18 @@ class Registry:
         log.info("registered model %s (%s)", name, model.path)
         return model
 
-    async def aadd(
-        self,
-        name: str,
-        path: Path | str,
-        ctx_size: int | None = None,
-        parallel: int | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        **settings: Unpack[GatewaySettings],
-    ) -> Model:
+    async def aadd(self, name: str, path: Path | str, **fields: Unpack[Fields]) -> Model:
         """add() that first reads the GGUF header off the event loop (not GGUF: InvalidModel)."""
-        model_config = self.validate_new(name, path, ctx_size, parallel, args, env, **settings)
+        model_config = self.validate_new(name, path, **fields)
         try:
             info = await self.cache.aget(model_config.path)
         except (GGUFError, OSError) as exc:
             raise InvalidModel("path", f"not a readable GGUF file: {exc}") from None
-        return self.add(name, path, ctx_size, parallel, args, env, info=info, **settings)
+        return self.add(name, path, info=info, **fields)
 
-    def validate_new(
-        self,
-        name: str,
-        path: Path | str,
-        ctx_size: int | None = None,
-        parallel: int | None = None,
-        args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        **settings: Unpack[GatewaySettings],
-    ) -> ModelConfig:
+    def validate_new(self, name: str, path: Path | str, **fields: Unpack[Fields]) -> ModelConfig:
         """Check a registration's fields and build its ModelConfig; InvalidModel on a bad one."""
-        return check_registration(
-            self.config.defaults, name, path, ctx_size, parallel, args, env, **settings
-        )
+        return check_registration(self.config.defaults, name, path, **fields)
 
     def remove(self, name: str) -> Model:
         """Forget an API-registered model and persist; the caller checks it is not running."""

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -226,11 +226,15 @@ async def _slots_busy(client: Client, model: str) -> bool:
     return any(s["is_processing"] for s in slots)
 
 
+@pytest.mark.parametrize("cancellation", [True, False], ids=["as-served", "handler-runs-on"])
 async def test_client_disconnect_mid_stream_frees_the_slot(
-    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path, cancellation: bool
 ) -> None:
+    """As `llama-exporter serve` runs it (the handler is cancelled when its client leaves),
+    and with the handler left running (its next write fails instead)."""
     cfg = gw_config(tmp_path, fake_server_bin, model_args={0: ("--fake-tokens-per-second", "20")})
-    client = await aiohttp_client(create_app(cfg))
+    server_kwargs = {"handler_cancellation": cancellation}
+    client = await aiohttp_client(create_app(cfg), server_kwargs=server_kwargs)
     resp = await client.post(CHAT, json=chat("m0", max_tokens=400, stream=True))
     seen = b""
     while b'"content": "' not in seen:
@@ -444,13 +448,39 @@ async def test_gateway_requires_the_api_token_and_does_not_forward_it(
     assert resp.status == 200  # the fake accepted the model's own key, not ours
 
 
-async def test_upstream_that_closes_kept_alive_connections_is_retried_once() -> None:
-    """Like cpp-httplib after its keep-alive timeout: answer, then close without saying so."""
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def raw_upstream(handle: Handler) -> AsyncIterator[Callable[[], Awaitable[Any]]]:
+    """A hand-written HTTP upstream; yields a function that forwards one POST to it."""
     from aiohttp.test_utils import make_mocked_request
 
     from llama_exporter.gateway import proxy
     from llama_exporter.gateway.sse import StreamWatch
 
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/x"
+    session = proxy.new_session()
+    request = make_mocked_request("POST", CHAT, headers={"Content-Type": "application/json"})
+
+    async def send() -> Any:
+        clock = asyncio.get_running_loop().time
+        _, outcome = await proxy.forward(
+            request, session, url, b"{}", None, StreamWatch(0.0), clock
+        )
+        return outcome
+
+    try:
+        yield send
+    finally:
+        await session.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_upstream_that_closes_kept_alive_connections_is_retried_once() -> None:
+    """Like cpp-httplib after its keep-alive timeout: answer, then close without saying so."""
     served = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -472,31 +502,16 @@ async def test_upstream_that_closes_kept_alive_connections_is_retried_once() -> 
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    session = proxy.new_session()
-    request = make_mocked_request("POST", CHAT, headers={"Content-Type": "application/json"})
-    try:
+    async with raw_upstream(handle) as send:
         for _ in range(5):
-            _, outcome = await proxy.forward(
-                request, session, f"http://127.0.0.1:{port}/x", b"{}", None, StreamWatch(0.0),
-                asyncio.get_running_loop().time,
-            )  # fmt: skip
-            assert outcome.code == 200
-    finally:
-        await session.close()
-        server.close()
-        await server.wait_closed()
+            assert (await send()).code == 200
     assert served == 5
 
 
 async def test_a_post_the_server_read_on_a_new_connection_is_not_sent_again() -> None:
     """The server reads the request and drops the connection without an answer: it may
     have acted on it (a generation), so a POST must not go to it a second time."""
-    from aiohttp.test_utils import make_mocked_request
-
     from llama_exporter.gateway import proxy
-    from llama_exporter.gateway.sse import StreamWatch
 
     received = 0
 
@@ -507,20 +522,9 @@ async def test_a_post_the_server_read_on_a_new_connection_is_not_sent_again() ->
             received += 1
         writer.close()
 
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    session = proxy.new_session()
-    request = make_mocked_request("POST", CHAT, headers={"Content-Type": "application/json"})
-    try:
+    async with raw_upstream(handle) as send:
         with pytest.raises(proxy.UpstreamUnreachable):
-            await proxy.forward(
-                request, session, f"http://127.0.0.1:{port}/x", b"{}", None, StreamWatch(0.0),
-                asyncio.get_running_loop().time,
-            )  # fmt: skip
-    finally:
-        await session.close()
-        server.close()
-        await server.wait_closed()
+            await send()
     assert received == 1
 
 

@@ -16,6 +16,8 @@ from llama_exporter.gateway.policy import (
     plan_queue,
     ttl_left,
 )
+from llama_exporter.gateway.proxy import upstream_headers
+from llama_exporter.gateway.routes import upstream_path
 from llama_exporter.gateway.sse import StreamWatch, event_text, usage_of
 
 names = st.sampled_from(["a", "b", "c", "d", "e"])
@@ -138,6 +140,22 @@ def test_first_event_with_null_content_is_not_a_token() -> None:
     assert event_text({"choices": []}) is None
 
 
+def test_reasoning_and_tool_calls_are_generated_output() -> None:
+    def delta(**d: object) -> dict[str, object]:
+        return {"choices": [{"index": 0, "delta": d}]}
+
+    assert event_text(delta(content=None, reasoning_content="Let me think")) == "Let me think"
+    call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "get_weather"}}
+    assert event_text(delta(content=None, tool_calls=[call])) == "get_weather"
+    more = {"index": 0, "function": {"arguments": '{"city"'}}
+    assert event_text(delta(tool_calls=[more])) == '{"city"'
+    assert event_text(delta(tool_calls=[{"index": 0, "function": {"arguments": ""}}])) is None
+    assert event_text(delta(tool_calls=[])) is None
+    watch = StreamWatch(started=0.0)
+    watch.feed(b"data: " + json.dumps(delta(reasoning_content="Hmm")).encode() + b"\n\n", 0.3)
+    assert watch.ttft == 0.3  # a reasoning model's first thought is its first token
+
+
 @given(st.lists(st.text(min_size=1, max_size=5), min_size=1, max_size=8), st.data())
 def test_watch_times_tokens_however_the_bytes_are_split(
     words: list[str], data: st.DataObject
@@ -164,4 +182,37 @@ def test_usage_from_timings_when_there_is_no_usage() -> None:
 def test_error_event_is_noticed() -> None:
     watch = StreamWatch(started=0.0)
     watch.feed(b'data: {"error": {"message": "boom"}}\n\n', 1.0)
-    assert watch.error and watch.ttft is None
+    assert watch.error and watch.ttft is None and watch.error_code is None
+    over = b'data: {"error": {"code": 400, "message": "too long", "type": "exceed_context"}}\n\n'
+    watch = StreamWatch(started=0.0)
+    watch.feed(over, 1.0)
+    assert watch.error and watch.error_code == 400
+    for odd in (b"true", b"200", b'"400"', b"999"):
+        watch = StreamWatch(started=0.0)
+        watch.feed(b'data: {"error": {"code": ' + odd + b"}}\n\n", 1.0)
+        assert watch.error and watch.error_code is None
+
+
+def test_upstream_path_keeps_the_percent_encoding() -> None:
+    assert upstream_path("/upstream/m0/slots") == "/slots"
+    assert upstream_path("/upstream/m0/a%3Fb%2Fc?x=%26y&z=1") == "/a%3Fb%2Fc?x=%26y&z=1"
+    assert upstream_path("/upstream/m0/") == "/"
+    assert upstream_path("/upstream/m0") == "/"
+
+
+def test_hop_by_hop_headers_stay_on_their_hop() -> None:
+    incoming = {
+        "Connection": "keep-alive, X-Trace-Hop",
+        "X-Trace-Hop": "1",
+        "Expect": "100-continue",
+        "Authorization": "Bearer the-service-token",
+        "Content-Type": "application/json",
+        "X-Request-Id": "r1",
+    }
+    out = upstream_headers(incoming, "model-key")
+    assert out == {
+        "Content-Type": "application/json",
+        "X-Request-Id": "r1",
+        "Accept-Encoding": "identity",
+        "Authorization": "Bearer model-key",
+    }

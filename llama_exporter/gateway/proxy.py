@@ -45,8 +45,16 @@ _DROP = frozenset(
         "referer",
         "date",
         "server",
+        "expect",  # the body is read already: a 100-continue upstream is a wasted round trip
+        "proxy-connection",
     }
 )
+
+
+def _passable(headers: Mapping[str, str]) -> dict[str, str]:
+    """headers minus the hop-by-hop ones: those above and any the Connection header names."""
+    named = {t.strip().lower() for t in headers.get("Connection", "").split(",")}
+    return {k: v for k, v in headers.items() if k.lower() not in _DROP and k.lower() not in named}
 
 
 class UpstreamUnreachable(Exception):
@@ -64,7 +72,7 @@ class Outcome:
 
 def upstream_headers(incoming: Mapping[str, str], api_key: str | None) -> dict[str, str]:
     """Headers for llama-server: the client's, minus hop-by-hop and our auth, plus its key."""
-    out = {k: v for k, v in incoming.items() if k.lower() not in _DROP}
+    out = _passable(incoming)
     out["Accept-Encoding"] = "identity"  # bytes pass through as they come
     if api_key:
         out["Authorization"] = f"Bearer {api_key}"
@@ -72,7 +80,7 @@ def upstream_headers(incoming: Mapping[str, str], api_key: str | None) -> dict[s
 
 
 def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return {k: v for k, v in upstream.headers.items() if k.lower() not in _DROP}
+    return _passable(upstream.headers)
 
 
 class _Attempt:
@@ -204,7 +212,9 @@ async def _stream(
         except ConnectionResetError:
             return response, outcome
     if watch.error and outcome.code == 200:
-        outcome.code = UPSTREAM_BROKE
+        # Counted by what llama-server said (a 400 for a prompt over the context is the
+        # client's, not a server failure); without a code, as a broken upstream.
+        outcome.code = watch.error_code or UPSTREAM_BROKE
     outcome.usage = watch.usage
     try:
         await response.write_eof()

@@ -31,6 +31,16 @@ UPSTREAM_ENDPOINT = "/upstream"
 SUMMARY_PATH = "/api/v1/llama/gateway"
 
 
+def upstream_path(raw_path: str) -> str:
+    """The llama-server path and query of /upstream/{model}/{path}, still percent-encoded.
+
+    Decoded, %3F would become a query and %2F a new path segment. Model names have no
+    slash, so the fourth part of the split is everything after the model.
+    """
+    parts = raw_path.split("/", 3)
+    return "/" + (parts[3] if len(parts) > 3 else "")
+
+
 def error_response(err: GatewayError) -> web.Response:
     """err as OpenAI's error JSON."""
     body = {"error": {"message": err.message, "type": err.kind, "code": err.code}}
@@ -156,9 +166,7 @@ class Gateway:
         except GatewayError as err:
             self.metrics.request_done("", UPSTREAM_ENDPOINT, err.status, arrived, self._mono())
             return error_response(err)
-        path = "/" + request.match_info["path"]
-        if request.query_string:
-            path += "?" + request.query_string
+        path = upstream_path(request.raw_path)
         return await self._serve(request, name, UPSTREAM_ENDPOINT, path, body, arrived)
 
     async def list_models(self, request: web.Request) -> web.Response:

@@ -20,8 +20,27 @@ class Usage:
     completion_tokens: int | None = None
 
 
+def _delta_text(delta: dict[str, Any]) -> str | None:
+    """Generated output in a chat delta: content, reasoning, or a tool call's name/arguments."""
+    for key in ("content", "reasoning_content"):  # a reasoning model thinks first
+        text = delta.get(key)
+        if isinstance(text, str) and text:
+            return text
+    calls = delta.get("tool_calls")
+    if isinstance(calls, list):
+        parts = []
+        for call in calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                parts += [v for v in (function.get("name"), function.get("arguments")) if v]
+        text = "".join(p for p in parts if isinstance(p, str))
+        return text or None
+    return None
+
+
 def event_text(event: Any) -> str | None:
-    """The generated text an event carries: chat delta content, completion text, or content.
+    """The generated text an event carries: chat delta content (or reasoning, or a tool
+    call), completion text, or llama-server's own content.
 
     The first chat event carries only the role with `content: null`: that is no text.
     """
@@ -33,8 +52,7 @@ def event_text(event: Any) -> str | None:
         if isinstance(choice, dict):
             delta = choice.get("delta")
             if isinstance(delta, dict):
-                text = delta.get("content")
-                return text if isinstance(text, str) and text else None
+                return _delta_text(delta)
             text = choice.get("text")
             return text if isinstance(text, str) and text else None
         return None
@@ -80,6 +98,7 @@ class StreamWatch:
     gaps: list[float] = field(default_factory=list)  # taken by the caller as it goes
     usage: Usage | None = None
     error: bool = False  # an event carried {"error": ...}
+    error_code: int | None = None  # its HTTP-like code (llama-server's "code"), if it had one
     _pending: bytes = b""
 
     def feed(self, chunk: bytes, now: float) -> None:
@@ -103,6 +122,10 @@ class StreamWatch:
             return
         if isinstance(event, dict) and "error" in event:
             self.error = True
+            detail = event["error"]
+            code = detail.get("code") if isinstance(detail, dict) else None
+            if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
+                self.error_code = code
         if event_text(event) is not None:
             if self.last_text_at is None:
                 self.first_text_at = now
