@@ -336,6 +336,7 @@ def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: 
     used = g.service.status("g2")["last_used"]
     assert used is not None
     polled_after_use: list[float] = []
+    polled: list[float] = []
     seen_ready = False
 
     def unloaded() -> bool:
@@ -345,12 +346,24 @@ def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: 
             seen_ready = True
             assert st["last_used"] == used
             _, body = http_json("GET", g.service.api + "/models/g2/metrics")
-            polled_after_use[:] = [h["timestamp"] for h in body["history"] if h["timestamp"] > used]
+            polled[:] = [h["timestamp"] for h in body["history"]]
+            polled_after_use[:] = [t for t in polled if t > used]
         return bool(st["state"] == "stopped")
 
     wait_until(unloaded, "g2 to be unloaded for idleness", timeout=30)
     assert seen_ready, "g2 was already unloaded when the test first looked"
-    assert len(polled_after_use) >= 3  # the poller read it several times after its last use
+    errors = {
+        f"{s.labels['endpoint']}/{s.labels['reason']}": s.value
+        for f in text_string_to_metric_families(http_text(g.service.url + "/metrics"))
+        for s in f.samples
+        if s.name == "llama_exporter_poll_errors_total" and s.labels.get("model") == "g2"
+    }
+    # The poller read it several times after its last use (what it saw, if not:)
+    assert len(polled_after_use) >= 3, (
+        used,
+        polled[-8:],
+        errors,
+    )  # the poller read it several times after its last use
     assert g.metric(idle_unloads, model="g2", reason="idle") == before + 1
     assert g.service.status("g0")["state"] == "ready"  # pinned: not unloaded
 
