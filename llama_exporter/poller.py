@@ -116,6 +116,7 @@ class Poller:
             task = asyncio.get_running_loop().create_task(self._run(status))
             client = KeepAliveClient(status.host, status.port)
             self._watches[status.model] = _Watch(status, task, client)
+            log.info("polling %s (pid %s, port %s)", status.model, status.pid, status.port)
         elif status.state is not State.READY:
             self._forget(status.model)
 
@@ -134,6 +135,7 @@ class Poller:
     def _forget(self, model: str) -> None:
         watch = self._watches.pop(model, None)
         if watch is not None:
+            log.info("no longer polling %s (pid %s)", model, watch.status.pid)
             watch.task.cancel()
             watch.client.close()
         self._store.drop(model)
