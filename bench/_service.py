@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from llama_exporter.config import ModelConfig
-from llama_exporter.process import port_bindable
+from llama_exporter.config.settings import ModelConfig
+from llama_exporter.supervision.process import port_bindable
 
 
 @dataclass(frozen=True)

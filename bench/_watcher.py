@@ -21,9 +21,11 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from llama_exporter.collector import build_registry, render
-from llama_exporter.config import Config, PollConfig
-from llama_exporter.poller import MetricsStore, Poller
+from llama_exporter.config.settings import Config, PollConfig
+from llama_exporter.metrics.collector import build_registry
+from llama_exporter.metrics.exposition import render
+from llama_exporter.monitoring.poller import Poller
+from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceCounters, InstanceStatus, State
 
 

@@ -28,7 +28,7 @@ from _service import HttpService
 from prometheus_client.parser import text_string_to_metric_families
 from start_stop import DEFAULT_MODEL, default_binary
 
-from llama_exporter.config import ModelConfig
+from llama_exporter.config.settings import ModelConfig
 
 PROMPT = "Write a long story about a lighthouse keeper and the sea. Once upon a time,"
 

@@ -39,9 +39,9 @@ from _service import HttpService, free_port
 from prometheus_client.parser import text_string_to_metric_families
 from start_stop import DEFAULT_MODEL, default_binary
 
-from llama_exporter.config import ModelConfig
+from llama_exporter.config.settings import ModelConfig
 from llama_exporter.gateway.sse import event_text
-from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.supervision.process import READY_POLL_INTERVAL, build_argv, health_status
 from llama_exporter.testing.fake_llama import write_executable
 
 GOAL_TTFT_RATIO = 1.05

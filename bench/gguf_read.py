@@ -12,7 +12,7 @@ from pathlib import Path
 
 import gguf
 
-from llama_exporter.gguf_meta import read_gguf_info
+from llama_exporter.catalog.gguf_meta import read_gguf_info
 
 DEFAULT_MODEL = Path("~/.cache/llama-exporter/models/gemma-3-270m-q4_k_m.gguf").expanduser()
 

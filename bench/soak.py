@@ -43,7 +43,7 @@ import yaml
 from _service import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
-from llama_exporter.config_env import resolve_llama_server
+from llama_exporter.config.env import resolve_llama_server
 
 DEFAULT_MODEL = Path.home() / ".cache" / "llama-exporter" / "models" / "gemma-3-270m-q4_k_m.gguf"
 GOAL_RSS_GROWTH_BYTES = 5 * 1024 * 1024

@@ -23,9 +23,9 @@ from pathlib import Path
 
 from _service import HttpService, Timing, free_port
 
-from llama_exporter.config import Config, ModelConfig, PortRange
-from llama_exporter.process import READY_POLL_INTERVAL, build_argv, health_status
-from llama_exporter.supervisor import StaticModels, Supervisor
+from llama_exporter.config.settings import Config, ModelConfig, PortRange
+from llama_exporter.supervision.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 GOAL_START_RATIO = 1.03  # supervisor start within 3% of bare
 GOAL_STOP_EXTRA_S = 0.010  # supervisor stop within 10 ms of bare

@@ -1,5 +1,5 @@
 """Allow ``python -m llama_exporter``."""
 
-from llama_exporter.cli import main
+from llama_exporter.cli.main import main
 
 raise SystemExit(main())

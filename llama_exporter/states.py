@@ -115,3 +115,8 @@ class Conflict(Exception):
 def backoff_delay(retries: int, initial: float, maximum: float) -> float:
     """Seconds to wait before restart number retries+1."""
     return float(min(initial * 2.0**retries, maximum))
+
+
+# Why an instance started (model_loads_total{trigger}) and stopped (model_unloads_total{reason}).
+LOAD_TRIGGERS = ("request", "api", "autostart", "restart")
+UNLOAD_REASONS = ("evicted", "idle", "api", "shutdown")

@@ -10,8 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from llama_exporter.config import Config, ModelConfig, PortRange
-from llama_exporter.supervisor import StaticModels, Supervisor
+from llama_exporter.config.settings import Config, ModelConfig, PortRange
+from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 
 async def _main(fake_bin: Path, state_dir: Path, first_port: int) -> None:

@@ -15,8 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from llama_exporter.app import create_app
-from llama_exporter.config import (
+from llama_exporter.config.settings import (
     Config,
     ModelConfig,
     PollConfig,
@@ -24,6 +23,7 @@ from llama_exporter.config import (
     RestartPolicy,
     TargetsConfig,
 )
+from llama_exporter.http.app import create_app
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 API = "/api/v1/llama"

@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_api import API, Client, MakeClient, make_config
 
-from llama_exporter.api_limits import ALLOWED_FLAGS, check_args, check_env, env_allowed
-from llama_exporter.app import create_app
-from llama_exporter.registry import Registry
+from llama_exporter.catalog.limits import ALLOWED_FLAGS, check_args, check_env, env_allowed
+from llama_exporter.catalog.registry import Registry
+from llama_exporter.http.app import create_app
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 # Each writes files, serves a folder, opens a port, loads code or weights, or fetches.

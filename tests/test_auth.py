@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.auth import (
+from llama_exporter.http.auth import (
     Tokens,
     accepted_tokens,
     bearer,

@@ -294,7 +294,7 @@ def test_sigterm_is_not_held_up_by_an_open_websocket(service: ServiceProcess) ->
 
 
 def test_ps_idle_column_shows_idle_time_ttl_left_and_pinned() -> None:
-    from llama_exporter.cli import _fmt_idle
+    from llama_exporter.cli.main import _fmt_idle
 
     base = {"state": "ready", "in_flight": 0, "pinned": False, "idle_ttl": 0, "last_used": 100.0}
     assert _fmt_idle(base, 130.0) == "30s"

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.collector: names and labels as in the contract, promtool-clean."""
+"""Tests for metrics.collector: names and labels as in the contract, promtool-clean."""
 
 from __future__ import annotations
 
@@ -22,17 +22,17 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from promstack import missing
 
-from llama_exporter import families
-from llama_exporter.collector import StartDurationHistogram, build_registry, render
-from llama_exporter.derive import (
+from llama_exporter.metrics import families
+from llama_exporter.metrics.collector import StartDurationHistogram, build_registry
+from llama_exporter.metrics.exposition import render, value_text
+from llama_exporter.monitoring.derive import (
     ModelDeriver,
     ModelSnapshot,
     ProcessSample,
     TokenCounter,
     parse_slots,
 )
-from llama_exporter.exposition import value_text
-from llama_exporter.poller import HostSample, MetricsStore
+from llama_exporter.monitoring.store import HostSample, MetricsStore
 from llama_exporter.states import InstanceCounters, InstanceStatus, State
 
 ARCHITECTURE = Path(__file__).resolve().parents[1] / "docs" / "ARCHITECTURE.md"

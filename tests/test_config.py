@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.config."""
+"""Tests for llama_exporter.config.settings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.config import (
+from llama_exporter.config.env import resolve_llama_server
+from llama_exporter.config.loader import default_config, load_config, parse_config
+from llama_exporter.config.settings import (
     Config,
     ConfigError,
     GatewayConfig,
@@ -21,15 +23,11 @@ from llama_exporter.config import (
     PortRange,
     RestartPolicy,
     TargetsConfig,
-    default_config,
     default_host_label,
-    load_config,
-    parse_config,
     sanitize_model_name,
     validate_host_label,
     validate_model_name,
 )
-from llama_exporter.config_env import resolve_llama_server
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.derive (pure: no event loop, time passed in)."""
+"""Tests for llama_exporter.monitoring.derive (pure: no event loop, time passed in)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_exporter.derive import (
+from llama_exporter.monitoring.derive import (
     PROMPT_TOKENS,
     REQUESTS_DEFERRED,
     TOKENS_PREDICTED,

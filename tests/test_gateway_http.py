@@ -20,8 +20,8 @@ from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_api import make_config
 
-from llama_exporter.app import create_app
-from llama_exporter.config import Config, GatewayConfig, ModelConfig
+from llama_exporter.config.settings import Config, GatewayConfig, ModelConfig
+from llama_exporter.http.app import create_app
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 API = "/api/v1/llama"

@@ -12,7 +12,7 @@ from promstack import missing
 from test_collector import contract
 
 from llama_exporter.gateway.metrics import LATENCY_BUCKETS, RequestMetrics, quantile
-from llama_exporter.supervisor import LOAD_TRIGGERS, UNLOAD_REASONS
+from llama_exporter.states import LOAD_TRIGGERS, UNLOAD_REASONS
 
 
 def observed() -> RequestMetrics:

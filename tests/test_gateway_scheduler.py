@@ -14,11 +14,11 @@ from typing import Any
 import pytest
 from test_supervisor import FakeSpawner, config, until
 
-from llama_exporter.config import GatewayConfig, ModelConfig, RestartPolicy
-from llama_exporter.gateway import Gateway
+from llama_exporter.config.settings import GatewayConfig, ModelConfig, RestartPolicy
+from llama_exporter.gateway.routes import Gateway
 from llama_exporter.gateway.scheduler import GatewayError, Lease
-from llama_exporter.states import State
-from llama_exporter.supervisor import ShuttingDown, StaticModels, Supervisor
+from llama_exporter.states import ShuttingDown, State
+from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.gguf_meta."""
+"""Tests for llama_exporter.catalog.gguf_meta."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import gguf
 import pytest
 
-from llama_exporter.gguf_meta import (
+from llama_exporter.catalog.gguf_meta import (
     GGUFError,
     GGUFInfo,
     GGUFInfoCache,

@@ -6,15 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.guard import (
+from llama_exporter.config.origins import normalise_origin, split_host
+from llama_exporter.http.guard import (
     GuardPolicy,
     Refusal,
     build_policy,
     check_body,
     check_host,
     decide,
-    normalise_origin,
-    split_host,
 )
 
 PORT = 9777

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.httpget: the pure response parser and the keep-alive client."""
+"""Tests for monitoring.httpget: the pure response parser and the keep-alive client."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.httpget import GetError, KeepAliveClient, parse_response
+from llama_exporter.monitoring.httpget import GetError, KeepAliveClient, parse_response
 
 MakeServer = Callable[..., Awaitable[TestServer]]
 

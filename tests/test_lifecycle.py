@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.config import RestartPolicy
-from llama_exporter.lifecycle import restart_delay
+from llama_exporter.config.settings import RestartPolicy
 from llama_exporter.states import InstanceStatus, State, backoff_delay
+from llama_exporter.supervision.lifecycle import restart_delay
 
 POLICY = RestartPolicy(max_retries=3, backoff_initial=1.0, backoff_max=8.0, stable_after=60.0)
 

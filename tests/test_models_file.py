@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.config import ModelConfig, ModelDefaults
-from llama_exporter.models_file import ModelsFile, model_to_json, models_from_json
+from llama_exporter.catalog.models_file import ModelsFile, model_to_json, models_from_json
+from llama_exporter.config.settings import ModelConfig, ModelDefaults
 
 DEFAULTS = ModelDefaults(pinned=True, idle_ttl=600.0, stop_drain=5.0)
 

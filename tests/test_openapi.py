@@ -8,8 +8,8 @@ from pathlib import Path
 from aiohttp import web
 from test_api import API, Client, MakeClient, make_config
 
-from llama_exporter.app import create_app
-from llama_exporter.openapi import describe
+from llama_exporter.http.app import create_app
+from llama_exporter.http.openapi import describe
 
 _METHODS = {"GET", "POST", "PUT", "PATCH", "DELETE"}
 

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.poller: the store (pure) and the poller against the fake server."""
+"""Tests for monitoring.poller: the store (pure) and the poller against the fake server."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from llama_exporter.config import Config, PollConfig
-from llama_exporter.derive import ModelDeriver, ModelSnapshot
-from llama_exporter.poller import MetricsStore, Poller, host_cpu_ratio
+from llama_exporter.config.settings import Config, PollConfig
+from llama_exporter.monitoring.derive import ModelDeriver, ModelSnapshot
+from llama_exporter.monitoring.poller import Poller, host_cpu_ratio
+from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceStatus, State
 from llama_exporter.testing.fake_llama_app import create_app
 from llama_exporter.testing.fake_llama_engine import FakeOptions
@@ -432,7 +433,7 @@ async def test_non_finite_metrics_do_not_stop_polling(
 async def test_host_loop_survives_a_failing_sample(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="llama_exporter.poller")
+    caplog.set_level(logging.DEBUG, logger="llama_exporter.monitoring.poller")
     store = MetricsStore()
     poller = Poller(config(interval=0.02), store)
     real = poller.sample_host

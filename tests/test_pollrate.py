@@ -14,10 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_poller import complete, config, ready, wait_for
 
-from llama_exporter import procstat
-from llama_exporter.derive import ModelDeriver, ModelSnapshot, parse_slots
-from llama_exporter.poller import MetricsStore, Poller
-from llama_exporter.pollrate import WAKE_CPU_SECONDS, is_idle, read_now
+from llama_exporter.monitoring import procstat
+from llama_exporter.monitoring.derive import ModelDeriver, ModelSnapshot, parse_slots
+from llama_exporter.monitoring.poller import Poller
+from llama_exporter.monitoring.pollrate import WAKE_CPU_SECONDS, is_idle, read_now
+from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.testing.fake_llama_app import create_app
 from llama_exporter.testing.fake_llama_engine import FakeOptions
 

@@ -15,15 +15,15 @@ from typing import Any
 import psutil
 import pytest
 
-from llama_exporter.config import ModelConfig
-from llama_exporter.orphans import (
+from llama_exporter.config.settings import ModelConfig
+from llama_exporter.supervision.orphans import (
     InstanceRecord,
     InstancesFile,
     read_records,
     same_process,
     write_records,
 )
-from llama_exporter.process import (
+from llama_exporter.supervision.process import (
     LlamaProcess,
     StartError,
     build_argv,
@@ -258,7 +258,7 @@ async def test_spawn_missing_binary_raises_oserror(tmp_path: Path) -> None:
 
 
 def test_log_header_hides_the_api_key(tmp_path: Path) -> None:
-    from llama_exporter.process import _open_log
+    from llama_exporter.supervision.process import _open_log
 
     _open_log(tmp_path / "x.log", ["srv", "--api-key", "SECRET", "--port", "1"]).close()
     text = (tmp_path / "x.log").read_text()
@@ -277,7 +277,7 @@ async def test_model_env_reaches_the_child(tmp_path: Path, spawned: list[LlamaPr
 
 
 def test_tail_file_reads_many_lines_from_the_end(tmp_path: Path) -> None:
-    from llama_exporter.process import tail_file
+    from llama_exporter.supervision.process import tail_file
 
     log = tmp_path / "m.log"
     log.write_text("".join(f"line {i}\n" for i in range(50_000)))

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.procstat: /proc/<pid>/stat against psutil."""
+"""Tests for llama_exporter.monitoring.procstat: /proc/<pid>/stat against psutil."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import psutil
 import pytest
 
-from llama_exporter import procstat
+from llama_exporter.monitoring import procstat
 
 
 def test_parse_stat_with_an_awkward_command_name() -> None:

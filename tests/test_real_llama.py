@@ -13,9 +13,9 @@ import aiohttp
 import psutil
 import pytest
 
-from llama_exporter.config import Config, ModelConfig, PortRange, RestartPolicy
+from llama_exporter.config.settings import Config, ModelConfig, PortRange, RestartPolicy
 from llama_exporter.states import InstanceStatus, State
-from llama_exporter.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 pytestmark = pytest.mark.real
 

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_api import API, Client, MakeClient, _wait_state, make_config
 
-from llama_exporter.app import create_app
-from llama_exporter.config import ModelConfig
+from llama_exporter.config.settings import ModelConfig
+from llama_exporter.http.app import create_app
 from llama_exporter.redact import (
     MASK,
     is_secret_name,

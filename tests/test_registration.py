@@ -1,4 +1,4 @@
-"""What a registration may contain: llama_exporter.registration and the shared value checks."""
+"""What a registration may contain: catalog.registration and the shared value checks."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llama_exporter.config import ModelDefaults, parse_flag, parse_seconds
-from llama_exporter.registration import InvalidModel, check_registration
+from llama_exporter.catalog.registration import InvalidModel, check_registration
+from llama_exporter.config.settings import ModelDefaults, parse_flag, parse_seconds
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 DEFAULTS = ModelDefaults(ctx_size=1024, parallel=2, pinned=True, idle_ttl=600.0, stop_drain=5.0)

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.registry."""
+"""Tests for llama_exporter.catalog.registry."""
 
 from __future__ import annotations
 
@@ -11,18 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from llama_exporter.config import Config, ModelConfig, ModelDefaults
-from llama_exporter.gguf_meta import GGUFInfo, GGUFInfoCache
-from llama_exporter.models_file import models_from_json
-from llama_exporter.registry import (
-    InvalidModel,
+from llama_exporter.catalog.gguf_meta import GGUFInfo, GGUFInfoCache
+from llama_exporter.catalog.models_file import models_from_json
+from llama_exporter.catalog.registration import InvalidModel, RegistryError
+from llama_exporter.catalog.registry import (
     Model,
     ModelConflict,
     Registry,
-    RegistryError,
     UnknownModel,
     merge_sources,
 )
+from llama_exporter.config.settings import Config, ModelConfig, ModelDefaults
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 

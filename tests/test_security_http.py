@@ -17,8 +17,8 @@ import pytest
 from aiohttp import WSMsgType, web
 from test_api import API, Client, MakeClient, _wait_state, make_config
 
-from llama_exporter.app import create_app
-from llama_exporter.auth import WS_CLOSE_UNAUTHORIZED
+from llama_exporter.http.app import create_app
+from llama_exporter.http.auth import WS_CLOSE_UNAUTHORIZED
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
 EVIL = "http://evil.example"
@@ -270,7 +270,7 @@ async def test_websocket_without_the_token_is_closed_with_4401_and_sent_nothing(
 async def test_websocket_that_says_nothing_is_closed_after_the_auth_timeout(
     token_client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("llama_exporter.auth.WS_AUTH_TIMEOUT", 0.2)
+    monkeypatch.setattr("llama_exporter.http.auth.WS_AUTH_TIMEOUT", 0.2)
     ws = await token_client.ws_connect(f"{API}/ws")
     msg = await ws.receive(timeout=10)
     assert msg.type is WSMsgType.CLOSE

@@ -22,18 +22,19 @@ from typing import Any
 import psutil
 import pytest
 
-from llama_exporter.config import Config, ModelConfig, PortRange, RestartPolicy
-from llama_exporter.orphans import InstanceRecord, write_records
-from llama_exporter.process import StartError, describe_exit
-from llama_exporter.states import TRANSITIONS, InstanceStatus, State
-from llama_exporter.supervisor import (
+from llama_exporter.config.settings import Config, ModelConfig, PortRange, RestartPolicy
+from llama_exporter.states import (
+    TRANSITIONS,
     CapExceeded,
     Conflict,
+    InstanceStatus,
     ShuttingDown,
-    StaticModels,
-    Supervisor,
+    State,
     UnknownModel,
 )
+from llama_exporter.supervision.orphans import InstanceRecord, write_records
+from llama_exporter.supervision.process import StartError, describe_exit
+from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 HERE = Path(__file__).parent
 

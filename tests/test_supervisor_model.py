@@ -15,9 +15,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_supervisor import FakeSpawner, config, models
 
-from llama_exporter.config import RestartPolicy
-from llama_exporter.states import COUNTS_AGAINST_CAP, TRANSITIONS, InstanceStatus, State
-from llama_exporter.supervisor import CapExceeded, Conflict, ShuttingDown, Supervisor
+from llama_exporter.config.settings import RestartPolicy
+from llama_exporter.states import (
+    COUNTS_AGAINST_CAP,
+    TRANSITIONS,
+    CapExceeded,
+    Conflict,
+    InstanceStatus,
+    ShuttingDown,
+    State,
+)
+from llama_exporter.supervision.supervisor import Supervisor
 
 MODELS = 5
 CAP = 2

@@ -1,4 +1,4 @@
-"""Tests for llama_exporter.targets: pure rendering and atomic rewrites."""
+"""Tests for llama_exporter.metrics.targets: pure rendering and atomic rewrites."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from llama_exporter import targets
 from llama_exporter.atomic import write_atomic
-from llama_exporter.states import InstanceStatus, State
-from llama_exporter.targets import (
+from llama_exporter.metrics import targets
+from llama_exporter.metrics.targets import (
     SELF_FILE,
     SERVERS_FILE,
     TargetsWriter,
@@ -21,6 +20,7 @@ from llama_exporter.targets import (
     render_file_sd,
     render_self_target,
 )
+from llama_exporter.states import InstanceStatus, State
 
 
 def status(model: str, state: State, port: int | None = 18080) -> InstanceStatus:

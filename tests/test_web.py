@@ -10,10 +10,9 @@ import pytest
 from aiohttp import web
 from test_api import API, Client, MakeClient, make_config
 
-from llama_exporter import api_json
-from llama_exporter.app import create_app
-from llama_exporter.web import add_routes
-from llama_exporter.web.static_routes import STATIC_DIR, load_assets
+from llama_exporter.http import api_json
+from llama_exporter.http.app import create_app
+from llama_exporter.web.static_routes import STATIC_DIR, add_routes, load_assets
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from typing import Any
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient
 
-from llama_exporter.ws import STATUS_EVENT, Event, WebSocketHub, make_event
+from llama_exporter.http.ws import STATUS_EVENT, Event, WebSocketHub, make_event
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]

@@ -21,7 +21,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from llama_exporter.supervisor import LOAD_TRIGGERS, UNLOAD_REASONS
+from llama_exporter.states import LOAD_TRIGGERS, UNLOAD_REASONS
 
 PREFIX = "llama_exporter_"
 # Every latency histogram has 0.1 0.25 0.5 1 2 5 10 as boundaries: alert thresholds read exactly.

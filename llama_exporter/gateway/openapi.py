@@ -1,4 +1,4 @@
-"""The gateway's routes in the service's OpenAPI description (merged by llama_exporter.openapi)."""
+"""The gateway's routes in the service's OpenAPI description (merged by http.openapi)."""
 
 from __future__ import annotations
 

@@ -16,13 +16,14 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from llama_exporter.config import Config, ModelConfig
+from llama_exporter.config.settings import Config, ModelConfig
 from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
 from llama_exporter.gateway.scheduler import GatewayError, Scheduler
 from llama_exporter.gateway.sse import StreamWatch, Usage
-from llama_exporter.supervisor import ShuttingDown, Supervisor, UnknownModel
+from llama_exporter.states import ShuttingDown, UnknownModel
+from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ import logging
 import time
 from collections.abc import Callable
 
-from llama_exporter.config import GatewayConfig
+from llama_exporter.config.settings import GatewayConfig
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.unload import IDLE_CHECK_INTERVAL, Unloader
 from llama_exporter.gateway.usage import LIVE, UseCounts
 from llama_exporter.gateway.waitqueue import WaitQueue
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, ShuttingDown, State
-from llama_exporter.supervisor import Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

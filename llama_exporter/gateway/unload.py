@@ -11,11 +11,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from llama_exporter.config import GatewayConfig
+from llama_exporter.config.settings import GatewayConfig
 from llama_exporter.gateway import policy
 from llama_exporter.gateway.usage import LIVE, UseCounts
 from llama_exporter.states import State
-from llama_exporter.supervisor import Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from llama_exporter.gateway import policy
 from llama_exporter.gateway.usage import LIVE, UseCounts
-from llama_exporter.supervisor import Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The page's routes in the service's OpenAPI description (merged by llama_exporter.openapi)."""
+"""The page's routes in the service's OpenAPI description (merged by http.openapi)."""
 
 from __future__ import annotations
 

@@ -16,9 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Protocol
 
-from llama_exporter.config import Config, ModelConfig
-from llama_exporter.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
-from llama_exporter.process import Instance, SpawnFn, rotated_log, tail_file
+from llama_exporter.config.settings import Config, ModelConfig
 from llama_exporter.states import (
     COUNTS_AGAINST_CAP,
     SETTLED,
@@ -31,6 +29,8 @@ from llama_exporter.states import (
     UnknownModel,
     check_transition,
 )
+from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
+from llama_exporter.supervision.process import Instance, SpawnFn, rotated_log, tail_file
 
 __all__ = [
     "CapExceeded",
@@ -48,10 +48,6 @@ __all__ = [
 Spawn = SpawnFn  # the OS seam: how an instance is started (LlamaProcess.spawn by default)
 
 log = logging.getLogger(__name__)
-
-# Why an instance started (model_loads_total{trigger}) and stopped (model_unloads_total{reason}).
-LOAD_TRIGGERS = ("request", "api", "autostart", "restart")
-UNLOAD_REASONS = ("evicted", "idle", "api", "shutdown")
 
 # (model, seconds, unload reason): waits until the model has no request in flight or the
 # time is up; requests still running then are cut off by the stop.

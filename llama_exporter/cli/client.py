@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
 
-from llama_exporter.config import DEFAULT_PORT
+from llama_exporter.config.settings import DEFAULT_PORT
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
 API = "/api/v1/llama"

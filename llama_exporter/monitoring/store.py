@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from llama_exporter.derive import ModelSnapshot, TokenCounter
+from llama_exporter.monitoring.derive import ModelSnapshot, TokenCounter
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from llama_exporter.derive import ModelSnapshot
-from llama_exporter.exposition import labels_text, value_text
+from llama_exporter.metrics.exposition import labels_text, value_text
+from llama_exporter.monitoring.derive import ModelSnapshot
+from llama_exporter.monitoring.store import PollInfo
 from llama_exporter.states import InstanceStatus, State
-from llama_exporter.store import PollInfo
 
 PREFIX = "llama_exporter_"
 

@@ -24,10 +24,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from llama_exporter.derive import ModelSnapshot
-from llama_exporter.exposition import OrderedRegistry, header, sample, value_text
-from llama_exporter.exposition import render as render
-from llama_exporter.families import (
+from llama_exporter.metrics.exposition import OrderedRegistry, header, sample, value_text
+from llama_exporter.metrics.families import (
     CAP,
     HOST,
     HOST_ERRORS,
@@ -49,8 +47,9 @@ from llama_exporter.families import (
     info_key,
     text_of,
 )
+from llama_exporter.monitoring.derive import ModelSnapshot
+from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceStatus
-from llama_exporter.store import MetricsStore
 
 START_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 

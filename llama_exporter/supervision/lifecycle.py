@@ -17,22 +17,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from llama_exporter.config import Config, ModelConfig, RestartPolicy
-from llama_exporter.orphans import InstanceRecord, InstancesFile
-from llama_exporter.process import (
-    Instance,
-    LlamaProcess,
-    SpawnFn,
-    StartError,
-    hang_watch,
-    port_bindable,
-)
+from llama_exporter.config.settings import Config, ModelConfig, RestartPolicy
 from llama_exporter.states import (
     TRANSITIONS,
     InstanceCounters,
     InstanceStatus,
     State,
     backoff_delay,
+)
+from llama_exporter.supervision.orphans import InstanceRecord, InstancesFile
+from llama_exporter.supervision.process import (
+    Instance,
+    LlamaProcess,
+    SpawnFn,
+    StartError,
+    hang_watch,
+    port_bindable,
 )
 
 log = logging.getLogger(__name__)

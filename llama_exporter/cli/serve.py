@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import IO
 
 from llama_exporter import __version__
-from llama_exporter.config import load_config
-from llama_exporter.config_env import exposure_error
+from llama_exporter.config.env import exposure_error
+from llama_exporter.config.loader import load_config
 
 
 def _config_path(arg: Path | None) -> Path | None:
@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Run the control service until SIGTERM/SIGINT, then stop every instance."""
     from aiohttp import web
 
-    from llama_exporter.app import create_app
+    from llama_exporter.http.app import create_app
 
     config = load_config(_config_path(args.config))
     host = args.host or config.host

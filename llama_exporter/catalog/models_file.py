@@ -18,9 +18,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from llama_exporter import api_limits
 from llama_exporter.atomic import write_atomic
-from llama_exporter.config import (
+from llama_exporter.catalog import limits as api_limits
+from llama_exporter.config.settings import (
     ModelConfig,
     ModelDefaults,
     parse_flag,

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from llama_exporter.config import ConfigError
+from llama_exporter.config.settings import ConfigError
 
 ENV_STATE_DIR = "LLAMA_EXPORTER_STATE_DIR"
 ENV_MODELS_DIR = "LLAMA_EXPORTER_MODELS_DIR"

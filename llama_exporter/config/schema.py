@@ -13,7 +13,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from llama_exporter.config import (
+from llama_exporter.config.env import (
+    ENV_API_TOKEN,
+    ENV_SCRAPE_TOKEN,
+    default_state_dir,
+    env_token,
+    exposure_error,
+    resolve_llama_server,
+)
+from llama_exporter.config.origins import normalise_origin, split_host
+from llama_exporter.config.schema_models import ModelSchema
+from llama_exporter.config.settings import (
     DEFAULT_LOG_MAX_BYTES,
     DEFAULT_MAX_PARALLEL,
     DEFAULT_PORT,
@@ -29,17 +39,7 @@ from llama_exporter.config import (
     default_host_label,
     validate_host_label,
 )
-from llama_exporter.config_env import (
-    ENV_API_TOKEN,
-    ENV_SCRAPE_TOKEN,
-    default_state_dir,
-    env_token,
-    exposure_error,
-    resolve_llama_server,
-)
-from llama_exporter.config_models import ModelSchema
-from llama_exporter.config_values import NUMBER_TYPES, Values, kind_of
-from llama_exporter.guard import normalise_origin, split_host
+from llama_exporter.config.values import NUMBER_TYPES, Values, kind_of
 
 _LABEL_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 

@@ -10,7 +10,7 @@ WAKE_CPU_SECONDS or more, or when the gateway has a request in flight for it.
 
 from __future__ import annotations
 
-from llama_exporter.derive import ModelSnapshot
+from llama_exporter.monitoring.derive import ModelSnapshot
 
 # CPU seconds an idle llama-server must use between two ticks to be read at once:
 # two 10 ms clock ticks of /proc's accounting. Answering our reads costs it well

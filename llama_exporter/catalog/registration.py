@@ -13,8 +13,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar, TypedDict, TypeVar, Unpack
 
-from llama_exporter import api_limits
-from llama_exporter.config import (
+from llama_exporter.catalog import limits as api_limits
+from llama_exporter.config.settings import (
     ModelConfig,
     ModelDefaults,
     find_managed_flag,

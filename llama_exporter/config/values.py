@@ -12,8 +12,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from llama_exporter.config import ConfigError, parse_flag, parse_seconds
-from llama_exporter.config_env import expand_path
+from llama_exporter.config.env import expand_path
+from llama_exporter.config.settings import ConfigError, parse_flag, parse_seconds
 
 NUMBER_TYPES = (int, float)
 

@@ -11,32 +11,30 @@ from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
-from prometheus_client.registry import CollectorRegistry
 
-from llama_exporter import auth, openapi
-from llama_exporter import registry as reg
-from llama_exporter import supervisor as sup
-from llama_exporter.api_json import ApiError, body_field, json_body, query_flag
-from llama_exporter.collector import StartDurationHistogram, render
-from llama_exporter.config import Config
-from llama_exporter.gateway import Gateway
-from llama_exporter.poller import HostSample, MetricsStore
+from llama_exporter.catalog import registry as reg
+from llama_exporter.gateway.routes import Gateway
+from llama_exporter.http import auth, openapi
+from llama_exporter.http.api_json import ApiError, body_field, json_body, query_flag
+from llama_exporter.http.keys import (
+    CONFIG,
+    GATEWAY,
+    HISTOGRAM,
+    HUB,
+    METRICS,
+    REGISTRY,
+    STORE,
+    SUPERVISOR,
+)
+from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, Event, make_event
+from llama_exporter.metrics.exposition import render
+from llama_exporter.metrics.targets import render_file_sd
+from llama_exporter.monitoring.store import HostSample
 from llama_exporter.redact import redact_args, redact_lines, redact_text, secret_values
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, State
-from llama_exporter.targets import render_file_sd
-from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, Event, WebSocketHub, make_event
 
 PREFIX = "/api/v1/llama"
 MAX_LOG_LINES = 10_000
-
-CONFIG = web.AppKey("config", Config)
-REGISTRY = web.AppKey("registry", reg.Registry)
-SUPERVISOR = web.AppKey("supervisor", sup.Supervisor)
-STORE = web.AppKey("store", MetricsStore)
-HUB = web.AppKey("hub", WebSocketHub)
-METRICS = web.AppKey("metrics", CollectorRegistry)
-HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
-GATEWAY = web.AppKey("gateway", Gateway)
 
 # -- JSON views ---------------------------------------------------------------
 

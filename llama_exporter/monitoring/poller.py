@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import psutil
 
-from llama_exporter import procstat
-from llama_exporter.config import Config
-from llama_exporter.derive import (
+from llama_exporter.config.settings import Config
+from llama_exporter.monitoring import procstat
+from llama_exporter.monitoring.derive import (
     REQUESTS_PROCESSING,
     TOKENS_PREDICTED,
     USED_METRICS,
@@ -32,10 +32,10 @@ from llama_exporter.derive import (
     ratio,
     select_samples,
 )
-from llama_exporter.httpget import GetError, KeepAliveClient
-from llama_exporter.pollrate import is_idle, read_now
+from llama_exporter.monitoring.httpget import GetError, KeepAliveClient
+from llama_exporter.monitoring.pollrate import is_idle, read_now
+from llama_exporter.monitoring.store import HostSample, MetricsStore, PollInfo, Subscriber
 from llama_exporter.states import InstanceStatus, State
-from llama_exporter.store import HostSample, MetricsStore, PollInfo, Subscriber
 
 __all__ = ["HostSample", "MetricsStore", "PollInfo", "Poller", "Subscriber", "host_cpu_ratio"]
 

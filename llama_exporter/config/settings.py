@@ -9,15 +9,12 @@ check_files=True looks at the filesystem.
 from __future__ import annotations
 
 import math
-import os
 import re
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-
-import yaml
 
 DEFAULT_PORT = 9777
 DEFAULT_MAX_PARALLEL = 4
@@ -269,67 +266,6 @@ def parse_flag(value: object) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"must be true or false, got {value!r}")
     return value
-
-
-# --- loading ------------------------------------------------------------------------------------
-
-
-def default_config(env: Mapping[str, str] | None = None, *, check_files: bool = True) -> Config:
-    """The configuration used without a file: defaults plus the demo models folder."""
-    from llama_exporter.config_env import (  # that module imports this one
-        ENV_SCRAPE_TOKEN,
-        default_models_dir,
-        default_state_dir,
-        env_token,
-        resolve_llama_server,
-    )
-
-    env = os.environ if env is None else env
-    return Config(
-        source=None,
-        llama_server=resolve_llama_server(None, env) if check_files else Path("llama-server"),
-        model_dirs=(default_models_dir(env),),
-        state_dir=default_state_dir(env),
-        api_token=env_token(env),
-        scrape_token=env_token(env, ENV_SCRAPE_TOKEN),
-    )
-
-
-def load_config(
-    path: Path | None, *, env: Mapping[str, str] | None = None, check_files: bool = True
-) -> Config:
-    """Read and validate a YAML config file (None: the built-in default config)."""
-    env = os.environ if env is None else env
-    if path is None:
-        return default_config(env, check_files=check_files)
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            "", "config file not found", file=path, hint="check the path, or start without --config"
-        ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("", f"cannot read the config file: {exc}", file=path) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(
-            "", f"YAML syntax error: {problem}", file=path, line=line, hint="fix the YAML syntax"
-        ) from None
-    return parse_config(data, file=path, env=env, check_files=check_files)
-
-
-def parse_config(
-    data: object, *, file: Path | None, env: Mapping[str, str], check_files: bool = True
-) -> Config:
-    """Validate parsed YAML data into a Config (filesystem checks only with check_files)."""
-    from llama_exporter.config_schema import Parser  # the schema module imports this one
-
-    return Parser(file, env, check_files).config(data)
 
 
 # Flags the service sets itself: a model's args must not repeat them.

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from aiohttp import WSMsgType, web
 
-from llama_exporter.guard import Refusal, is_websocket_handshake
+from llama_exporter.http.guard import Refusal, is_websocket_handshake
 
 WS_AUTH_TIMEOUT = 5.0
 WS_CLOSE_UNAUTHORIZED = 4401

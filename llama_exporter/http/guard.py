@@ -24,9 +24,10 @@ import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from llama_exporter.config.origins import DEFAULT_PORTS, normalise_origin, split_host
 
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -35,7 +36,6 @@ WILDCARD_HOSTS = frozenset({"0.0.0.0", "::", ""})
 BROWSER_SIMPLE_TYPES = frozenset(
     {"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"}
 )
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 
 
 @dataclass(frozen=True)
@@ -55,51 +55,6 @@ class GuardPolicy:
     exact_hosts: frozenset[str]  # allowed_hosts entries given as name:port
     allowed_origins: frozenset[str]  # "scheme://host:port"
     accept_local_address: bool  # listening on every interface: the address dialled is ours
-
-
-def split_host(value: str, default_port: int | None = None) -> tuple[str, int | None] | None:
-    """A Host header (or netloc) as (lower-case name without brackets, port); None if malformed."""
-    value = value.strip().lower()
-    if not value or any(c in value for c in "/@ \t?#\\"):
-        return None
-    if value.startswith("["):
-        end = value.find("]")
-        if end < 0:
-            return None
-        name, rest = value[1:end], value[end + 1 :]
-        if rest and not rest.startswith(":"):
-            return None
-        port_text = rest[1:] if rest else None
-    elif value.count(":") > 1:
-        return None  # a bare IPv6 address must be bracketed in Host
-    else:
-        name, _, port_text = value.partition(":")
-        if ":" not in value:
-            port_text = None
-    if not name:
-        return None
-    if port_text is None:
-        return name, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        return None
-    return name, int(port_text)
-
-
-def normalise_origin(value: str) -> str | None:
-    """'scheme://host:port' of an Origin or Referer value (explicit port); None if not a URL."""
-    try:
-        parts = urlsplit(value.strip())
-    except ValueError:
-        return None
-    scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS or not parts.netloc:
-        return None
-    host = split_host(parts.netloc.rsplit("@", 1)[-1], _DEFAULT_PORTS[scheme])
-    if host is None:
-        return None
-    name, port = host
-    shown = f"[{name}]" if ":" in name else name
-    return f"{scheme}://{shown}:{port}"
 
 
 def build_policy(
@@ -203,7 +158,7 @@ def check_origin(
             scheme, _, netloc = origin.partition("://")
             if host is not None and split_host(netloc) == (
                 host[0],
-                host[1] or _DEFAULT_PORTS[scheme],
+                host[1] or DEFAULT_PORTS[scheme],
             ):
                 continue
         return Refusal(

@@ -18,7 +18,7 @@ from typing import IO, Protocol
 
 import psutil
 
-from llama_exporter.config import ModelConfig
+from llama_exporter.config.settings import ModelConfig
 from llama_exporter.redact import MASK, redact_args, secret_values
 
 log = logging.getLogger(__name__)

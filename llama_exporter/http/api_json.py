@@ -8,9 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import registry as reg
-from llama_exporter import supervisor as sup
-from llama_exporter.guard import Refusal
+from llama_exporter.catalog.registration import InvalidModel
+from llama_exporter.catalog.registry import ModelConflict
+from llama_exporter.http.guard import Refusal
+from llama_exporter.states import CapExceeded, Conflict, ShuttingDown, UnknownModel
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,13 @@ class ApiError(Exception):
 
 def _error_for(exc: Exception) -> ApiError | None:
     """Map a domain exception to its HTTP error, or None if it is not one of ours."""
-    if isinstance(exc, reg.InvalidModel):
+    if isinstance(exc, InvalidModel):
         return ApiError(400, str(exc), field=exc.field)
-    if isinstance(exc, sup.UnknownModel):  # registry.UnknownModel is one too
+    if isinstance(exc, UnknownModel):  # registry.UnknownModel is one too
         return ApiError(404, str(exc))
-    if isinstance(exc, reg.ModelConflict | sup.Conflict):
+    if isinstance(exc, ModelConflict | Conflict):
         return ApiError(409, str(exc))
-    if isinstance(exc, sup.CapExceeded):
+    if isinstance(exc, CapExceeded):
         return ApiError(
             429,
             str(exc),
@@ -53,7 +54,7 @@ def _error_for(exc: Exception) -> ApiError | None:
             running=list(exc.running),
             cap=exc.cap,
         )
-    if isinstance(exc, sup.ShuttingDown):
+    if isinstance(exc, ShuttingDown):
         return ApiError(503, "the service is shutting down")
     return None
 

@@ -10,19 +10,20 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import api, api_json, auth, guard
 from llama_exporter import web as page
-from llama_exporter.collector import StartDurationHistogram, WithHost, build_registry
-from llama_exporter.config import Config
-from llama_exporter.derive import ModelSnapshot
-from llama_exporter.gateway import Gateway
-from llama_exporter.gguf_meta import GGUFInfoCache
-from llama_exporter.poller import MetricsStore, Poller
-from llama_exporter.registry import Registry
+from llama_exporter.catalog.gguf_meta import GGUFInfoCache
+from llama_exporter.catalog.registry import Registry
+from llama_exporter.config.settings import Config
+from llama_exporter.gateway.routes import Gateway
+from llama_exporter.http import api, api_json, auth, guard, keys
+from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
+from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
+from llama_exporter.metrics.targets import TargetsWriter
+from llama_exporter.monitoring.derive import ModelSnapshot
+from llama_exporter.monitoring.poller import Poller
+from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceStatus
-from llama_exporter.supervisor import Spawn, Supervisor
-from llama_exporter.targets import TargetsWriter
-from llama_exporter.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
+from llama_exporter.supervision.supervisor import Spawn, Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -75,14 +76,14 @@ def create_app(
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, config.target_labels, address, supervisor.statuses)
 
-    app[api.CONFIG] = config
-    app[api.REGISTRY] = registry
-    app[api.SUPERVISOR] = supervisor
-    app[api.STORE] = store
-    app[api.HUB] = hub
-    app[api.HISTOGRAM] = histogram
-    app[api.GATEWAY] = gateway
-    app[api.METRICS] = build_registry(
+    app[keys.CONFIG] = config
+    app[keys.REGISTRY] = registry
+    app[keys.SUPERVISOR] = supervisor
+    app[keys.STORE] = store
+    app[keys.HUB] = hub
+    app[keys.HISTOGRAM] = histogram
+    app[keys.GATEWAY] = gateway
+    app[keys.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
         counters=supervisor.counters,
@@ -92,7 +93,7 @@ def create_app(
         histogram=histogram,
         host=config.host_label,
     )
-    app[api.METRICS].register(WithHost(gateway.metrics, config.host_label))
+    app[keys.METRICS].register(WithHost(gateway.metrics, config.host_label))
     api.add_routes(app)
     gateway.add_routes(app)
     page.add_routes(app)

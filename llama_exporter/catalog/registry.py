@@ -17,14 +17,17 @@ from pathlib import Path
 from typing import Literal, Unpack
 
 from llama_exporter import states
-from llama_exporter.config import Config, ModelConfig, ModelDefaults, sanitize_model_name
-from llama_exporter.gguf_meta import GGUFError, GGUFInfo, GGUFInfoCache
-from llama_exporter.models_file import ModelsFile
-from llama_exporter.registration import Fields, check_registration
+from llama_exporter.catalog.gguf_meta import GGUFError, GGUFInfo, GGUFInfoCache
+from llama_exporter.catalog.models_file import ModelsFile
 
 # re-exported: callers know them as registry errors
-from llama_exporter.registration import InvalidModel as InvalidModel
-from llama_exporter.registration import RegistryError as RegistryError
+from llama_exporter.catalog.registration import (
+    Fields,
+    InvalidModel,
+    RegistryError,
+    check_registration,
+)
+from llama_exporter.config.settings import Config, ModelConfig, ModelDefaults, sanitize_model_name
 
 log = logging.getLogger(__name__)
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llama_exporter.config import (
+from llama_exporter.config.settings import (
     ModelConfig,
     ModelDefaults,
     _empty_env,
     find_managed_flag,
     validate_model_name,
 )
-from llama_exporter.config_values import Values, join_key, kind_of
+from llama_exporter.config.values import Values, join_key, kind_of
 
 
 class ModelSchema(Values):

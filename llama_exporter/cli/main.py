@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llama_exporter import __version__
-from llama_exporter.client import Client, ClientError, ServiceUnreachable
-from llama_exporter.config import ConfigError, load_config, parse_seconds
-from llama_exporter.serve import ServeError, cmd_serve
+from llama_exporter.cli.client import Client, ClientError, ServiceUnreachable
+from llama_exporter.cli.serve import ServeError, cmd_serve
+from llama_exporter.config.loader import load_config
+from llama_exporter.config.settings import ConfigError, parse_seconds
 
 EXIT_USAGE = 2
 EXIT_CAP = 3

@@ -1,0 +1,1 @@
+"""The llama-exporter command line. Entry point: main.main."""

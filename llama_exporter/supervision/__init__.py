@@ -1,0 +1,1 @@
+"""llama-server children: spawn, cap, restart, stop, reap. Entry point: supervisor.Supervisor."""
