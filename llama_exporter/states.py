@@ -22,7 +22,7 @@ class TransitionError(RuntimeError):
 
 
 TRANSITIONS: dict[State, frozenset[State]] = {
-    State.STOPPED: frozenset({State.STARTING}),
+    State.STOPPED: frozenset({State.STARTING, State.FAILED}),  # FAILED: a start refused for good
     State.STARTING: frozenset({State.READY, State.STOPPING, State.BACKOFF, State.FAILED}),
     State.READY: frozenset({State.STOPPING, State.BACKOFF, State.FAILED}),
     State.STOPPING: frozenset({State.STOPPED, State.FAILED}),

@@ -84,6 +84,22 @@ def test_check_config_accepts_a_good_file(tmp_path: Path, fake_server_bin: Path)
     assert "1 model(s): a" in result.stdout
 
 
+def test_check_config_shows_budgets_and_says_a_gpu_needs_a_written_one(
+    tmp_path: Path, fake_server_bin: Path
+) -> None:
+    """No NVML on this machine (nor a GPU): cuda0: auto cannot be resolved, and it says so."""
+    config = tmp_path / "mem.yaml"
+    config.write_text(f"llama_server: {fake_server_bin}\nmemory_budget: {{cpu: auto}}\n")
+    result = cli("check-config", str(config))
+    assert result.returncode == 0, result.stderr
+    assert "memory cpu " in result.stdout and "GiB" in result.stdout
+    config.write_text(f"llama_server: {fake_server_bin}\nmemory_budget: {{cuda0: auto}}\n")
+    result = cli("check-config", str(config))
+    assert result.returncode == 2
+    assert "memory_budget.cuda0" in result.stderr
+    assert "llama-exporter[nvidia]" in result.stderr and "cuda0: 22GiB" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("text", "key", "fragment"),
     [

@@ -1,4 +1,6 @@
-"""Pure gateway policy and SSE reading: no event loop, hypothesis where inputs vary."""
+"""Pure gateway policy and SSE reading: no event loop, hypothesis where inputs vary.
+
+Which model to evict is admission's: tests/test_admission.py."""
 
 from __future__ import annotations
 
@@ -8,11 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from llama_exporter.gateway.policy import (
-    Resident,
     Usage,
     idle_models,
     is_idle,
-    pick_victim,
     plan_queue,
     ttl_left,
 )
@@ -21,50 +21,6 @@ from llama_exporter.gateway.routes import upstream_path
 from llama_exporter.gateway.sse import StreamWatch, event_text, usage_of
 
 names = st.sampled_from(["a", "b", "c", "d", "e"])
-residents = st.lists(
-    st.builds(
-        Resident,
-        name=names,
-        ready=st.booleans(),
-        in_flight=st.integers(0, 3),
-        pinned=st.booleans(),
-        last_used=st.floats(0, 1e6),
-        abandoned=st.booleans(),
-    ),
-    unique_by=lambda r: r.name,
-)
-
-
-@given(residents)
-def test_victim_is_never_pinned_busy_or_wanted(rs: list[Resident]) -> None:
-    victim = pick_victim(rs)
-    allowed = [r for r in rs if not r.pinned and r.in_flight == 0 and (r.ready or r.abandoned)]
-    if not allowed:
-        assert victim is None
-        return
-    chosen = next(r for r in rs if r.name == victim)
-    assert chosen in allowed
-    abandoned = [r for r in allowed if not r.ready]
-    if abandoned:  # a load nobody waits for goes first
-        assert not chosen.ready
-    else:  # else the least recently used
-        assert chosen.last_used == min(r.last_used for r in allowed)
-
-
-@given(residents, st.sets(names))
-def test_victim_respects_exclude(rs: list[Resident], exclude: set[str]) -> None:
-    assert pick_victim(rs, exclude) not in exclude
-
-
-def test_lru_order_example() -> None:
-    rs = [
-        Resident("a", True, 0, False, 30.0),
-        Resident("b", True, 0, False, 10.0),
-        Resident("c", True, 1, False, 5.0),  # busy
-        Resident("d", True, 0, True, 1.0),  # pinned
-    ]
-    assert pick_victim(rs) == "b"
-    assert pick_victim(rs, {"b"}) == "a"
 
 
 @given(st.lists(names, max_size=12), st.sets(names))

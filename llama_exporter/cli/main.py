@@ -17,6 +17,8 @@ from llama_exporter.cli.client import Client, ClientError, ServiceUnreachable
 from llama_exporter.cli.serve import ServeError, cmd_serve
 from llama_exporter.config.loader import load_config
 from llama_exporter.config.settings import ConfigError, parse_seconds
+from llama_exporter.config.sizes import format_size
+from llama_exporter.memory.budgets import BudgetError, budgets_for
 
 EXIT_USAGE = 2
 EXIT_CAP = 3
@@ -25,10 +27,20 @@ EXIT_CAP = 3
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file with the same code `serve` uses; start nothing."""
     config = load_config(args.file)
+    try:
+        budgets = budgets_for(config.memory_budget, config.memory_headroom)
+    except BudgetError as exc:
+        print(f"{args.file}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     names = ", ".join(m.name for m in config.models) or "none"
+    memory = (
+        ", ".join(f"{device} {format_size(size)}" for device, size in budgets.items())
+        if budgets
+        else "not counted (no memory_budget)"
+    )
     print(
         f"{args.file}: OK ({len(config.models)} model(s): {names}; cap {config.max_parallel}; "
-        f"host label {config.host_label}; llama-server {config.llama_server})"
+        f"memory {memory}; host label {config.host_label}; llama-server {config.llama_server})"
     )
     return 0
 

@@ -22,6 +22,7 @@ from llama_exporter.config.env import (
     resolve_llama_server,
 )
 from llama_exporter.config.origins import normalise_origin, split_host
+from llama_exporter.config.schema_memory import MemorySchema
 from llama_exporter.config.schema_models import ModelSchema
 from llama_exporter.config.settings import (
     DEFAULT_LOG_MAX_BYTES,
@@ -50,6 +51,7 @@ class Parser(Values):
     def __init__(self, file: Path | None, env: Mapping[str, str], check_files: bool) -> None:
         super().__init__(file, env, check_files)
         self.model_schema = ModelSchema(file, env, check_files)
+        self.memory_schema = MemorySchema(file, env, check_files)
 
     def config(self, data: object) -> Config:
         top = self.mapping(data, "", _TOP_KEYS)
@@ -102,6 +104,8 @@ class Parser(Values):
             allowed_hosts=self.checked_list(top, "allowed_hosts", split_host),
             gateway=self.gateway(top.get("gateway")),
             host_label=host_label,
+            memory_budget=self.memory_schema.budget(top.get("memory_budget")),
+            memory_headroom=self.memory_schema.headroom(top.get("memory_headroom")),
         )
 
     def host_label(self, value: object) -> str:
@@ -308,6 +312,8 @@ _TOP_KEYS = (
     "allowed_origins",
     "allowed_hosts",
     "gateway",
+    "memory_budget",
+    "memory_headroom",
     "models",
 )
 _GATEWAY_KEYS = ("when_full", "max_queue", "queue_timeout", "max_body_bytes")

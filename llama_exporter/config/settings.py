@@ -20,6 +20,7 @@ DEFAULT_PORT = 9777
 DEFAULT_MAX_PARALLEL = 4
 DEFAULT_LOG_MAX_BYTES = 20 * 1024 * 1024
 DEFAULT_WEBSOCKET_MAX_CLIENTS = 64
+DEFAULT_MEMORY_HEADROOM = 0.10
 
 
 def _empty_env() -> Mapping[str, str]:
@@ -165,6 +166,10 @@ class Config:
     allowed_hosts: tuple[str, ...] = ()  # Host names (besides ours) the service answers to
     gateway: GatewayConfig = GatewayConfig()
     host_label: str = field(default_factory=default_host_label)  # the `host` label's value
+    # device ("cpu", "cuda0", ...) -> bytes, or None for auto (the device's total less the
+    # headroom). Empty: memory is not counted, only max_parallel.
+    memory_budget: Mapping[str, int | None] = field(default_factory=lambda: MappingProxyType({}))
+    memory_headroom: float = DEFAULT_MEMORY_HEADROOM  # share of a device kept free under auto
 
     @property
     def target_labels(self) -> dict[str, str]:

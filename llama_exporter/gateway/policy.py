@@ -1,4 +1,6 @@
-"""Pure gateway policy: which model to evict, who is next in the queue, which models are idle.
+"""Pure gateway policy: who is next in the queue, which models are idle.
+
+Which models to evict is admission's (memory.admission), asked through the Supervisor.
 
 Everything here takes plain values and the time; nothing awaits or reads a clock.
 """
@@ -7,41 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Resident:
-    """A model holding a place under the cap, as the eviction policy sees it."""
-
-    name: str
-    ready: bool  # False: still loading
-    in_flight: int  # gateway requests running on it
-    pinned: bool
-    last_used: float  # unix time of its last request or explicit start (or when it became ready)
-    abandoned: bool = False  # a load the gateway started that no request waits for any more
-
-
-def pick_victim(residents: Iterable[Resident], exclude: Collection[str] = ()) -> str | None:
-    """The model to unload to make room, or None when none may go.
-
-    An abandoned load goes first (nobody is waiting for it: loading it on is wasted
-    time); then the least recently used ready model with nothing in flight.
-    Pinned models and models with requests in flight are never chosen.
-    """
-    best: tuple[int, float, str] | None = None
-    for r in residents:
-        if r.pinned or r.in_flight > 0 or r.name in exclude:
-            continue
-        if r.ready:
-            rank = 1
-        elif r.abandoned:
-            rank = 0
-        else:
-            continue  # somebody waits for this load
-        key = (rank, r.last_used, r.name)
-        if best is None or key < best:
-            best = key
-    return None if best is None else best[2]
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from llama_exporter.gateway.policy import ttl_left
 from llama_exporter.gateway.scheduler import GatewayError, Scheduler
 from llama_exporter.gateway.sse import StreamWatch, Usage
 from llama_exporter.states import ShuttingDown, UnknownModel
+from llama_exporter.supervision.ledger import ModelTooBig
 from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,11 @@ class Gateway:
         except UnknownModel:  # deleted from the registry while the request waited
             code = 404
             return error_response(self._not_found(model))
+        except ModelTooBig as exc:
+            code = 400
+            return error_response(
+                GatewayError(400, str(exc), "invalid_request_error", "model_too_big")
+            )
         except ShuttingDown:
             code = 503
             return error_response(

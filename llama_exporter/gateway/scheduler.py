@@ -19,7 +19,9 @@ from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.unload import IDLE_CHECK_INTERVAL, Unloader
 from llama_exporter.gateway.usage import LIVE, UseCounts
 from llama_exporter.gateway.waitqueue import WaitQueue
+from llama_exporter.memory.admission import Decision, Verdict
 from llama_exporter.states import COUNTS_AGAINST_CAP, InstanceStatus, ShuttingDown, State
+from llama_exporter.supervision.ledger import Use
 from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -83,11 +85,16 @@ class Scheduler:
         self.last_used = self._usage.last_used
         self._unloader = Unloader(supervisor, config, self._usage, stopped=self._pump, clock=clock)
         self._queue = WaitQueue(
-            supervisor, self._usage, start=self._start, make_room=self._unloader.make_room
+            supervisor,
+            self._usage,
+            start=self._start,
+            admission=self.admission,
+            make_room=self._unloader.make_room,
         )
         self._drained: dict[str, asyncio.Event] = {}
         supervisor.subscribe(self._on_status)
         supervisor.set_drain(self.drain)
+        supervisor.set_usage(self._use_of)
 
     # -- reading ---------------------------------------------------------------------
 
@@ -110,10 +117,23 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------------
 
+    def admission(self, model: str) -> Decision:
+        """The Supervisor's admission for model, the models this gateway is unloading gone."""
+        return self._sup.admission(model, leaving=self._unloader.leaving())
+
+    def _use_of(self, status: InstanceStatus) -> Use:
+        name = status.model
+        return Use(
+            busy=self._usage.busy(name),
+            last_used=self._usage.last_use(status),
+            abandoned=self._usage.abandoned(name),
+        )
+
     async def acquire(self, model: str) -> Lease:
         """Wait until model is ready under the cap (loading it if needed) and hold it."""
         self.touch(model)
         deadline: float | None = None
+        prepared = False
         while True:
             unloading = self._unloader.unloading(model)
             if unloading is not None:
@@ -133,14 +153,21 @@ class Scheduler:
                 await self._wait_load(model)
             elif state is State.STOPPING:
                 await self._sup.wait_settled(model)
-            elif state is State.BACKOFF or (  # a BACKOFF model keeps its place: restart it now
-                not self._queue and self._sup.running_count < self._sup.cap
-            ):
+            elif state is State.BACKOFF:  # it keeps its place: restart it now
                 self._start(model)
+            elif not prepared:  # its figure, read in a thread, for admission's sake
+                await self._sup.prepare(model)
+                prepared = True
+            elif (decision := self.admission(model)).verdict is Verdict.TOO_BIG or (
+                decision.verdict is Verdict.START and not self._queue
+            ):
+                self._start(model)  # ModelTooBig: the route answers 400
             else:
                 if self.config.when_full == "reject":
                     self._reject(model, "queue_full")
-                    raise self._full_error(model, "the cap is full and gateway.when_full is reject")
+                    raise self._full_error(
+                        model, decision.reason or "the cap is full and gateway.when_full is reject"
+                    )
                 if deadline is None:
                     deadline = self._mono() + self.config.queue_timeout
                 await self._wait_in_queue(model, deadline)
@@ -148,10 +175,10 @@ class Scheduler:
     async def start_for_api(self, model: str, *, evict: bool) -> InstanceStatus:
         """An explicit start (counts as use); with evict, make room like a request would."""
         self.touch(model)
+        await self._sup.prepare(model)
         status = self._sup.status(model)
-        full = self._sup.running_count >= self._sup.cap
-        if evict and full and status.state not in LIVE and status.state is not State.BACKOFF:
-            await self._unloader.evict_for(model)
+        if evict and status.state not in LIVE and status.state is not State.BACKOFF:
+            await self._unloader.evict_for(model, self.admission)
         return await self._sup.start(model, trigger="api")
 
     def _start(self, model: str) -> None:
@@ -197,7 +224,10 @@ class Scheduler:
     async def _wait_in_queue(self, model: str, deadline: float) -> None:
         if len(self._queue) >= self.config.max_queue:
             self._reject(model, "queue_full")
-            raise self._full_error(model, f"the queue is full ({self.config.max_queue} waiting)")
+            why = self.admission(model).reason
+            raise self._full_error(
+                model, f"the queue is full ({self.config.max_queue} waiting); {why}"
+            )
         waiter = self._queue.join(model, self._mono())
         try:
             async with asyncio.timeout(max(0.0, deadline - self._mono())):
@@ -207,11 +237,11 @@ class Scheduler:
                 self._usage.unclaim(model)
                 return
             self._reject(model, "timeout")
+            why = self.admission(model).reason
             raise GatewayError(
                 503,
-                f"model {model!r} waited {self.config.queue_timeout:g} s for a place under the "
-                f"cap ({self._sup.cap} models, all busy or pinned): try again later, or raise "
-                "max_parallel or gateway.queue_timeout",
+                f"model {model!r} waited {self.config.queue_timeout:g} s for a place ({why}): "
+                "try again later, or raise max_parallel, memory_budget or gateway.queue_timeout",
                 "server_error",
                 "queue_timeout",
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},

@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 from llama_exporter.config.settings import GatewayConfig
 from llama_exporter.gateway import policy
-from llama_exporter.gateway.usage import LIVE, UseCounts
+from llama_exporter.gateway.usage import UseCounts
+from llama_exporter.memory.admission import Decision, Verdict
 from llama_exporter.states import State
 from llama_exporter.supervision.supervisor import Supervisor
 
@@ -48,48 +49,30 @@ class Unloader:
         task = self._unloading.get(model)
         return None if task is None or task.done() else task
 
-    def residents(self) -> list[policy.Resident]:
-        """The models holding a place under the cap, as the eviction policy sees them."""
-        residents = []
-        for name in self._sup.running_models():
-            status = self._sup.status(name)
-            if status.state not in LIVE:
-                continue
-            try:
-                pinned = self._sup.models.get(name).pinned
-            except KeyError:
-                pinned = False
-            residents.append(
-                policy.Resident(
-                    name=name,
-                    ready=status.state is State.READY,
-                    in_flight=self._usage.busy(name),
-                    pinned=pinned,
-                    last_used=self._usage.last_use(status),
-                    abandoned=self._usage.abandoned(name),
-                )
-            )
-        return residents
+    def leaving(self) -> frozenset[str]:
+        """Models picked for eviction or idle unload whose stop has not ended."""
+        return frozenset(self._evicting)
 
-    def make_room(self) -> None:
-        """With when_full: evict, start evicting one model for the queue (one at a time)."""
-        if self.config.when_full == "evict" and not self._evicting:
-            victim = policy.pick_victim(self.residents(), self._evicting)
-            if victim is not None:
+    def make_room(self, decision: Decision) -> None:
+        """With when_full: evict, stop the models admission named for the queue's head."""
+        if self.config.when_full != "evict" or decision.verdict is not Verdict.EVICT:
+            return
+        for victim in decision.evict:
+            if victim not in self._evicting:
                 log.info("gateway: evicting %s to make room for the queue", victim)
                 self._unload(victim, "evicted")
 
-    async def evict_for(self, model: str) -> None:
-        """Evict one model (if any may go) for an explicit start of model, and wait for it."""
-        victim = policy.pick_victim(self.residents(), self._evicting)
-        if victim is None:
+    async def evict_for(self, model: str, admission: Callable[[str], Decision]) -> None:
+        """Make room for an explicit start of model as admission says, and wait for it."""
+        decision = admission(model)
+        if decision.verdict not in (Verdict.EVICT, Verdict.WAIT):
             return
-        log.info("gateway: evicting %s for an explicit start of %s", victim, model)
-        self._evicting.add(victim)
-        try:
-            await self._sup.stop(victim, reason="evicted")
-        finally:
-            self._evicting.discard(victim)
+        for victim in decision.evict:
+            log.info("gateway: evicting %s for an explicit start of %s", victim, model)
+            self._unload(victim, "evicted")
+        going = [t for t in self._unloading.values() if not t.done()]
+        stopping = [s.model for s in self._sup.statuses() if s.state is State.STOPPING]
+        await asyncio.gather(*going, *(self._sup.wait_settled(n) for n in stopping))
 
     def idle_check(self) -> list[str]:
         """Ask the supervisor to unload every model idle past its TTL; returns their names."""

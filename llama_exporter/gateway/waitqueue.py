@@ -1,9 +1,9 @@
 """The FIFO queue of requests waiting for a place under the cap, and its pump.
 
 The pump follows policy.plan_queue: waiters for a loaded or loading model go at once,
-the head's model is started when there is room, else the scheduler is asked to make
-room. Starting and evicting are the caller's (given as functions): the queue itself
-changes no instance state.
+the head's model is started when admission (the Supervisor's) says it fits, else the
+scheduler is asked to make the room admission names. Starting and evicting are the
+caller's (given as functions): the queue itself changes no instance state.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 from llama_exporter.gateway import policy
 from llama_exporter.gateway.usage import LIVE, UseCounts
+from llama_exporter.memory.admission import Decision, Verdict
+from llama_exporter.supervision.ledger import ModelTooBig
 from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -40,11 +42,13 @@ class WaitQueue:
         usage: UseCounts,
         *,
         start: Callable[[str], None],
-        make_room: Callable[[], None],
+        admission: Callable[[str], Decision],
+        make_room: Callable[[Decision], None],
     ) -> None:
         self._sup = supervisor
         self._usage = usage
         self._start = start
+        self._admission = admission
         self._make_room = make_room
         self._waiters: list[Waiter] = []
         self._pumping = False
@@ -98,14 +102,17 @@ class WaitQueue:
             self._let_go(plan.go)
             if plan.head is None:
                 return
-            if self._sup.running_count < self._sup.cap:
+            decision = self._admission(plan.head)
+            if decision.verdict in (Verdict.START, Verdict.TOO_BIG):
                 try:
                     self._start(plan.head)
+                except ModelTooBig:
+                    pass  # its waiters go, and their acquire() answers 400
                 except Exception:
                     log.exception("gateway: starting %s failed", plan.head)
                 self._let_go({plan.head})
                 continue
-            self._make_room()
+            self._make_room(decision)
             return
 
     def _let_go(self, models: Collection[str]) -> None:

@@ -11,7 +11,9 @@ from aiohttp import web
 from llama_exporter.catalog.registration import InvalidModel
 from llama_exporter.catalog.registry import ModelConflict
 from llama_exporter.http.guard import Refusal
+from llama_exporter.memory.admission import Shortfall
 from llama_exporter.states import CapExceeded, Conflict, ShuttingDown, UnknownModel
+from llama_exporter.supervision.ledger import MemoryFull, ModelTooBig
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,18 @@ def _error_for(exc: Exception) -> ApiError | None:
         return ApiError(404, str(exc))
     if isinstance(exc, ModelConflict | Conflict):
         return ApiError(409, str(exc))
+    if isinstance(exc, ModelTooBig):
+        short = exc.decision.shortfall
+        return ApiError(400, str(exc), **(_memory(short) if short else {}))
+    if isinstance(exc, MemoryFull) and exc.decision.shortfall is not None:
+        return ApiError(
+            429,
+            str(exc),
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            running=list(exc.running),
+            cap=exc.cap,
+            **_memory(exc.decision.shortfall),
+        )
     if isinstance(exc, CapExceeded):
         return ApiError(
             429,
@@ -57,6 +71,19 @@ def _error_for(exc: Exception) -> ApiError | None:
     if isinstance(exc, ShuttingDown):
         return ApiError(503, "the service is shutting down")
     return None
+
+
+def _memory(short: Shortfall) -> dict[str, Any]:
+    """The memory a refused start needs, what is free, and who holds it (error details)."""
+    return {
+        "memory": {
+            "device": short.device,
+            "needed_bytes": short.need,
+            "free_bytes": max(0, short.free),
+            "budget_bytes": short.budget,
+            "held_by": {name: held for name, held in short.holders},
+        }
+    }
 
 
 @web.middleware

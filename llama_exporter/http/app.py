@@ -17,6 +17,7 @@ from llama_exporter.config.settings import Config
 from llama_exporter.gateway.routes import Gateway
 from llama_exporter.http import api, api_json, auth, guard, keys
 from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
+from llama_exporter.memory.budgets import budgets_for
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.metrics.targets import TargetsWriter
 from llama_exporter.monitoring.derive import ModelSnapshot
@@ -117,6 +118,9 @@ def create_app(
             store.subscribe(publish_metrics),
         ]
         await supervisor.recover()
+        # auto budgets read the host's and the GPUs' totals (NVML may take a second)
+        spec, headroom = config.memory_budget, config.memory_headroom
+        supervisor.set_budgets(await asyncio.to_thread(budgets_for, spec, headroom))
         targets.on_status(None)
         targets.write_self(host or config.host, port or config.port)
         background = [

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from llama_exporter.config.settings import Config, ModelConfig, RestartPolicy
+from llama_exporter.memory.figure import MemoryFigure
 from llama_exporter.states import (
     TRANSITIONS,
     InstanceCounters,
@@ -56,6 +57,7 @@ class Entry:
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
     unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason
+    figure: MemoryFigure | None = None  # what admission reserved for the current run
 
 
 def restart_delay(

@@ -13,10 +13,11 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, Protocol
 
 from llama_exporter.config.settings import Config, ModelConfig
+from llama_exporter.memory.admission import Decision, Verdict
 from llama_exporter.states import (
     COUNTS_AGAINST_CAP,
     SETTLED,
@@ -29,6 +30,7 @@ from llama_exporter.states import (
     UnknownModel,
     check_transition,
 )
+from llama_exporter.supervision.ledger import FigureSource, Ledger, MemoryFull, ModelTooBig, UseFn
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
 from llama_exporter.supervision.process import Instance, SpawnFn, rotated_log, tail_file
 
@@ -97,6 +99,8 @@ class Supervisor:
         clock: Callable[[], float] = time.time,
         instance_host: str = "127.0.0.1",
         watchdog_interval: float = WATCHDOG_INTERVAL,
+        memory: FigureSource | None = None,
+        budgets: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -106,6 +110,7 @@ class Supervisor:
         self._shutting_down = False
         self._created = clock()
         self._drain: DrainFn | None = None
+        self.ledger = Ledger(memory, budgets)
         self._lifecycle = Lifecycle(
             config,
             self._entries,
@@ -123,7 +128,40 @@ class Supervisor:
         """Who an explicit stop asks to let requests in flight finish (the gateway)."""
         self._drain = drain
 
+    def set_usage(self, usage: UseFn | None) -> None:
+        """Who tells admission how busy and how recently used each model is (the gateway)."""
+        self.ledger.set_usage(usage)
+
+    def set_budgets(self, budgets: Mapping[str, int]) -> None:
+        """New memory budgets (a reload); running instances stay, later starts see them."""
+        self.ledger.budgets = dict(budgets)
+
     # --- reading ------------------------------------------------------------------
+
+    @property
+    def budgets(self) -> dict[str, int]:
+        """Memory budget per device (empty: memory is not counted)."""
+        return dict(self.ledger.budgets) if self.ledger.counts_memory else {}
+
+    def reserved(self) -> dict[str, int]:
+        """Bytes reserved per device by the instances holding a place."""
+        return self.ledger.reserved(self._entries)
+
+    async def prepare(self, name: str) -> None:
+        """Read the model's memory figure in a thread, for the next admission of it."""
+        await self.ledger.prepare(self._model(name))
+
+    def admission(self, name: str, *, leaving: Collection[str] = ()) -> Decision:
+        """Would a start of name fit now (START), after evictions, or not; leaving = going."""
+        model = self._model(name)
+        holders = self.ledger.holders(self._entries, self._pinned, leaving)
+        return self.ledger.decide(name, self.ledger.figure_now(model), holders, self.cap)
+
+    def _pinned(self, name: str) -> bool:
+        try:
+            return self.models.get(name).pinned
+        except KeyError:
+            return False
 
     @property
     def shutting_down(self) -> bool:
@@ -260,6 +298,7 @@ class Supervisor:
 
     async def start(self, name: str, *, trigger: str = "api") -> InstanceStatus:
         """Start the model's instance (idempotent while starting or ready); trigger says why."""
+        await self.prepare(name)
         return self.launch(name, trigger=trigger)
 
     def launch(self, name: str, *, trigger: str = "api") -> InstanceStatus:
@@ -277,10 +316,19 @@ class Supervisor:
             if entry.task is not None:
                 entry.task.cancel()
             return self._launch(entry, model, trigger, automatic=True)
-        # No await between the cap check and the transition to STARTING.
-        if self.running_count >= self.cap:
+        # No await between the admission check and the transition to STARTING.
+        decision = self.admission(name)
+        if decision.verdict is Verdict.TOO_BIG:
+            self._count(entry, start_failures_total=1)
+            self._set_state(entry, State.FAILED, last_error=decision.reason, next_retry_at=None)
+            raise ModelTooBig(name, decision)
+        if decision.verdict is not Verdict.START:
             self._count(entry, start_rejected_total=1)
-            raise CapExceeded(name, tuple(self.running_models()), self.cap)
+            running = tuple(self.running_models())
+            if decision.shortfall is None:
+                raise CapExceeded(name, running, self.cap)
+            raise MemoryFull(name, running, self.cap, decision)
+        entry.figure = self.ledger.figure_now(model)
         return self._launch(entry, model, trigger, automatic=False, retries=0)
 
     def _launch(
