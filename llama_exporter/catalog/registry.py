@@ -18,7 +18,7 @@ from typing import Literal, Unpack
 
 from llama_exporter import states
 from llama_exporter.catalog.gguf_meta import GGUFError, GGUFInfo, GGUFInfoCache
-from llama_exporter.catalog.models_file import ModelsFile
+from llama_exporter.catalog.models_file import ModelsFile, StoredModels
 
 # re-exported: callers know them as registry errors
 from llama_exporter.catalog.registration import (
@@ -163,6 +163,14 @@ def merge_sources(
     return ordered, warnings
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What a (re)load read from disk: GGUF files found in model_dirs, the stored models."""
+
+    found: list[ModelConfig]
+    stored: StoredModels
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 
@@ -187,10 +195,22 @@ class Registry:
 
     def load(self) -> None:
         """(Re)build the model list from the config, model_dirs and the state file."""
-        found = self._discover()
-        stored = self.file.read(self.config.defaults)
-        self._rejected = stored.refused
-        merged, warnings = merge_sources(self.config.models, found, stored.allowed)
+        self.install(self.config, self.read_sources(self.config))
+
+    def read_sources(self, config: Config) -> Sources:
+        """The GGUF files in config's model_dirs and the stored API models (blocking I/O)."""
+        return Sources(self._discover(config), self.file.read(config.defaults))
+
+    def merged(self, config: Config, sources: Sources) -> dict[str, ModelConfig]:
+        """name -> ModelConfig as install(config, sources) would make them (pure)."""
+        merged, _ = merge_sources(config.models, sources.found, sources.stored.allowed)
+        return {m.name: m for m, _ in merged}
+
+    def install(self, config: Config, sources: Sources) -> None:
+        """Take config and what read_sources(config) found as the model list (a reload too)."""
+        self.config = config
+        self._rejected = sources.stored.refused
+        merged, warnings = merge_sources(config.models, sources.found, sources.stored.allowed)
         for warning in warnings:
             log.warning("%s", warning)
         previous = self._models
@@ -208,9 +228,10 @@ class Registry:
             ", ".join(f"{m.name} ({m.source})" for m in models.values()) or "none",
         )
 
-    def _discover(self) -> list[ModelConfig]:
+    @staticmethod
+    def _discover(config: Config) -> list[ModelConfig]:
         found: list[ModelConfig] = []
-        for folder in self.config.model_dirs:
+        for folder in config.model_dirs:
             if not folder.is_dir():
                 log.warning("model folder %s does not exist: no models found there", folder)
                 continue
@@ -219,7 +240,7 @@ class Registry:
             except OSError as exc:
                 log.warning("cannot list model folder %s: %s", folder, exc)
                 continue
-            found.extend(discovered_model(f, self.config.defaults) for f in files if f.is_file())
+            found.extend(discovered_model(f, config.defaults) for f in files if f.is_file())
         return found
 
     def get(self, name: str) -> Model:
