@@ -9,12 +9,12 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pytest
+from waiting import async_wait_until
 
 from llama_exporter.catalog.models_file import ModelsFile
 from llama_exporter.catalog.registry import ModelConflict, Registry
 from llama_exporter.config.settings import Config, ModelConfig, ModelDefaults
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
-from tests.waiting import async_wait_until
 
 
 @pytest.fixture
