@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llama_exporter.catalog.registry import Registry
-from llama_exporter.config.settings import Config, ConfigError
+from llama_exporter.config.settings import Config, ConfigError, ModelConfig
 from llama_exporter.reload.plan import Plan, launch_settings, plan
 from llama_exporter.states import CapExceeded, Conflict, ShuttingDown, State, UnknownModel
 from llama_exporter.supervision.supervisor import Supervisor
@@ -138,21 +138,25 @@ class Reloader:
 
     async def _reload(self) -> Outcome:
         began = time.monotonic()
+        planned: list[tuple[Plan, dict[str, ModelConfig]]] = []
+
+        def accept(before: dict[str, ModelConfig], after: dict[str, ModelConfig]) -> bool:
+            changes = plan(self.config, new, before, after)
+            refused = changes.refusal(new.source)
+            if refused is not None:
+                raise refused
+            planned.append((changes, before))
+            return True
+
         try:
             new = await asyncio.to_thread(self._load)
             error = self._check(new) if self._check is not None else None
             if error is not None:
                 raise error
-            sources = await asyncio.to_thread(self._registry.read_sources, new)
-            before = {m.name: m.config for m in self._registry.all()}
-            after = self._registry.merged(new, sources)
-            changes = plan(self.config, new, before, after)
-            refused = changes.refusal(new.source)
-            if refused is not None:
-                raise refused
+            await self._registry.areload(new, accept)
         except ConfigError as exc:
             return self._done(Outcome(self._clock(), error=exc, duration=time.monotonic() - began))
-        self._registry.install(new, sources)
+        changes, before = planned[0]
         self.config = new
         for take in self._on_config:
             try:
@@ -184,7 +188,7 @@ class Reloader:
 
     # -- models ----------------------------------------------------------------------
 
-    def _apply_models(self, changes: Plan, before: dict[str, Any]) -> None:
+    def _apply_models(self, changes: Plan, before: dict[str, ModelConfig]) -> None:
         m = changes.models
         for name in m.removed:
             self._spawn(self._remove(name, before[name].stop_drain))

@@ -44,8 +44,12 @@ class StartError(Exception):
 
 
 def build_argv(binary: Path | str, model: ModelConfig, host: str, port: int) -> list[str]:
-    """The llama-server command line for one model (an argument list, never a shell)."""
-    argv = [str(binary), "-m", str(model.path), "--host", host, "--port", str(port)]
+    """The llama-server command line for one model (an argument list, never a shell).
+
+    --alias: answers name the model as the client asked for it, not by its GGUF path.
+    """
+    argv = [str(binary), "-m", str(model.path), "--alias", model.name]
+    argv += ["--host", host, "--port", str(port)]
     argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
     if model.api_key:
         argv += ["--api-key", model.api_key]
