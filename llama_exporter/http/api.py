@@ -156,10 +156,11 @@ async def delete_model(request: web.Request) -> web.Response:
     status = request.app[SUPERVISOR].status(name)
     if status.state in COUNTS_AGAINST_CAP:
         raise ApiError(409, f"model {name!r} is {status.state}: stop it first")
-    request.app[REGISTRY].remove(name)
+    removal = request.app[REGISTRY].begin_remove(name)  # gone from the list from here on
     request.app[SUPERVISOR].forget(name)
     request.app[STORE].forget(name)  # no series of a deleted model linger in /metrics
     request.app[HISTOGRAM].forget(name)
+    await asyncio.shield(removal)  # models.json is written in a thread
     return web.json_response({"deleted": name})
 
 

@@ -60,8 +60,7 @@ def create_app(
         # Gateway bodies may be larger than aiohttp's 1 MiB default (gateway.max_body_bytes).
         client_max_size=max(1024**2, config.gateway.max_body_bytes + 1),
     )
-    registry = Registry(config, gguf_cache=GGUFInfoCache())
-    registry.load()
+    registry = Registry(config, gguf_cache=GGUFInfoCache())  # loaded at start-up, off the loop
     histogram = StartDurationHistogram(host=config.host_label)
     supervisor = Supervisor(
         config,
@@ -108,6 +107,7 @@ def create_app(
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await registry.aload()  # model folders and models.json are read in a thread
         poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
         poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
