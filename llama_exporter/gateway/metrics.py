@@ -153,7 +153,7 @@ class RequestMetrics(Collector):
             "gateway_load_wait_seconds",
             "Time waiting for the model to load (every admitted request, 0 if none).", m,
             WAIT_BUCKETS,
-        )
+        )  # fmt: skip
         self.prompt_tokens = Histograms(
             "gateway_prompt_tokens", "Prompt tokens per request (usage/timings).", m,
             TOKEN_BUCKETS,
