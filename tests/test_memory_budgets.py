@@ -165,3 +165,9 @@ def test_no_pynvml_installed(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pynvml", None)  # import raises ImportError
     assert load_nvml() is None
     assert device_totals(["cuda0"]) == {}
+
+
+def test_every_gpu_nvml_sees_is_read_for_later_reloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml([8 * GiB, 4 * GiB]))
+    totals = device_totals([HOST], every_gpu=True, host=GiB)
+    assert totals == {HOST: GiB, "cuda0": 8 * GiB, "cuda1": 4 * GiB}

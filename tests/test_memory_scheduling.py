@@ -5,13 +5,15 @@ needed, a model larger than the budget never spawns."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_gateway_scheduler import Clock, loads, unloads, use, wait_for
+from test_gateway_scheduler import Clock, loads, unloads, use
 from test_supervisor import FakeSpawner, config
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import GatewayConfig, ModelConfig
 from llama_exporter.gateway.routes import Gateway
@@ -36,6 +38,9 @@ class Book:
         self.reads += 1
         need = DeviceNeed(kv=int(self.gib[model.name] * GiB))
         return MemoryFigure({HOST: need})
+
+    def estimate(self, model: ModelConfig) -> MemoryFigure:
+        return self.figure(model)
 
     def raise_after_oom(self, model: ModelConfig) -> None:
         self.ooms.append(model.name)
@@ -80,7 +85,7 @@ async def test_supervisor_refuses_a_start_that_does_not_fit_naming_the_memory(
         await sup.start("c")
     text = str(info.value)
     assert "needs 3.0 GiB on cpu" in text and "1.0 GiB free" in text and "a (3.0 GiB)" in text
-    assert sup.reserved() == {HOST: 6 * GiB}
+    assert sup.ledger.reserved() == {HOST: 6 * GiB}
     assert sup.counters("c").start_rejected_total == 1
     await sup.shutdown()
 
@@ -108,7 +113,7 @@ async def test_gateway_evicts_as_many_as_needed_and_no_more(tmp_path: Path) -> N
     await use(gw, clock, "big")  # needs 5 of 7: two of the 2 GiB models must go
     assert unloads(sup, "b") == {"evicted": 1} and unloads(sup, "c") == {"evicted": 1}
     assert sup.status("a").state is State.READY and unloads(sup, "a") == {}
-    assert sup.reserved()[HOST] == 7 * GiB
+    assert sup.ledger.reserved()[HOST] == 7 * GiB
     await sup.shutdown()
 
 
@@ -117,7 +122,7 @@ async def test_busy_and_pinned_models_are_not_evicted_the_request_queues(tmp_pat
     await use(gw, clock, "p")
     held = await gw.scheduler.acquire("a")
     waiting = asyncio.create_task(gw.scheduler.acquire("c"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     assert sup.status("p").state is sup.status("a").state is State.READY
     held.release()  # a is idle now: admission names it, c loads
     (await asyncio.wait_for(waiting, 10)).release()
@@ -153,8 +158,26 @@ async def test_explicit_start_with_evict_makes_the_room_admission_names(tmp_path
 
 async def test_without_budgets_only_the_cap_counts(tmp_path: Path) -> None:
     _, sup, _, _, _ = setup(tmp_path, {"a": 100, "b": 100}, budget=1, cap=2)
-    sup.set_budgets({})
+    sup.ledger.budgets = {}
     await sup.start("a")
     await sup.start("b")
-    assert sup.budgets == {}
+    assert sup.ledger.active_budgets == {}
+    await sup.shutdown()
+
+
+async def test_budgets_follow_a_reload(tmp_path: Path) -> None:
+    """auto is resolved from the totals read at start; a reload's new sizes apply live."""
+    _, sup, _, _, _ = setup(tmp_path, {"a": 3}, budget=7)
+    sup.ledger.set_totals(
+        {HOST: 10 * GiB}, sup.config.memory_budget, 0.1
+    )  # the config says nothing: memory not counted
+    assert sup.ledger.active_budgets == {}
+    new = dataclasses.replace(sup.config, memory_budget={HOST: None}, memory_headroom=0.2)
+    sup.reconfigure(new)
+    assert sup.ledger.active_budgets == {HOST: 8 * GiB}
+    sup.reconfigure(dataclasses.replace(new, memory_budget={"cuda0": None}))  # no total
+    assert sup.ledger.active_budgets == {HOST: 8 * GiB}  # kept, and the error logged
+    sup.reconfigure(dataclasses.replace(new, memory_budget={HOST: 2 * GiB}))
+    with pytest.raises(ModelTooBig):
+        await sup.start("a")
     await sup.shutdown()

@@ -41,6 +41,8 @@ def test_build_argv_passes_the_flags_the_service_needs() -> None:
         "/bin/llama-server",
         "-m",
         "/m/g.gguf",
+        "--alias",
+        "g",
         "--host",
         "127.0.0.1",
         "--port",

@@ -16,11 +16,12 @@ from llama_exporter.catalog import registry as reg
 from llama_exporter.gateway.routes import Gateway
 from llama_exporter.http import auth, openapi
 from llama_exporter.http.api_json import ApiError, body_field, json_body, query_flag
+from llama_exporter.http.api_memory import memory_json, model_memory_json
 from llama_exporter.http.keys import (
-    CONFIG,
     GATEWAY,
     HISTOGRAM,
     HUB,
+    LIVE,
     METRICS,
     REGISTRY,
     STORE,
@@ -69,8 +70,10 @@ def host_json(host: HostSample | None) -> dict[str, Any] | None:
     return None if host is None else dataclasses.asdict(host)
 
 
-def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
-    """A registry entry with its metadata and state."""
+def model_json(
+    model: reg.Model, status: InstanceStatus, memory: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A registry entry with its metadata, state and memory figures."""
     cfg = model.config
     info = model.info
     return {
@@ -87,6 +90,7 @@ def model_json(model: reg.Model, status: InstanceStatus) -> dict[str, Any]:
         "state": str(status.state),
         "metadata": None if info is None else dataclasses.asdict(info),
         "metadata_error": model.error,
+        "memory": memory,
     }
 
 
@@ -115,7 +119,14 @@ async def metrics(request: web.Request) -> web.Response:
 async def list_models(request: web.Request) -> web.Response:
     """Every model the registry knows, with metadata and state."""
     supervisor = request.app[SUPERVISOR]
-    models = [model_json(m, supervisor.status(m.config.name)) for m in request.app[REGISTRY].all()]
+    models = [
+        model_json(
+            m,
+            supervisor.status(m.config.name),
+            model_memory_json(supervisor.ledger, m.config.name),
+        )
+        for m in request.app[REGISTRY].all()
+    ]
     return web.json_response({"models": models})
 
 
@@ -156,10 +167,11 @@ async def delete_model(request: web.Request) -> web.Response:
     status = request.app[SUPERVISOR].status(name)
     if status.state in COUNTS_AGAINST_CAP:
         raise ApiError(409, f"model {name!r} is {status.state}: stop it first")
-    request.app[REGISTRY].remove(name)
+    removal = request.app[REGISTRY].begin_remove(name)  # gone from the list from here on
     request.app[SUPERVISOR].forget(name)
     request.app[STORE].forget(name)  # no series of a deleted model linger in /metrics
     request.app[HISTOGRAM].forget(name)
+    await asyncio.shield(removal)  # models.json is written in a thread
     return web.json_response({"deleted": name})
 
 
@@ -201,6 +213,7 @@ async def status(request: web.Request) -> web.Response:
             "running": supervisor.running_count,
             "cap": supervisor.cap,
             "host": host_json(request.app[STORE].host),
+            "memory": memory_json(supervisor.ledger),
         }
     )
 
@@ -241,7 +254,7 @@ async def model_metrics(request: web.Request) -> web.Response:
 
 async def targets(request: web.Request) -> web.Response:
     """Prometheus HTTP service discovery: one target group per ready instance."""
-    config = request.app[CONFIG]
+    config = request.app[LIVE].config
     groups = render_file_sd(
         request.app[SUPERVISOR].statuses(),
         labels=config.target_labels,
@@ -267,7 +280,7 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
     app = request.app
-    tokens = auth.Tokens(app[CONFIG].api_token, app[CONFIG].scrape_token)
+    tokens = app[LIVE].tokens
 
     def known(name: str) -> bool:
         try:

@@ -11,6 +11,7 @@ from typing import Any
 
 from llama_exporter import __version__
 from llama_exporter.gateway import openapi as gateway_openapi
+from llama_exporter.reload import openapi as reload_openapi
 from llama_exporter.states import State
 from llama_exporter.web import openapi as web_openapi
 
@@ -124,6 +125,17 @@ def schemas() -> dict[str, Schema]:
                     "running": {"type": "array", "items": string},
                     "cap": integer,
                     "instance": _ref("InstanceStatus"),
+                    "memory": {
+                        "type": "object",
+                        "description": "a start refused for memory: what it needs and who holds it",
+                        "properties": {
+                            "device": string,
+                            "needed_bytes": integer,
+                            "free_bytes": integer,
+                            "budget_bytes": integer,
+                            "held_by": {"type": "object", "additionalProperties": integer},
+                        },
+                    },
                 },
             },
         ),
@@ -171,6 +183,27 @@ def schemas() -> dict[str, Schema]:
             state=string,
             metadata=_nullable({"type": "object"}),
             metadata_error=_nullable(string),
+            memory=_nullable(_ref("ModelMemory")),
+        ),
+        "ModelMemory": _obj(
+            ["estimate_bytes", "reported_bytes", "estimate_devices", "reported_devices"],
+            estimate_bytes=_nullable(integer),
+            reported_bytes=_nullable(integer),
+            estimate_devices={"type": "object", "additionalProperties": integer},
+            reported_devices={"type": "object", "additionalProperties": integer},
+        ),
+        "MemoryDevices": _obj(
+            ["devices"],
+            devices={
+                "type": "object",
+                "description": "per device (cpu, cuda0...): budget, reserved, by model",
+                "additionalProperties": _obj(
+                    ["budget_bytes", "reserved_bytes", "models"],
+                    budget_bytes=_nullable(integer),
+                    reserved_bytes=integer,
+                    models={"type": "object", "additionalProperties": integer},
+                ),
+            },
         ),
         "NewModel": {
             **_obj(
@@ -349,6 +382,7 @@ def paths() -> dict[str, Schema]:
                                     memory_used_bytes={"type": "integer"},
                                 )
                             ),
+                            memory=_ref("MemoryDevices"),
                         ),
                         "status",
                     )
@@ -390,7 +424,12 @@ def describe() -> Schema:
             "version": __version__,
             "description": "Start and stop llama-server instances, watch them, feed Prometheus.",
         },
-        "paths": {**paths(), **gateway_openapi.paths(), **web_openapi.paths()},
+        "paths": {
+            **paths(),
+            **gateway_openapi.paths(),
+            **reload_openapi.paths(),
+            **web_openapi.paths(),
+        },
         "components": {
             "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

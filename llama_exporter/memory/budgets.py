@@ -87,20 +87,29 @@ def gpu_totals(nvml: Any) -> dict[str, int]:
 
 
 def device_totals(
-    devices: Iterable[str], *, nvml: Any | None = None, host: int | None = None
+    devices: Iterable[str],
+    *,
+    every_gpu: bool = False,
+    nvml: Any | None = None,
+    host: int | None = None,
 ) -> dict[str, int]:
-    """The totals auto needs, for the devices named (blocking: call it in a thread)."""
+    """The totals auto needs for the devices named (every GPU NVML sees with every_gpu).
+
+    Blocking: call it in a thread.
+    """
     wanted = set(devices)
     totals: dict[str, int] = {}
     if HOST in wanted:
         totals[HOST] = host_total() if host is None else host
-    if any(_CUDA_RE.fullmatch(d) for d in wanted):
+    if every_gpu or any(_CUDA_RE.fullmatch(d) for d in wanted):
         module = nvml if nvml is not None else load_nvml()
         if module is not None:
             try:
-                totals.update({d: t for d, t in gpu_totals(module).items() if d in wanted})
+                gpus = gpu_totals(module)
             except Exception as exc:
                 log.warning("NVML: cannot read GPU memory totals: %s", exc)
+                gpus = {}
+            totals.update({d: t for d, t in gpus.items() if every_gpu or d in wanted})
     return totals
 
 

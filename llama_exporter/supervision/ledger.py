@@ -15,6 +15,7 @@ from typing import Protocol
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.memory.admission import Decision, Holder, decide, reserved
+from llama_exporter.memory.budgets import resolve_budgets
 from llama_exporter.memory.figure import MemoryFigure
 from llama_exporter.states import COUNTS_AGAINST_CAP, CapExceeded, InstanceStatus, State
 from llama_exporter.supervision.lifecycle import Entry
@@ -29,6 +30,10 @@ class FigureSource(Protocol):
 
     def figure(self, model: ModelConfig) -> MemoryFigure:
         """The model's figure: learned from a past load, else estimated."""
+        ...
+
+    def estimate(self, model: ModelConfig) -> MemoryFigure:
+        """The model's figure before any load (GGUF header and launch settings)."""
         ...
 
     def raise_after_oom(self, model: ModelConfig) -> None:
@@ -51,16 +56,38 @@ UseFn = Callable[[InstanceStatus], Use]
 class Ledger:
     """Figures by model, budgets by device, and admission decisions over the entries."""
 
-    def __init__(self, book: FigureSource | None, budgets: Mapping[str, int] | None) -> None:
+    def __init__(
+        self,
+        book: FigureSource | None,
+        budgets: Mapping[str, int] | None,
+        entries: Mapping[str, Entry],
+        pinned: Callable[[str], bool],
+    ) -> None:
         self.book = book
+        self._entries = entries  # the Supervisor's, read here
+        self._pinned = pinned
         self.budgets: dict[str, int] = dict(budgets or {})
         self.figures: dict[str, MemoryFigure] = {}  # latest figure read, by model
+        self.totals: dict[str, int] = {}  # each device's total, for auto budgets
+        self.estimates: dict[str, MemoryFigure] = {}  # every known model's, for people
+        self.reported: dict[str, MemoryFigure] = {}  # learned from a load (source "learned")
         self._usage: UseFn | None = None
 
     @property
     def counts_memory(self) -> bool:
         """True when memory is budgeted and figures are read."""
         return self.book is not None and bool(self.budgets)
+
+    def set_totals(
+        self, totals: Mapping[str, int], spec: Mapping[str, int | None], headroom: float
+    ) -> None:
+        """The devices' totals (read once, in a thread), and the budgets resolved from them."""
+        self.totals = dict(totals)
+        self.resolve(spec, headroom)
+
+    def resolve(self, spec: Mapping[str, int | None], headroom: float) -> None:
+        """Budgets from the config's sizes and auto over the known totals; BudgetError."""
+        self.budgets = resolve_budgets(spec, headroom, self.totals)
 
     def set_usage(self, usage: UseFn | None) -> None:
         """Who tells how busy and how recently used each model is (the gateway)."""
@@ -78,6 +105,32 @@ class Ledger:
         self.figures[model.name] = figure
         return figure
 
+    def read_all(self, models: list[ModelConfig]) -> None:
+        """Every model's estimate and learned figure (blocking: call it in a thread)."""
+        if self.book is None:
+            return
+        estimates, reported = {}, {}
+        for model in models:
+            try:
+                estimates[model.name] = self.book.estimate(model)
+                figure = self.book.figure(model)
+            except Exception as exc:  # unreadable file: no figure, said at debug level
+                log.debug("%s: no memory figure (%s)", model.name, exc)
+                continue
+            if figure.source == "learned":
+                reported[model.name] = figure
+        self.estimates, self.reported = estimates, reported
+
+    async def after_oom(self, model: ModelConfig) -> None:
+        """A load ran out of memory: the book raises its figure; the next start reads it."""
+        if self.book is None:
+            return
+        try:
+            await asyncio.to_thread(self.book.raise_after_oom, model)
+        except Exception:
+            log.exception("%s: cannot raise the memory figure after out of memory", model.name)
+        await self.prepare(model)
+
     def figure_now(self, model: ModelConfig) -> MemoryFigure:
         """The cached figure, else read here (blocking: only for starts nobody prepared)."""
         figure = self.figures.get(model.name)
@@ -92,12 +145,15 @@ class Ledger:
         self.figures[model.name] = figure
         return figure
 
-    def holders(
-        self, entries: Mapping[str, Entry], pinned: Callable[[str], bool], leaving: Collection[str]
-    ) -> list[Holder]:
+    @property
+    def active_budgets(self) -> dict[str, int]:
+        """Memory budget per device (empty: memory is not counted)."""
+        return dict(self.budgets) if self.counts_memory else {}
+
+    def holders(self, leaving: Collection[str]) -> list[Holder]:
         """Every instance that holds a place, with the figure it was admitted with."""
         out = []
-        for name, entry in entries.items():
+        for name, entry in self._entries.items():
             status = entry.status
             if status.state not in COUNTS_AGAINST_CAP:
                 continue
@@ -109,7 +165,7 @@ class Ledger:
                     leaving=status.state is State.STOPPING or name in leaving,
                     ready=status.state is State.READY,
                     busy=use.busy,
-                    pinned=pinned(name),
+                    pinned=self._pinned(name),
                     last_used=use.last_used,
                     abandoned=use.abandoned,
                 )
@@ -127,13 +183,23 @@ class Ledger:
         budgets = self.budgets if self.counts_memory else {}
         return decide(holders, name, figure, budgets, cap)
 
-    def reserved(self, entries: Mapping[str, Entry]) -> dict[str, int]:
+    def reserved(self) -> dict[str, int]:
         """Bytes reserved per device by the instances holding a place."""
         return reserved(
             e.figure
-            for e in entries.values()
+            for e in self._entries.values()
             if e.figure is not None and e.status.state in COUNTS_AGAINST_CAP
         )
+
+    def held(self) -> dict[str, dict[str, int]]:
+        """device -> model -> bytes its instance holds there (what the page's bars show)."""
+        out: dict[str, dict[str, int]] = {}
+        for name, entry in self._entries.items():
+            if entry.figure is None or entry.status.state not in COUNTS_AGAINST_CAP:
+                continue
+            for device, need in entry.figure.devices.items():
+                out.setdefault(device, {})[name] = need.total
+        return out
 
 
 class MemoryFull(CapExceeded):

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +26,7 @@ from llama_exporter.states import (
     State,
     backoff_delay,
 )
+from llama_exporter.supervision.oom import is_out_of_memory
 from llama_exporter.supervision.orphans import InstanceRecord, InstancesFile
 from llama_exporter.supervision.process import (
     Instance,
@@ -54,6 +55,7 @@ class Entry:
     proc: Instance | None = None
     last_proc: Instance | None = None
     task: asyncio.Task[None] | None = None
+    launched: ModelConfig | None = None  # the settings the current process was started with
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
     unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason
@@ -90,8 +92,10 @@ class Lifecycle:
         clock: Callable[[], float],
         instance_host: str,
         watchdog_interval: float,
+        on_oom: Callable[[ModelConfig], Awaitable[None]] | None = None,
     ) -> None:
         self.config = config
+        self._on_oom = on_oom
         self._entries = entries  # the Supervisor's, read here
         self._set_state = set_state
         self._count = count
@@ -132,7 +136,12 @@ class Lifecycle:
                 if entry.status.state is State.STOPPING:
                     return  # it ended while stop() let requests drain: stop() finishes
             delay, retries = None, entry.status.retries
-            if automatic or entry.status.ready_at:
+            if is_out_of_memory(reason):
+                # The same settings would fail the same way: no retry; the next start is
+                # admitted against a larger figure.
+                if self._on_oom is not None:
+                    await self._on_oom(model)
+            elif automatic or entry.status.ready_at:
                 delay, retries = restart_delay(self.config.restart, entry.status, self._clock())
             gone: dict[str, Any] = {"last_error": reason, "pid": None, "port": None}
             if delay is None:
@@ -214,7 +223,8 @@ class Lifecycle:
         proc = entry.proc
         assert proc is not None
         exited = asyncio.ensure_future(proc.wait())
-        limit, every = self.config.hang_timeout, self._watchdog_interval
+        # The limit is read at every probe: a reload's hang_timeout applies to running ones.
+        limit, every = (lambda: self.config.hang_timeout), self._watchdog_interval
         hung = asyncio.ensure_future(hang_watch(proc.health, limit, every))
         try:
             done, _ = await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)

@@ -20,6 +20,7 @@ import psutil
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.redact import MASK, redact_args, secret_values
+from llama_exporter.supervision.oom import OUT_OF_MEMORY, oom_line
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,12 @@ class StartError(Exception):
 
 
 def build_argv(binary: Path | str, model: ModelConfig, host: str, port: int) -> list[str]:
-    """The llama-server command line for one model (an argument list, never a shell)."""
-    argv = [str(binary), "-m", str(model.path), "--host", host, "--port", str(port)]
+    """The llama-server command line for one model (an argument list, never a shell).
+
+    --alias: answers name the model as the client asked for it, not by its GGUF path.
+    """
+    argv = [str(binary), "-m", str(model.path), "--alias", model.name]
+    argv += ["--host", host, "--port", str(port)]
     argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
     if model.api_key:
         argv += ["--api-key", model.api_key]
@@ -65,6 +70,9 @@ def describe_exit(returncode: int, *, during_load: bool, log_tail: Sequence[str]
             text += f". {CPU_HINT}"
     else:
         text = f"llama-server exited with code {returncode} {when}"
+    oom = oom_line(log_tail)
+    if oom is not None:  # its own reason: not retried with the same settings
+        text = f"{OUT_OF_MEMORY} {when} ({oom}); {text}"
     lines = [line for line in log_tail if line.strip()][-5:]
     if lines:
         text += ". Last log lines:\n" + "\n".join(lines)
@@ -288,7 +296,8 @@ class LlamaProcess:
         rc = await self.wait()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._reader), timeout=0.5)
-        return describe_exit(rc, during_load=during_load, log_tail=self.tail(20))
+        # 60 lines: the allocation failure comes a dozen lines before the exit
+        return describe_exit(rc, during_load=during_load, log_tail=self.tail(60))
 
     async def describe_exit(self, *, during_load: bool) -> str:
         """Wait for the exit and say why it happened (with the last log lines)."""
@@ -358,14 +367,17 @@ class LlamaProcess:
 
 
 async def hang_watch(
-    health: Callable[[float], Awaitable[bool]], limit: float, interval: float
+    health: Callable[[float], Awaitable[bool]],
+    limit: float | Callable[[], float],
+    interval: float,
 ) -> str:
-    """Return a reason once health() has not been true for limit seconds."""
+    """Return a reason once health() has not been true for limit seconds (read each probe)."""
     loop = asyncio.get_running_loop()
     last_ok = loop.time()
     while True:
         await asyncio.sleep(interval)
-        if await health(min(1.0, limit)):
+        seconds = limit() if callable(limit) else limit
+        if await health(min(1.0, seconds)):
             last_ok = loop.time()
-        elif loop.time() - last_ok >= limit:
-            return f"not answering /health for {limit:g} s (hung)"
+        elif loop.time() - last_ok >= seconds:
+            return f"not answering /health for {seconds:g} s (hung)"
