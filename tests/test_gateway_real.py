@@ -273,6 +273,9 @@ def test_client_disconnect_mid_stream_frees_the_slot(gw: Gw) -> None:
 
 def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     # g0 and g2 are loaded; keep both busy with long generations.
+    waits = "llama_exporter_gateway_queue_wait_seconds"
+    # Every admitted request is observed (0 when it did not queue): count what changes.
+    count_before, sum_before = gw.metric(waits + "_count", model="g1"), gw.metric(waits + "_sum")
     busy = {m: gw.hold(m) for m in ("g0", "g2")}
     with ThreadPoolExecutor(5) as pool:
         queued = [pool.submit(gw.chat, "g1", 2) for _ in range(4)]
@@ -286,7 +289,8 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
         answers = [f.result(timeout=120) for f in queued]
     assert all(a.choices for a in answers)
     assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
-    assert gw.metric("llama_exporter_gateway_queue_wait_seconds_count", model="g1") == 4
+    assert gw.metric(waits + "_count", model="g1") == count_before + 4
+    assert gw.metric(waits + "_sum") > sum_before
     # Now g1 and g2 both busy: a request for g0 waits 10 s in the queue, then 503.
     # g2's generation began before the steps above: a fast machine may be near its end,
     # so hold g2 afresh, and both generations outlast the queue timeout.

@@ -17,10 +17,10 @@ from llama_exporter.gateway.routes import Gateway
 from llama_exporter.http import auth, openapi
 from llama_exporter.http.api_json import ApiError, body_field, json_body, query_flag
 from llama_exporter.http.keys import (
-    CONFIG,
     GATEWAY,
     HISTOGRAM,
     HUB,
+    LIVE,
     METRICS,
     REGISTRY,
     STORE,
@@ -242,7 +242,7 @@ async def model_metrics(request: web.Request) -> web.Response:
 
 async def targets(request: web.Request) -> web.Response:
     """Prometheus HTTP service discovery: one target group per ready instance."""
-    config = request.app[CONFIG]
+    config = request.app[LIVE].config
     groups = render_file_sd(
         request.app[SUPERVISOR].statuses(),
         labels=config.target_labels,
@@ -268,7 +268,7 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
     app = request.app
-    tokens = auth.Tokens(app[CONFIG].api_token, app[CONFIG].scrape_token)
+    tokens = app[LIVE].tokens
 
     def known(name: str) -> bool:
         try:

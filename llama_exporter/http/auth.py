@@ -102,13 +102,16 @@ Respond = Callable[[Refusal], web.StreamResponse]
 
 
 def auth_middleware(
-    tokens: Tokens, respond: Respond
+    tokens: Callable[[], Tokens], respond: Respond
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The aiohttp middleware applying check_request(); WebSocket handshakes may defer."""
+    """The aiohttp middleware applying check_request(); WebSocket handshakes may defer.
+
+    tokens() is read at each request: a config reload replaces them.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refusal = check_request(request.method, request.path, request.headers, tokens)
+        refusal = check_request(request.method, request.path, request.headers, tokens())
         if refusal is not None:
             deferrable = is_websocket_handshake(request.method, request.headers) and getattr(
                 request.match_info.handler, "websocket_auth", False

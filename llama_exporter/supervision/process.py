@@ -315,14 +315,17 @@ class LlamaProcess:
 
 
 async def hang_watch(
-    health: Callable[[float], Awaitable[bool]], limit: float, interval: float
+    health: Callable[[float], Awaitable[bool]],
+    limit: float | Callable[[], float],
+    interval: float,
 ) -> str:
-    """Return a reason once health() has not been true for limit seconds."""
+    """Return a reason once health() has not been true for limit seconds (read each probe)."""
     loop = asyncio.get_running_loop()
     last_ok = loop.time()
     while True:
         await asyncio.sleep(interval)
-        if await health(min(1.0, limit)):
+        seconds = limit() if callable(limit) else limit
+        if await health(min(1.0, seconds)):
             last_ok = loop.time()
-        elif loop.time() - last_ok >= limit:
-            return f"not answering /health for {limit:g} s (hung)"
+        elif loop.time() - last_ok >= seconds:
+            return f"not answering /health for {seconds:g} s (hung)"
