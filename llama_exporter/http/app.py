@@ -15,7 +15,7 @@ from llama_exporter.catalog.gguf_meta import GGUFInfoCache
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
 from llama_exporter.gateway.routes import Gateway
-from llama_exporter.http import api, api_json, auth, guard, keys, reloading
+from llama_exporter.http import api, api_json, auth, guard, health, keys, reloading
 from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.metrics.targets import TargetsWriter
@@ -84,6 +84,7 @@ def create_app(
     app[keys.HUB] = hub
     app[keys.HISTOGRAM] = histogram
     app[keys.GATEWAY] = gateway
+    startup = app[health.STARTUP] = health.Startup()
     app[keys.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
@@ -106,6 +107,7 @@ def create_app(
     app[keys.LIVE] = live
     app[keys.RELOADER] = reloader
     app[keys.METRICS].register(WithHost(ReloadMetrics(lambda: reloader.counts), config.host_label))
+    health.add_routes(app)
     api.add_routes(app)
     app.router.add_post(reloading.RELOAD_PATH, reloading.handler(reloader))
     gateway.add_routes(app)
@@ -122,6 +124,7 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await registry.aload()  # model folders and models.json are read in a thread
+        startup.config_loaded = True
         poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
         reloading.connect(
             reloader,
@@ -140,6 +143,7 @@ def create_app(
             store.subscribe(publish_metrics),
         ]
         await supervisor.recover()
+        startup.supervisor_started = True
         targets.on_status(None)
         targets.write_self(host or config.host, port or config.port)
         background = [

@@ -50,6 +50,11 @@ _ERRORS: dict[str, str] = {
 }
 
 
+# /readyz's checks (config, state_dir, supervisor): "ok" or why not.
+_STRING: Schema = {"type": "string"}
+_CHECKS: Schema = {"type": "object", "additionalProperties": _STRING}
+
+
 def _errors(*codes: str) -> dict[str, Schema]:
     """Error responses: the given codes plus those the guard and auth give on any route."""
     every = ("401", "403", "404", "421")
@@ -125,6 +130,7 @@ def schemas() -> dict[str, Schema]:
                     "running": {"type": "array", "items": string},
                     "cap": integer,
                     "instance": _ref("InstanceStatus"),
+                    "checks": _CHECKS,
                 },
             },
         ),
@@ -208,11 +214,25 @@ def paths() -> dict[str, Schema]:
     return {
         "/healthz": {
             "get": {
-                "summary": "the service is up (no token needed)",
+                "summary": "liveness: the service answers (no token needed)",
                 "security": [],
                 "responses": {
-                    "200": _json(_obj(["status"], status={"type": "string"}), "up"),
-                    **_errors("503"),
+                    "200": _json(_obj(["status"], status={"type": "string"}), "alive"),
+                    **_errors(),
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "readiness: model list loaded, state folder writable, supervisor "
+                "taking starts (no token needed); 503 names the checks that fail",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        _obj(["status", "checks"], status=_STRING, checks=_CHECKS), "ready"
+                    ),
+                    **_errors(),
+                    "503": _json(_ref("Error"), "not ready: the message and `checks` say why"),
                 },
             }
         },
