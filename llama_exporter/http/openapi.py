@@ -11,6 +11,7 @@ from typing import Any
 
 from llama_exporter import __version__
 from llama_exporter.gateway import openapi as gateway_openapi
+from llama_exporter.http import requests_openapi
 from llama_exporter.states import State
 from llama_exporter.web import openapi as web_openapi
 
@@ -390,7 +391,8 @@ def describe() -> Schema:
             "version": __version__,
             "description": "Start and stop llama-server instances, watch them, feed Prometheus.",
         },
-        "paths": {**paths(), **gateway_openapi.paths(), **web_openapi.paths()},
+        "paths": {**paths(), **gateway_openapi.paths(), **web_openapi.paths()}
+        | requests_openapi.paths(),
         "components": {
             "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
