@@ -16,18 +16,22 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from llama_exporter.config.settings import Config, ModelConfig
+from llama_exporter.config.settings import Config, ModelConfig, serves_embeddings
 from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
-from llama_exporter.gateway.scheduler import GatewayError, Scheduler
+from llama_exporter.gateway.recording import fill, wants_stream
+from llama_exporter.gateway.scheduler import Admission, GatewayError, Scheduler
 from llama_exporter.gateway.sse import StreamWatch, Usage
+from llama_exporter.requestlog.log import RequestLog
+from llama_exporter.requestlog.record import Record, captured
 from llama_exporter.states import ShuttingDown, UnknownModel
 from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+EMBEDDINGS = "/v1/embeddings"
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", EMBEDDINGS)
 UPSTREAM_ENDPOINT = "/upstream"
 SUMMARY_PATH = "/api/v1/llama/gateway"
 
@@ -58,8 +62,10 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        requests: RequestLog | None = None,
     ) -> None:
         self.config = config
+        self.requests = requests  # the request log (None: off)
         self._sup = supervisor
         self._clock = clock
         self._mono = monotonic
@@ -74,6 +80,11 @@ class Gateway:
             supervisor, config.gateway, self.metrics, clock=clock, monotonic=monotonic
         )
         self._session: aiohttp.ClientSession | None = None
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (gateway.*; per-model settings are read at each use)."""
+        self.config = config
+        self.scheduler.reconfigure(config.gateway)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -146,11 +157,15 @@ class Gateway:
     def _openai_handler(self, path: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
             arrived = self._mono()
+            model = ""  # counted under the model once it is known
             try:
                 body = await self._read_body(request)
                 model = self._model_from_body(body)
+                if path == EMBEDDINGS:
+                    self._check_embeddings(model)
             except GatewayError as err:
-                self.metrics.request_done("", path, err.status, arrived, self._mono())
+                self.metrics.request_done(model, path, err.status, arrived, self._mono())
+                self._log_refused(request, model, path, err, arrived)
                 return error_response(err)
             return await self._serve(request, model, path, path, body, arrived)
 
@@ -166,6 +181,7 @@ class Gateway:
             body = await self._read_body(request)
         except GatewayError as err:
             self.metrics.request_done("", UPSTREAM_ENDPOINT, err.status, arrived, self._mono())
+            self._log_refused(request, "", UPSTREAM_ENDPOINT, err, arrived)
             return error_response(err)
         path = upstream_path(request.raw_path)
         return await self._serve(request, name, UPSTREAM_ENDPOINT, path, body, arrived)
@@ -205,36 +221,35 @@ class Gateway:
         watch = StreamWatch(arrived)
         usage = None
         self.metrics.request_arrived(model, arrived)
+        record = self._log_begin(request, model, endpoint, body, arrived)
+        admission = Admission()
+        outcome: proxy.Outcome | None = None
+        failure: GatewayError | None = None
         try:
-            lease = await self.scheduler.acquire(model)
+            lease = await self.scheduler.acquire(model, admission)
             if self._session is None:
                 raise GatewayError(503, "the gateway is not running", "server_error", "stopped")
             url = f"{lease.status.base_url}{upstream_path}"
+            capture = self.requests.capture_limit(model) if self.requests is not None else 0
             response, outcome = await proxy.forward(
-                request, self._session, url, body, lease.status.api_key, watch, self._mono
+                request, self._session, url, body, lease.status.api_key, watch, self._mono, capture
             )
             code, usage = outcome.code, outcome.usage
             return response
         except GatewayError as err:
-            code = err.status
-            return error_response(err)
+            failure = err
         except UnknownModel:  # deleted from the registry while the request waited
-            code = 404
-            return error_response(self._not_found(model))
+            failure = self._not_found(model)
         except ShuttingDown:
-            code = 503
-            return error_response(
-                GatewayError(503, "the service is shutting down", "server_error", "shutting_down")
+            failure = GatewayError(
+                503, "the service is shutting down", "server_error", "shutting_down"
             )
         except proxy.UpstreamUnreachable as exc:
-            code = 502
-            return error_response(
-                GatewayError(
-                    502,
-                    f"llama-server for model {model!r} did not answer: {exc}",
-                    "server_error",
-                    "upstream_unreachable",
-                )
+            failure = GatewayError(
+                502,
+                f"llama-server for model {model!r} did not answer: {exc}",
+                "server_error",
+                "upstream_unreachable",
             )
         except asyncio.CancelledError:
             code = proxy.CLIENT_CLOSED
@@ -242,8 +257,49 @@ class Gateway:
         finally:
             if lease is not None:
                 lease.release()
+            if failure is not None:
+                code = failure.status
             self._observe(model, watch, usage)
-            self.metrics.request_done(model, endpoint, code, arrived, self._mono())
+            now = self._mono()
+            self.metrics.request_done(model, endpoint, code, arrived, now)
+            if record is not None and self.requests is not None:
+                fill(record, code, now - arrived, admission, watch, outcome, failure)
+                self.requests.end(record)
+        assert failure is not None  # every other way out returned or raised
+        return error_response(failure)
+
+    # -- the request log ---------------------------------------------------------------
+
+    def _log_begin(
+        self, request: web.Request, model: str, endpoint: str, body: bytes, arrived: float
+    ) -> Record | None:
+        """A request in flight in the log (None when the log is off)."""
+        if self.requests is None:
+            return None
+        wall = self._clock() - (self._mono() - arrived)  # arrival in unix time
+        record = self.requests.begin(
+            model,
+            endpoint,
+            arrived=wall,
+            stream=wants_stream(body),
+            client=request.remote or "",
+        )
+        limit = self.requests.capture_limit(model)
+        if limit:
+            record.request_body = captured(body, limit)
+        return record
+
+    def _log_refused(
+        self, request: web.Request, model: str, endpoint: str, err: GatewayError, arrived: float
+    ) -> None:
+        """A request answered before it was routed (bad body, unknown model): logged ended."""
+        record = self._log_begin(request, model, endpoint, b"", arrived)
+        if record is not None and self.requests is not None:
+            record.status, record.error_type, record.error_message = (
+                err.status, err.kind, err.message,
+            )  # fmt: skip
+            record.duration_s = self._mono() - arrived
+            self.requests.end(record)
 
     def _observe(self, model: str, watch: StreamWatch, usage: Usage | None) -> None:
         """What a request's stream showed, also for streams cut short."""
@@ -300,6 +356,20 @@ class Gateway:
             )
         self._known(name)
         return name
+
+    def _check_embeddings(self, name: str) -> None:
+        """Refuse at once what llama-server would refuse with 501 after a load (and eviction)."""
+        model = self._model_or_none(name)
+        if model is None or serves_embeddings(model.args, model.env):
+            return
+        raise GatewayError(
+            400,
+            f"model {name!r} does not serve embeddings: it is started without --embeddings. "
+            "Add --embeddings to its args (and --pooling mean for models without a pooling "
+            "type of their own, such as gemma), then restart it",
+            "invalid_request_error",
+            "embeddings_not_enabled",
+        )
 
     def _known(self, name: str) -> None:
         try:

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from llama_exporter.config.settings import GatewayConfig
 from llama_exporter.gateway.metrics import RequestMetrics
@@ -44,12 +45,32 @@ class GatewayError(Exception):
         self.headers = headers or {}
 
 
+@dataclass
+class Admission:
+    """What admission did for one request, filled in as it goes (kept when it fails too)."""
+
+    queue_wait: float = 0.0  # seconds queued for a place under the cap
+    load_wait: float = 0.0  # seconds waiting for the model to load
+    triggered_load: bool = False  # this request started the model's load
+    evicted: list[str] = field(default_factory=list)  # models stopped to make room for it
+
+
 class Lease:
     """A request's hold on a ready model: counted in flight until released."""
 
-    def __init__(self, scheduler: Scheduler, model: str, status: InstanceStatus) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        model: str,
+        status: InstanceStatus,
+        *,
+        queue_wait: float = 0.0,
+        load_wait: float = 0.0,
+    ) -> None:
         self.model = model
         self.status = status  # the ready instance (its base_url and api_key)
+        self.queue_wait = queue_wait  # seconds queued for a place under the cap
+        self.load_wait = load_wait  # seconds waiting for the model to load
         self._scheduler = scheduler
         self._open = True
 
@@ -89,6 +110,11 @@ class Scheduler:
         supervisor.subscribe(self._on_status)
         supervisor.set_drain(self.drain)
 
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """A reloaded gateway section; the queue moves at once if the cap was raised."""
+        self.config = self._unloader.config = config
+        self._pump()
+
     # -- reading ---------------------------------------------------------------------
 
     @property
@@ -110,10 +136,18 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------------
 
-    async def acquire(self, model: str) -> Lease:
-        """Wait until model is ready under the cap (loading it if needed) and hold it."""
+    async def acquire(self, model: str, admission: Admission | None = None) -> Lease:
+        """Wait until model is ready under the cap (loading it if needed) and hold it.
+
+        admission, when given, is filled in with the waits, the load and the evictions.
+        """
+        note = admission if admission is not None else Admission()
         self.touch(model)
         deadline: float | None = None
+        # Seconds queued and waiting for a load, observed for every admitted request (0 when
+        # it did not wait), like vLLM's request_queue_time_seconds: the panels show the
+        # distribution in normal use, not "No data".
+        queued = loading = 0.0
         while True:
             unloading = self._unloader.unloading(model)
             if unloading is not None:
@@ -128,22 +162,27 @@ class Scheduler:
             if state is State.READY:
                 self.in_flight[model] = self.in_flight.get(model, 0) + 1
                 self.touch(model)
-                return Lease(self, model, status)
+                if self.metrics is not None:
+                    self.metrics.queue_wait.observe((model,), queued)
+                    self.metrics.load_wait.observe((model,), loading)
+                note.queue_wait, note.load_wait = queued, loading  # the figures observed
+                return Lease(self, model, status, queue_wait=queued, load_wait=loading)
             if state is State.STARTING:
-                await self._wait_load(model)
+                loading += await self._wait_load(model, note)
             elif state is State.STOPPING:
                 await self._sup.wait_settled(model)
             elif state is State.BACKOFF or (  # a BACKOFF model keeps its place: restart it now
                 not self._queue and self._sup.running_count < self._sup.cap
             ):
                 self._start(model)
+                note.triggered_load = True
             else:
                 if self.config.when_full == "reject":
                     self._reject(model, "queue_full")
                     raise self._full_error(model, "the cap is full and gateway.when_full is reject")
                 if deadline is None:
                     deadline = self._mono() + self.config.queue_timeout
-                await self._wait_in_queue(model, deadline)
+                queued += await self._wait_in_queue(model, deadline, note)
 
     async def start_for_api(self, model: str, *, evict: bool) -> InstanceStatus:
         """An explicit start (counts as use); with evict, make room like a request would."""
@@ -160,8 +199,10 @@ class Scheduler:
         self._sup.launch(model, trigger="request")
         self._usage.requested_loads.add(model)
 
-    async def _wait_load(self, model: str) -> None:
+    async def _wait_load(self, model: str, note: Admission) -> float:
+        """Wait for model's load to end; returns the seconds waited (raises if it failed)."""
         began = self._mono()
+        waited_before = note.load_wait
         waiters = self._usage.load_waiters
         waiters[model] = waiters.get(model, 0) + 1
         try:
@@ -171,10 +212,10 @@ class Scheduler:
             raise
         finally:
             waiters[model] -= 1
+            note.load_wait = waited_before + self._mono() - began
             if self._usage.abandoned(model):
                 self._pump()  # perhaps an abandoned load now: it may make room for the queue
-        if self.metrics is not None:
-            self.metrics.load_wait.observe((model,), self._mono() - began)
+        waited = self._mono() - began
         if status.state is State.FAILED:
             raise GatewayError(
                 503,
@@ -193,8 +234,10 @@ class Scheduler:
                 "model_stopped",
                 headers={"Retry-After": "1"},
             )
+        return waited
 
-    async def _wait_in_queue(self, model: str, deadline: float) -> None:
+    async def _wait_in_queue(self, model: str, deadline: float, note: Admission) -> float:
+        """Wait for a place under the cap; returns the seconds waited."""
         if len(self._queue) >= self.config.max_queue:
             self._reject(model, "queue_full")
             raise self._full_error(model, f"the queue is full ({self.config.max_queue} waiting)")
@@ -205,7 +248,7 @@ class Scheduler:
         except TimeoutError:
             if waiter.released.done():  # let go just as time ran out: take the place
                 self._usage.unclaim(model)
-                return
+                return self._mono() - waiter.since
             self._reject(model, "timeout")
             raise GatewayError(
                 503,
@@ -223,9 +266,12 @@ class Scheduler:
             raise
         finally:
             self._queue.leave(waiter)
+            note.queue_wait += self._mono() - waiter.since  # (the exact figure on admission)
+            # The queue credits the head with the load it started and what it evicted.
+            note.triggered_load = note.triggered_load or waiter.triggered_load
+            note.evicted += waiter.evicted
         self._usage.unclaim(model)
-        if self.metrics is not None:
-            self.metrics.queue_wait.observe((model,), self._mono() - waiter.since)
+        return self._mono() - waiter.since
 
     def _reject(self, model: str, reason: str) -> None:
         if self.metrics is not None:

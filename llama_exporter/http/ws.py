@@ -25,6 +25,7 @@ Event = dict[str, Any]
 
 STATUS_EVENT = "llama-status:update"
 METRICS_EVENT = "llama-metrics:update"
+REQUEST_EVENT = "llama-request:update"  # a request log record, at arrival and at the end
 
 
 def make_event(kind: str, model: str, data: Any) -> Event:
@@ -62,6 +63,10 @@ class WebSocketHub:
         self.dropped_clients = 0
         self.refused_clients = 0
         self._closing: set[asyncio.Task[bool]] = set()
+
+    def set_max_clients(self, count: int) -> None:
+        """A reloaded websocket_max_clients: clients already connected stay."""
+        self._max_clients = count
 
     @property
     def client_count(self) -> int:
