@@ -53,14 +53,20 @@ class Unloader:
         """Models picked for eviction or idle unload whose stop has not ended."""
         return frozenset(self._evicting)
 
-    def make_room(self, decision: Decision) -> None:
-        """With when_full: evict, stop the models admission named for the queue's head."""
+    def make_room(self, decision: Decision) -> list[str]:
+        """With when_full: evict, stop the models admission named for the queue's head.
+
+        Returns the models picked now (not those already on their way out).
+        """
+        picked: list[str] = []
         if self.config.when_full != "evict" or decision.verdict is not Verdict.EVICT:
-            return
+            return picked
         for victim in decision.evict:
             if victim not in self._evicting:
                 log.info("gateway: evicting %s to make room for the queue", victim)
                 self._unload(victim, "evicted")
+                picked.append(victim)
+        return picked
 
     async def evict_for(self, model: str, admission: Callable[[str], Decision]) -> None:
         """Make room for an explicit start of model as admission says, and wait for it."""

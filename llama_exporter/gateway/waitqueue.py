@@ -28,6 +28,8 @@ class Waiter:
 
     model: str
     since: float
+    triggered_load: bool = False  # the queue started its model's load for it
+    evicted: list[str] = field(default_factory=list)  # models evicted while it was the head
     released: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -43,7 +45,7 @@ class WaitQueue:
         *,
         start: Callable[[str], None],
         admission: Callable[[str], Decision],
-        make_room: Callable[[Decision], None],
+        make_room: Callable[[Decision], list[str]],
     ) -> None:
         self._sup = supervisor
         self._usage = usage
@@ -102,17 +104,19 @@ class WaitQueue:
             self._let_go(plan.go)
             if plan.head is None:
                 return
+            head = next(w for w in self._waiters if w.model == plan.head)
             decision = self._admission(plan.head)
             if decision.verdict in (Verdict.START, Verdict.TOO_BIG):
                 try:
                     self._start(plan.head)
+                    head.triggered_load = True
                 except ModelTooBig:
                     pass  # its waiters go, and their acquire() answers 400
                 except Exception:
                     log.exception("gateway: starting %s failed", plan.head)
                 self._let_go({plan.head})
                 continue
-            self._make_room(decision)
+            head.evicted += self._make_room(decision)
             return
 
     def _let_go(self, models: Collection[str]) -> None:

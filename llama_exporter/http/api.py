@@ -103,13 +103,6 @@ def _name(request: web.Request) -> str:
     return name
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness of the service itself."""
-    if request.app[SUPERVISOR].shutting_down:
-        raise ApiError(503, "the service is shutting down")
-    return web.json_response({"status": "ok"})
-
-
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of the service's own metrics."""
     body = render(request.app[METRICS])
@@ -304,7 +297,6 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register every route of the service (each described in openapi.py)."""
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get(f"{PREFIX}/models", list_models)
     app.router.add_post(f"{PREFIX}/models", add_model)

@@ -15,8 +15,14 @@ from llama_exporter.catalog.gguf_meta import GGUFInfoCache
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
 from llama_exporter.gateway.routes import Gateway
-from llama_exporter.http import api, api_json, auth, guard, keys, reloading
-from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
+from llama_exporter.http import api, api_json, auth, guard, health, keys, reloading, requests_api
+from llama_exporter.http.ws import (
+    METRICS_EVENT,
+    REQUEST_EVENT,
+    STATUS_EVENT,
+    WebSocketHub,
+    make_event,
+)
 from llama_exporter.memory.budgets import device_totals
 from llama_exporter.memory.figure import HOST
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
@@ -26,6 +32,8 @@ from llama_exporter.monitoring.derive import ModelSnapshot
 from llama_exporter.monitoring.poller import Poller
 from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.reload.metrics import ReloadMetrics
+from llama_exporter.requestlog.log import RequestLog
+from llama_exporter.requestlog.record import Record
 from llama_exporter.states import InstanceStatus
 from llama_exporter.supervision.supervisor import Spawn, Supervisor
 
@@ -88,7 +96,10 @@ def create_app(
         instance_host=config.instance_host,
     )
     store = MetricsStore(config.poll.history)
-    gateway = Gateway(config, supervisor)
+    request_log = (
+        RequestLog(config.request_log, config.state_dir) if config.request_log.enabled else None
+    )
+    gateway = Gateway(config, supervisor, requests=request_log)
     hub = WebSocketHub(max_clients=config.websocket_max_clients)
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, config.target_labels, address, supervisor.statuses)
@@ -100,6 +111,9 @@ def create_app(
     app[keys.HUB] = hub
     app[keys.HISTOGRAM] = histogram
     app[keys.GATEWAY] = gateway
+    if request_log is not None:
+        app[keys.REQUEST_LOG] = request_log
+    startup = app[health.STARTUP] = health.Startup()
     app[keys.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
@@ -130,9 +144,11 @@ def create_app(
     app[keys.LIVE] = live
     app[keys.RELOADER] = reloader
     app[keys.METRICS].register(WithHost(ReloadMetrics(lambda: reloader.counts), config.host_label))
+    health.add_routes(app)
     api.add_routes(app)
     app.router.add_post(reloading.RELOAD_PATH, reloading.handler(reloader))
     gateway.add_routes(app)
+    requests_api.add_routes(app)
     page.add_routes(app)
 
     def publish_metrics(snap: ModelSnapshot) -> None:
@@ -144,8 +160,24 @@ def create_app(
             make_event(STATUS_EVENT, status.model, api.status_json(status, time.time(), gateway))
         )
 
+    def publish_request(record: Record) -> None:
+        if hub.client_count:  # nothing to build when nobody listens
+            hub.publish(make_event(REQUEST_EVENT, record.model, record.to_json()))
+
+    async def request_log_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # First in, last out: the gateway's requests are over when the log closes.
+        if request_log is None:
+            yield
+            return
+        request_log.start()
+        unsubscribe = request_log.subscribe(publish_request)
+        yield
+        unsubscribe()
+        await request_log.close()
+
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await registry.aload()  # model folders and models.json are read in a thread
+        startup.config_loaded = True
         poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
         reloading.connect(
             reloader,
@@ -170,6 +202,7 @@ def create_app(
             device_totals, [HOST, *config.memory_budget], every_gpu=True
         )
         supervisor.ledger.set_totals(totals, config.memory_budget, config.memory_headroom)
+        startup.supervisor_started = True
         targets.on_status(None)
         targets.write_self(host or config.host, port or config.port)
         background = [
@@ -195,6 +228,7 @@ def create_app(
         await hub.close()
         await supervisor.shutdown()
 
+    app.cleanup_ctx.append(request_log_lifecycle)
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(reloading.lifecycle(reloader, sighup=sighup, watch_config=watch_config))

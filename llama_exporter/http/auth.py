@@ -1,7 +1,7 @@
 """Bearer-token auth: which routes need which token (pure), the middleware, WebSocket auth.
 
 With ``api_token`` set every route needs ``Authorization: Bearer <api_token>``
-except ``GET /healthz`` and the page shell (``GET /`` and ``GET /ui/...``:
+except ``GET /healthz``, ``GET /readyz`` and the page shell (``GET /`` and ``GET /ui/...``:
 static files only). ``/metrics`` and the HTTP SD route also accept
 ``scrape_token``, so Prometheus can hold a token that cannot start or stop
 anything. A browser cannot set headers on a WebSocket, so a WebSocket
@@ -25,7 +25,8 @@ from llama_exporter.http.guard import Refusal, is_websocket_handshake
 WS_AUTH_TIMEOUT = 5.0
 WS_CLOSE_UNAUTHORIZED = 4401
 SCRAPE_PATHS = frozenset({"/metrics", "/api/v1/llama/targets"})
-PUBLIC_PATHS = frozenset({"/healthz", "/"})
+# /readyz too: a probe should not need the token, and it names checks, not paths or models.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
 PUBLIC_PREFIXES = ("/ui/",)
 READ_METHODS = frozenset({"GET", "HEAD"})
 

@@ -33,7 +33,8 @@ from llama_exporter.states import (
 )
 from llama_exporter.supervision.ledger import FigureSource, Ledger, MemoryFull, ModelTooBig
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
-from llama_exporter.supervision.process import Instance, SpawnFn, rotated_log, tail_file
+from llama_exporter.supervision.logfile import rotated_log, tail_file
+from llama_exporter.supervision.process import Instance, SpawnFn
 
 __all__ = [
     "CapExceeded",
