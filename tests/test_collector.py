@@ -112,9 +112,11 @@ def world() -> World:
     deriver = ModelDeriver("a", generated, prompt, pid=1234)
     metrics = {"llamacpp:tokens_predicted_total": 100.0, "llamacpp:prompt_tokens_total": 50.0}
     slots = parse_slots(SLOTS)
-    w.store.publish(deriver.update(metrics, slots, 100.0, ProcessSample(1.0, 300, 2)))
+    w.store.publish(deriver.update(metrics, slots, 100.0, ProcessSample(1.0, 300, 2, 100)))
     later = parse_slots([{**SLOTS[0], "n_prompt_tokens": 93, "next_token": [{"n_decoded": 60}]}])
-    w.store.publish(deriver.update(metrics, later + slots[1:], 101.0, ProcessSample(1.5, 300, 2)))
+    w.store.publish(
+        deriver.update(metrics, later + slots[1:], 101.0, ProcessSample(1.5, 300, 2, 100))
+    )
     w.store.record_poll("a", 0.004, 101.0)
     w.store.record_error("a", "slots", "timeout")
     w.store.host = HostSample(0.5, 8_000_000_000, 3_000_000_000)

@@ -75,3 +75,14 @@ async def test_families_and_views(tmp_path: Path) -> None:
     b = model_memory_json(sup.ledger, "b")
     assert b["estimate_bytes"] == 2 * GiB and b["reported_bytes"] is None
     await sup.shutdown()
+
+
+def test_memory_contract_in_architecture_matches_the_families(tmp_path: Path) -> None:
+    """docs/ARCHITECTURE.md "### Memory metrics" names exactly what MemoryCollector writes."""
+    from test_collector import contract
+
+    expected = contract("### Memory metrics")
+    ledger = Ledger(LearnedBook({"a": 1}), {HOST: GiB}, {}, lambda _: False)
+    ledger.read_all([ModelConfig("a", tmp_path / "a.gguf")])
+    families = {s[0] for s in samples(ledger)}
+    assert families == set(expected)

@@ -31,6 +31,31 @@ def test_sample_matches_psutil(proc: bool, monkeypatch: pytest.MonkeyPatch) -> N
     assert ours[1] == pytest.approx(rss, rel=0.1)
 
 
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/self/status")
+
+
+@pytest.mark.skipif(not procstat._HAVE_PROC, reason="needs /proc")
+def test_file_backed_rss_is_rssfile_plus_rssshmem() -> None:
+    """statm's shared pages are what /proc/PID/status calls RssFile + RssShmem."""
+    _, rss, file = procstat.sample(os.getpid())
+    assert file is not None and 0 < file <= rss  # the interpreter's mapped libraries
+    want = (_status_kib("RssFile") + _status_kib("RssShmem")) * 1024
+    assert file == pytest.approx(want, rel=0.05, abs=256 * 1024)
+    assert rss - file == pytest.approx(_status_kib("RssAnon") * 1024, rel=0.05, abs=256 * 1024)
+
+
+def test_parse_statm() -> None:
+    assert procstat.parse_statm(b"5000 1200 300 10 0 900 0\n") == (
+        1200 * procstat.PAGE_SIZE,
+        300 * procstat.PAGE_SIZE,
+    )
+
+
 def test_a_gone_process_raises() -> None:
     child = subprocess.Popen(["true"])
     child.wait()

@@ -80,9 +80,11 @@ def _table(rows: Sequence[Sequence[str]], out: TextIO) -> None:
 def cmd_models(args: argparse.Namespace, client: Client) -> int:
     """List the models the service knows."""
     models = client.get("/models")["models"]
-    rows = [["NAME", "SOURCE", "STATE", "ARCH", "QUANT", "SIZE", "CTX", "SLOTS", "PATH"]]
+    head = ["NAME", "SOURCE", "STATE", "ARCH", "QUANT", "SIZE", "CTX", "SLOTS", "NEEDS"]
+    rows = [[*head, "REPORTED", "PATH"]]
     for m in models:
         meta = m.get("metadata") or {}
+        memory = m.get("memory") or {}
         rows.append(
             [
                 m["name"],
@@ -93,6 +95,8 @@ def cmd_models(args: argparse.Namespace, client: Client) -> int:
                 _fmt_bytes(meta.get("file_size")),
                 str(m["ctx_size"]),
                 str(m["parallel"]),
+                _fmt_bytes(memory.get("estimate_bytes")),
+                _fmt_bytes(memory.get("reported_bytes")),
                 m["path"],
             ]
         )
@@ -134,13 +138,17 @@ def cmd_ps(args: argparse.Namespace, client: Client) -> int:
             "CONTEXT",
             "TOK/S",
             "MEMORY",
+            "NEEDS",
+            "REPORTED",
             "IN FLIGHT",
             "IDLE",
             "LAST ERROR",
         ]
     ]
     now = time.time()
+    figures = {m["name"]: m.get("memory") or {} for m in client.get("/models")["models"]}
     for st in status["models"]:
+        memory = figures.get(st["model"], {})
         if st["state"] == "stopped" and not args.all:
             continue
         latest: dict[str, Any] = {}
@@ -165,12 +173,19 @@ def cmd_ps(args: argparse.Namespace, client: Client) -> int:
                 ctx,
                 tps,
                 _fmt_bytes(latest.get("rss_bytes")),
+                _fmt_bytes(memory.get("estimate_bytes")),
+                _fmt_bytes(memory.get("reported_bytes")),
                 str(st.get("in_flight", 0)),
                 _fmt_idle(st, now),
                 error[0][:60] if error else "",
             ]
         )
     _table(rows, sys.stdout)
+    devices = (status.get("memory") or {}).get("devices") or {}
+    for device, use in devices.items():
+        budget = use.get("budget_bytes")
+        of = f" of {_fmt_bytes(budget)}" if budget is not None else " (no budget)"
+        print(f"memory {device}: {_fmt_bytes(use['reserved_bytes'])} reserved{of}")
     print(f"{status['running']} of {status['cap']} running")
     return 0
 

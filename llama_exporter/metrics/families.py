@@ -133,6 +133,8 @@ PROCESS = (
     _c("process_cpu_seconds", "llama-server CPU seconds.", *M),
     _g("process_cpu_utilization_ratio", "Share of host CPU (0..1).", *M),
     _g("process_resident_memory_bytes", "llama-server RSS.", *M),
+    _g("process_resident_memory_anonymous_bytes", "llama-server RSS not backed by a file.", *M),
+    _g("process_resident_memory_file_bytes", "llama-server RSS backed by files (the GGUF).", *M),
 )
 LIVE = (*(f for f, _ in LIVE_VALUES), *SLOTS, *PROCESS)
 HOST = (
@@ -228,13 +230,17 @@ def live_rows(snap: ModelSnapshot | None) -> Rows:
         rate.append((labels, slot.tokens_per_second))
         if slot.time_per_token_seconds is not None:
             per_token.append((labels, slot.time_per_token_seconds))
-    cpu, share, rss = rows[-len(PROCESS) :]
+    cpu, share, rss, anon, file = rows[-len(PROCESS) :]
     if snap.cpu_seconds_total is not None:
         cpu.append((key, snap.cpu_seconds_total))
     if snap.cpu_utilization_ratio is not None:
         share.append((key, snap.cpu_utilization_ratio))
     if snap.rss_bytes is not None:
         rss.append((key, snap.rss_bytes))
+    if snap.rss_anon_bytes is not None:
+        anon.append((key, snap.rss_anon_bytes))
+    if snap.rss_file_bytes is not None:
+        file.append((key, snap.rss_file_bytes))
     return rows
 
 

@@ -180,6 +180,13 @@ class ProcessSample:
     cpu_seconds: float  # user + system
     rss_bytes: int
     cpu_count: int = 1  # logical CPUs of the host
+    rss_file_bytes: int | None = None  # file-backed (mapped weights) part of rss_bytes
+
+
+def _anon(process: ProcessSample | None) -> int | None:
+    if process is None or process.rss_file_bytes is None:
+        return None
+    return max(0, process.rss_bytes - process.rss_file_bytes)
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,8 @@ class ModelSnapshot:
     cpu_percent: float | None  # percent of one core
     rss_bytes: int | None
     slots: tuple[SlotView, ...] = ()
+    rss_anon_bytes: int | None = None  # anonymous part of rss_bytes (KV cache, buffers)
+    rss_file_bytes: int | None = None  # file-backed part (the GGUF's mapped pages)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready view (times per token in milliseconds, percent values in percent)."""
@@ -337,6 +346,8 @@ class ModelDeriver:
             cpu_percent=cpu_percent,
             rss_bytes=process.rss_bytes if process is not None else None,
             slots=views,
+            rss_anon_bytes=_anon(process),
+            rss_file_bytes=process.rss_file_bytes if process is not None else None,
         )
 
     def _smooth(self, rate: float, dt: float) -> None:

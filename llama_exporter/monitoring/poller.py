@@ -295,10 +295,10 @@ class Poller:
         if pid is None:
             return None
         try:
-            cpu, rss = procstat.sample(pid)
+            cpu, rss, rss_file = procstat.sample(pid)
         except procstat.ProcessGone:
             return None
-        return ProcessSample(cpu, rss, self._cpu_count)
+        return ProcessSample(cpu, rss, self._cpu_count, rss_file)
 
     async def _host_loop(self) -> None:
         interval = max(0.01, self._config.poll.interval)
