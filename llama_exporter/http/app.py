@@ -23,6 +23,7 @@ from llama_exporter.http.ws import (
     WebSocketHub,
     make_event,
 )
+from llama_exporter.memory.book import MemoryBook
 from llama_exporter.memory.budgets import device_totals
 from llama_exporter.memory.figure import HOST
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
@@ -88,12 +89,17 @@ def create_app(
     )
     registry = Registry(config, gguf_cache=GGUFInfoCache())  # loaded at start-up, off the loop
     histogram = StartDurationHistogram(host=config.host_label)
+    gpus = tuple(d for d in config.memory_budget if d != HOST)  # where figures put layers
     supervisor = Supervisor(
         config,
         registry.model_source(),
         spawn=spawn,
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
+        # GPUs a figure places layers on: the ones given a budget (cuda0, ...)
+        memory=MemoryBook(
+            config.state_dir, gpus=tuple(d for d in config.memory_budget if d != HOST)
+        ),
     )
     store = MetricsStore(config.poll.history)
     request_log = (
