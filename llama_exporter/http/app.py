@@ -97,9 +97,7 @@ def create_app(
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
         # GPUs a figure places layers on: the ones given a budget (cuda0, ...)
-        memory=MemoryBook(
-            config.state_dir, gpus=tuple(d for d in config.memory_budget if d != HOST)
-        ),
+        memory=MemoryBook(config.state_dir, gpus=gpus),
     )
     store = MetricsStore(config.poll.history)
     request_log = (
