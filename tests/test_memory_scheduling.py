@@ -19,6 +19,7 @@ from llama_exporter.config.settings import GatewayConfig, ModelConfig
 from llama_exporter.gateway.routes import Gateway
 from llama_exporter.gateway.scheduler import GatewayError
 from llama_exporter.memory.figure import HOST, DeviceNeed, MemoryFigure
+from llama_exporter.memory.report import LoadReport
 from llama_exporter.states import State
 from llama_exporter.supervision.ledger import MemoryFull, ModelTooBig
 from llama_exporter.supervision.supervisor import StaticModels, Supervisor
@@ -32,6 +33,7 @@ class Book:
     def __init__(self, gib: Mapping[str, float]) -> None:
         self.gib = gib
         self.ooms: list[str] = []
+        self.learned: list[tuple[str, LoadReport]] = []
         self.reads = 0
 
     def figure(self, model: ModelConfig) -> MemoryFigure:
@@ -44,6 +46,9 @@ class Book:
 
     def raise_after_oom(self, model: ModelConfig) -> None:
         self.ooms.append(model.name)
+
+    def learn(self, model: ModelConfig, report: LoadReport) -> None:
+        self.learned.append((model.name, report))
 
 
 def setup(

@@ -110,3 +110,23 @@ def test_module_scripts_load_under_the_policy(browser: Browser) -> None:
     policy = browser.js("return fetch('/').then((r) => r.headers.get('content-security-policy'));")
     assert "script-src 'self'" in policy
     assert [e for e in browser.drain_console() if e.get("level") == "SEVERE"] == []
+
+
+def test_memory_texts_and_bar_segments(browser: Browser) -> None:
+    gb = 1_000_000_000
+    assert run(browser, "memory.js", f"m.needsText({{estimate_bytes: {1.2 * gb}}})") == (
+        "needs 1.2 GB"
+    )
+    both = f"m.needsText({{estimate_bytes: {1.2 * gb}, reported_bytes: {1.3 * gb}}})"
+    assert run(browser, "memory.js", both) == "needs 1.2 GB (last load 1.3 GB)"
+    assert run(browser, "memory.js", "m.needsText(null)") == "\u2013"
+    device = (
+        f"{{budget_bytes: {4 * gb}, reserved_bytes: {3 * gb}, models: {{a: {gb}, b: {2 * gb}}}}}"
+    )
+    assert run(browser, "memory.js", f"m.segments({device})") == [
+        {"model": "b", "bytes": 2 * gb, "share": 0.5},
+        {"model": "a", "bytes": gb, "share": 0.25},
+    ]
+    assert run(browser, "memory.js", f"m.summary('cpu', {device})") == (
+        "cpu: 3 GB of 4 GB reserved"
+    )

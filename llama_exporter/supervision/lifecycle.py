@@ -93,9 +93,11 @@ class Lifecycle:
         instance_host: str,
         watchdog_interval: float,
         on_oom: Callable[[ModelConfig], Awaitable[None]] | None = None,
+        on_ready: Callable[[ModelConfig, Path], None] | None = None,
     ) -> None:
         self.config = config
         self._on_oom = on_oom
+        self._on_ready = on_ready
         self._entries = entries  # the Supervisor's, read here
         self._set_state = set_state
         self._count = count
@@ -215,6 +217,8 @@ class Lifecycle:
             if self._observe is not None:
                 self._observe(model.name, time.monotonic() - begun)
             self._set_state(entry, State.READY, ready_at=self._clock(), last_error=None)
+            if self._on_ready is not None:  # the load's report is in the log now
+                self._on_ready(model, self.log_path(model.name))
             return None
         return reason
 

@@ -124,6 +124,7 @@ class Supervisor:
             instance_host=instance_host,
             watchdog_interval=watchdog_interval,
             on_oom=self.ledger.after_oom,
+            on_ready=self.ledger.learn_soon,
         )
         self._host = instance_host  # readers connect to it (see _launch)
 

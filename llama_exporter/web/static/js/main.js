@@ -2,6 +2,7 @@
 
 import { api, ApiError, LiveSocket } from "./api.js";
 import { $, setAttr, setText, show } from "./dom.js";
+import { MemoryBars } from "./memory.js";
 import { ModelsView, RUNNING_STATES } from "./models.js";
 import { MonitorView } from "./monitor.js";
 import { RequestsView } from "./requests.js";
@@ -15,6 +16,7 @@ const store = {
   models: new Map(), // name -> GET /models entry
   status: new Map(), // name -> {st: status JSON, at: local unix time it was current}
   cap: null,
+  memory: null, // GET /status's memory: per device budget, reserved, by model
   host: null,
   gateway: null, // GET /gateway answer, or null (none yet, or the service has no gateway)
 };
@@ -50,6 +52,8 @@ const requests = new RequestsView({
   },
 });
 
+const memoryBars = new MemoryBars();
+
 let renderQueued = false;
 
 /** Render both views and the header on the next frame (status bursts render once). */
@@ -62,6 +66,7 @@ function render() {
 function flush() {
   renderQueued = false;
   models.render();
+  memoryBars.render(store.memory);
   monitor.render();
   requests.render();
   renderHeader();
@@ -85,7 +90,24 @@ function applyStatus(st) {
   if (prev && prev.st.since > st.since) return; // an older answer than what we hold
   store.status.set(st.model, { st, at: Date.now() / 1000 });
   if (!store.models.has(st.model)) refreshModels();
+  refreshMemorySoon();
   render();
+}
+
+let memoryTimer = null;
+
+/** A state change moves memory: read /status's memory once the burst has settled. */
+function refreshMemorySoon() {
+  if (memoryTimer) return;
+  memoryTimer = setTimeout(async () => {
+    memoryTimer = null;
+    try {
+      store.memory = (await api.get("/status")).memory || null;
+      render();
+    } catch {
+      // the next change or the list refresh tries again
+    }
+  }, 300);
 }
 
 function notice(text) {
@@ -105,6 +127,7 @@ function refreshModels() {
       const now = Date.now() / 1000;
       store.status = new Map(status.models.map((st) => [st.model, { st, at: now }]));
       store.cap = status.cap;
+      store.memory = status.memory || null;
       if (status.host) {
         store.host = status.host;
         monitor.onHost(status.host);

@@ -4,6 +4,7 @@
 import { api, ApiError, modelPath } from "./api.js";
 import { $, el, setAttr, setText, show } from "./dom.js";
 import * as fmt from "./format.js";
+import { needsText } from "./memory.js";
 
 export const RUNNING_STATES = new Set(["starting", "ready", "stopping", "backoff"]);
 const LOG_LINES = 200;
@@ -87,6 +88,7 @@ export class ModelsView {
       size: fact("size", "Size"),
       ctx: fact("ctx", "Context"),
       slots: fact("slots", "Slots"),
+      memory: fact("memory", "Memory"),
       port: fact("port", "Port"),
       uptime: fact("uptime", "Uptime"),
       restarts: fact("restarts", "Restarts"),
@@ -186,6 +188,7 @@ export class ModelsView {
     const trained = meta.context_length ? ` of ${fmt.count(meta.context_length)}` : "";
     setText(f.ctx.value, model.ctx_size ? `${fmt.count(model.ctx_size)}${trained}` : "default");
     setText(f.slots.value, model.parallel ? String(model.parallel) : "default");
+    setText(f.memory.value, needsText(model.memory));
     setText(f.port.value, st.port ? String(st.port) : fmt.DASH);
     const uptime = typeof st.uptime_seconds === "number" ? st.uptime_seconds + elapsed : null;
     setText(f.uptime.value, state === "ready" ? fmt.duration(uptime) : fmt.DASH);
