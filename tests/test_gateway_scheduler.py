@@ -135,7 +135,27 @@ async def test_busy_models_are_not_evicted_the_request_queues(tmp_path: Path) ->
     lease = await asyncio.wait_for(waiting, 10)
     assert sup.status("b").state is State.STOPPED and sup.status("a").state is State.READY
     assert gw.metrics.queue_wait.count(("c",)) == 1
+    assert lease.queue_wait > 0 and held_a.queue_wait == 0
     for held in (held_a, lease):
+        held.release()
+    await sup.shutdown()
+
+
+async def test_every_admitted_request_observes_its_waits_zero_when_none(tmp_path: Path) -> None:
+    gw, sup, _, _ = setup(tmp_path, "ab")
+    cold = await gw.scheduler.acquire("a")  # loads a: a load wait, no queue
+    warm = await gw.scheduler.acquire("a")  # ready: neither
+    assert cold.queue_wait == 0 and cold.load_wait > 0
+    assert warm.queue_wait == 0 and warm.load_wait == 0
+    m = gw.metrics
+    assert m.queue_wait.count(("a",)) == m.load_wait.count(("a",)) == 2
+    zero = [
+        s.value
+        for s in m.queue_wait.family().samples
+        if s.name.endswith("_bucket") and s.labels["le"] == "0.0"
+    ]
+    assert zero == [2]  # both in the bucket that ends at 0: a quantile of them reads 0
+    for held in (cold, warm):
         held.release()
     await sup.shutdown()
 

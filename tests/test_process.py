@@ -17,6 +17,7 @@ import pytest
 from waiting import async_wait_until
 
 from llama_exporter.config.settings import ModelConfig
+from llama_exporter.supervision.logfile import rotated_log
 from llama_exporter.supervision.orphans import (
     InstanceRecord,
     InstancesFile,
@@ -31,8 +32,8 @@ from llama_exporter.supervision.process import (
     describe_exit,
     hang_watch,
     health_status,
+    log_header,
     port_bindable,
-    rotated_log,
 )
 
 
@@ -42,6 +43,8 @@ def test_build_argv_passes_the_flags_the_service_needs() -> None:
         "/bin/llama-server",
         "-m",
         "/m/g.gguf",
+        "--alias",
+        "g",
         "--host",
         "127.0.0.1",
         "--port",
@@ -254,11 +257,8 @@ async def test_spawn_missing_binary_raises_oserror(tmp_path: Path) -> None:
         await LlamaProcess.spawn(tmp_path / "nope", model, "127.0.0.1", 1, tmp_path / "m.log")
 
 
-def test_log_header_hides_the_api_key(tmp_path: Path) -> None:
-    from llama_exporter.supervision.process import _open_log
-
-    _open_log(tmp_path / "x.log", ["srv", "--api-key", "SECRET", "--port", "1"]).close()
-    text = (tmp_path / "x.log").read_text()
+def test_log_header_hides_the_api_key() -> None:
+    text = log_header(["srv", "--api-key", "SECRET", "--port", "1"]).decode()
     assert "SECRET" not in text and "--api-key *** --port 1" in text
 
 
@@ -274,7 +274,7 @@ async def test_model_env_reaches_the_child(tmp_path: Path, spawned: list[LlamaPr
 
 
 def test_tail_file_reads_many_lines_from_the_end(tmp_path: Path) -> None:
-    from llama_exporter.supervision.process import tail_file
+    from llama_exporter.supervision.logfile import tail_file
 
     log = tmp_path / "m.log"
     log.write_text("".join(f"line {i}\n" for i in range(50_000)))
@@ -306,6 +306,7 @@ async def test_log_is_rotated_by_size_while_the_instance_runs(
     last = ["line 299, long enough to fill a small log quickly"]
     await async_wait_until(lambda: proc.tail(1) == last or proc.returncode is not None)
     assert proc.returncode is None, proc.tail(3)  # rotated while it runs, not at the next start
+    await proc.log_flushed()  # the writer thread has written what was read
     older, current = rotated_log(log_file).read_text(), log_file.read_text()
     line = len("line 299, long enough to fill a small log quickly\n")
     assert len(older) <= 4096 + line and len(current) <= 4096 + line
