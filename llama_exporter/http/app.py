@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import web as page
 from llama_exporter.catalog.gguf_meta import GGUFInfoCache
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
@@ -23,7 +22,9 @@ from llama_exporter.monitoring.derive import ModelSnapshot
 from llama_exporter.monitoring.poller import Poller
 from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceStatus
-from llama_exporter.supervision.supervisor import Spawn, Supervisor
+from llama_exporter.supervision.process import SpawnFn
+from llama_exporter.supervision.supervisor import Supervisor
+from llama_exporter.web import static_routes as page
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ def create_app(
     *,
     host: str | None = None,
     port: int | None = None,
-    spawn: Spawn | None = None,
+    spawn: SpawnFn | None = None,
 ) -> web.Application:
     """The aiohttp application with every component wired; started by cleanup_ctx."""
     listen_host = host or config.host

@@ -30,22 +30,7 @@ from llama_exporter.states import (
     check_transition,
 )
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
-from llama_exporter.supervision.process import Instance, SpawnFn, rotated_log, tail_file
-
-__all__ = [
-    "CapExceeded",
-    "Conflict",
-    "Instance",
-    "InstanceCounters",
-    "ModelSource",
-    "ShuttingDown",
-    "Spawn",
-    "SpawnFn",
-    "Supervisor",
-    "UnknownModel",
-]
-
-Spawn = SpawnFn  # the OS seam: how an instance is started (LlamaProcess.spawn by default)
+from llama_exporter.supervision.process import SpawnFn, rotated_log, tail_file
 
 log = logging.getLogger(__name__)
 
