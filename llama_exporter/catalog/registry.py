@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Unpack
@@ -110,6 +111,18 @@ class ConfigSource:
         return self._registry.names()
 
 
+@dataclass(frozen=True)
+class Sources:
+    """What a (re)load read from disk: GGUF files found in model_dirs, the stored models."""
+
+    found: list[ModelConfig]
+    stored: StoredModels
+
+
+# (models now, models as the new config makes them) -> install them?
+Accept = Callable[[dict[str, ModelConfig], dict[str, ModelConfig]], bool]
+
+
 # --- the registry ---------------------------------------------------------------------------------
 
 
@@ -138,21 +151,37 @@ class Registry:
 
     def load(self) -> None:
         """(Re)build the model list from the config, model_dirs and the state file (blocking)."""
-        self._apply(*self._read_sources())
+        self._apply(self.config, self.read_sources(self.config))
 
     async def aload(self) -> None:
         """load() with the folders and models.json read in a thread (the app's start-up)."""
         async with self._writing:
-            self._apply(*await asyncio.to_thread(self._read_sources))
+            self._apply(self.config, await asyncio.to_thread(self.read_sources, self.config))
 
-    def _read_sources(self) -> tuple[list[ModelConfig], StoredModels]:
-        """The files found in model_dirs and what models.json holds (file I/O only)."""
-        return self._discover(), self.file.read(self.config.defaults)
+    async def areload(self, config: Config, accept: Accept) -> bool:
+        """A config reload: read config's sources in a thread, install them if accept() says so.
 
-    def _apply(self, found: list[ModelConfig], stored: StoredModels) -> None:
-        """Merge what _read_sources found with the config into the model list (no I/O)."""
-        self._rejected = stored.refused
-        merged, warnings = merge_sources(self.config.models, found, stored.allowed)
+        accept(before, after) sees name -> ModelConfig now and as config would make it. No
+        models.json write runs meanwhile, so an API registration is never lost to it.
+        """
+        async with self._writing:
+            sources = await asyncio.to_thread(self.read_sources, config)
+            merged, _ = merge_sources(config.models, sources.found, sources.stored.allowed)
+            before = {m.name: m.config for m in self._models.values()}
+            if not accept(before, {m.name: m for m, _ in merged}):
+                return False
+            self._apply(config, sources)
+            return True
+
+    def read_sources(self, config: Config) -> Sources:
+        """The files found in config's model_dirs and what models.json holds (file I/O only)."""
+        return Sources(self._discover(config), self.file.read(config.defaults))
+
+    def _apply(self, config: Config, sources: Sources) -> None:
+        """Merge what read_sources found with config into the model list (no I/O)."""
+        self.config = config
+        self._rejected = sources.stored.refused
+        merged, warnings = merge_sources(config.models, sources.found, sources.stored.allowed)
         for warning in warnings:
             log.warning("%s", warning)
         previous = self._models
@@ -170,9 +199,10 @@ class Registry:
             ", ".join(f"{m.name} ({m.source})" for m in models.values()) or "none",
         )
 
-    def _discover(self) -> list[ModelConfig]:
+    @staticmethod
+    def _discover(config: Config) -> list[ModelConfig]:
         found: list[ModelConfig] = []
-        for folder in self.config.model_dirs:
+        for folder in config.model_dirs:
             if not folder.is_dir():
                 log.warning("model folder %s does not exist: no models found there", folder)
                 continue
@@ -181,7 +211,7 @@ class Registry:
             except OSError as exc:
                 log.warning("cannot list model folder %s: %s", folder, exc)
                 continue
-            found.extend(discovered_model(f, self.config.defaults) for f in files if f.is_file())
+            found.extend(discovered_model(f, config.defaults) for f in files if f.is_file())
         return found
 
     def get(self, name: str) -> Model:

@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lock = lock_state_dir(config.state_dir)
     sock = listen_socket(host, port)
     try:
-        app = create_app(config, host=host, port=port)
+        app = create_app(config, host=host, port=port, sighup=True, watch_config=args.watch_config)
         logging.getLogger(__name__).info(
             "llama-exporter %s on http://%s:%d (config: %s, cap %d, state %s)",
             __version__,

@@ -158,7 +158,7 @@ class Config:
     state_dir: Path = Path("~/.local/state/llama-exporter")
     targets: TargetsConfig | None = None  # None: <state_dir>/targets
     poll: PollConfig = PollConfig()
-    api_token: str | None = None  # bearer token for every route but /healthz and the page shell
+    api_token: str | None = None  # bearer token for all but /healthz, /readyz, the page shell
     scrape_token: str | None = None  # also accepted on /metrics and the HTTP SD route
     allow_unauthenticated: bool = False  # listen beyond loopback without api_token
     allowed_origins: tuple[str, ...] = ()  # web origins (besides our own) that may call the API

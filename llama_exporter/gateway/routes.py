@@ -76,6 +76,11 @@ class Gateway:
         )
         self._session: aiohttp.ClientSession | None = None
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (gateway.*; per-model settings are read at each use)."""
+        self.config = config
+        self.scheduler.reconfigure(config.gateway)
+
     # -- wiring ------------------------------------------------------------------------
 
     def add_routes(self, app: web.Application) -> None:

@@ -99,6 +99,11 @@ class Scheduler:
         supervisor.subscribe(self._on_status)
         supervisor.set_drain(self.drain)
 
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """A reloaded gateway section; the queue moves at once if the cap was raised."""
+        self.config = self._unloader.config = config
+        self._pump()
+
     # -- reading ---------------------------------------------------------------------
 
     @property
