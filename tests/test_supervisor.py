@@ -711,7 +711,7 @@ async def test_recover_kills_a_recorded_live_process(tmp_path: Path, fake_server
         write_records(state / "instances.json", records)
         sup, _ = real_supervisor(tmp_path, fake_server_bin, 1)
         assert await sup.recover() == [proc.pid]
-        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert proc.wait(timeout=60) == -signal.SIGKILL
         await sup.shutdown()
         assert json.loads((state / "instances.json").read_text()) == {"instances": []}
     finally:
