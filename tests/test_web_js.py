@@ -130,3 +130,28 @@ def test_memory_texts_and_bar_segments(browser: Browser) -> None:
     assert run(browser, "memory.js", f"m.summary('cpu', {device})") == (
         "cpu: 3 GB of 4 GB reserved"
     )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (
+            {"ok": True, "added": ["c"], "removed": ["a", "b"], "restarted": ["d"]},
+            "Config reloaded: added c; removed a, b; restarting d",
+        ),
+        (
+            {"ok": True, "added": [], "changed_live": ["a"], "settings_live": ["max_parallel"]},
+            "Config reloaded: changed a; settings max_parallel",
+        ),
+        ({"ok": True, "added": [], "removed": []}, "Config reloaded: no change"),
+        (
+            {"ok": False, "error": {"message": "c.yaml: listen.port: needs a service restart"}},
+            "Config reload failed, the running config stays: c.yaml: listen.port: needs a "
+            "service restart",
+        ),
+    ],
+)
+def test_reload_text(browser: Browser, outcome: dict[str, Any], expected: str) -> None:
+    import json
+
+    assert run(browser, "format.js", f"m.reloadText({json.dumps(outcome)})") == expected
