@@ -10,7 +10,10 @@ time   reading the header and estimating, cold (first read of a file version) an
        the remembered skips (every later read, restarts included), against
        gguf.GGUFReader on the same file in the same run. Goal: under 5 ms.
 
-Other sections (admission overhead, the storm) join SECTIONS below.
+admission  the admission check per start against the old cap check, and the figure's
+       read before a start (bench/_admission.py).
+storm  the storm test's figures: reserved never above the budget, the instances'
+       memory within the budget + 5 %, evictions counted (bench/_admission.py).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import gguf
+from _admission import section_admission, section_storm
 
 from llama_exporter.catalog.gguf_header import GGUFHeaderCache, read_gguf_header
 from llama_exporter.memory.estimate import REPACK_X86_AVX2, estimate
@@ -135,6 +139,8 @@ def section_time(args: argparse.Namespace) -> bool:
 SECTIONS: dict[str, Callable[[argparse.Namespace], bool]] = {
     "error": section_error,
     "time": section_time,
+    "admission": section_admission,
+    "storm": section_storm,
 }
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import gateway_panels
+import memory_panels
 from metric_catalog import known_metrics, unknown_metrics
 from panels import (
     DATASOURCE_UID as DATASOURCE_UID,  # re-exported: the tests read it here
@@ -225,6 +226,7 @@ def overview() -> Json:
                    [target(f"max {per_model} (llama_exporter_instance_up{h})", HOST_MODEL)],
                    stepped=True, maximum=1, size=(24, 6)),
         *gateway_panels.overview_row(lay, h),
+        *memory_panels.overview_row(lay, h),
     ]  # fmt: skip
     return dashboard(
         OVERVIEW_UID, "llama: overview", panels, [datasource_variable(), host_variable(multi=True)]
@@ -347,6 +349,7 @@ def model_dashboard() -> Json:
                            f"{m}[$__rate_interval]))", "{{endpoint}} {{reason}}")],
                    bars=True, size=(24, 6)),
         *gateway_panels.model_row(lay, m),
+        *memory_panels.model_row(lay, m),
     ]  # fmt: skip
     model_variable: Json = {
         "type": "query",

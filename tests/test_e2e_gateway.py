@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "grafana"))
 import gateway_panels  # noqa: E402
 import generate  # noqa: E402
+import memory_panels  # noqa: E402
 
 pytestmark = [pytest.mark.real, pytest.mark.prometheus]
 
@@ -68,13 +69,15 @@ def gw(
             "targets": {"directory": str(targets_dir)},
             "poll": {"interval": 1.0},
             "gateway": {"when_full": "evict", "max_queue": 1, "queue_timeout": 120},
+            # The memory row's panels need a budget, and a load's report (-lv 4 on FIRST).
+            "memory_budget": {"cpu": "auto"},
             "models": [
                 {
                     "name": name,
                     "path": str(gemma_gguf),
                     "ctx_size": 1024,
                     "parallel": 1,
-                    "args": ["--threads", "2"],
+                    "args": ["--threads", "2", *(["-lv", "4"] if name == FIRST else [])],
                 }
                 for name in (FIRST, SECOND)
             ],
@@ -185,6 +188,7 @@ def test_every_gateway_panel_has_data_in_normal_use(gw: GatewayStack) -> None:
     worker.start()
     try:
         prom.wait_for_data([*gateway_queries(), *gateway_rules(prom)], timeout=240)
+        prom.wait_for_data(row_queries(memory_panels.ROW), timeout=120)
         assert not failures, failures
     finally:
         stop.set()
@@ -221,14 +225,19 @@ def test_requests_queue_evict_and_are_counted(gw: GatewayStack) -> None:
     assert gw.service.status(FIRST)["state"] == "stopped"
 
 
-def gateway_queries() -> list[tuple[str, str, str]]:
-    """(title, expr, unit) of every panel in the dashboards' gateway rows, for FIRST."""
+def row_queries(row: str) -> list[tuple[str, str, str]]:
+    """(title, expr, unit) of every panel in the dashboards' rows titled row, for FIRST."""
     queries: list[tuple[str, str, str]] = []
     for board_file in sorted((ROOT / "grafana" / "dashboards").glob("*.json")):
-        board, _ = generate.split_row(json.loads(board_file.read_text()), gateway_panels.ROW)
+        board, _ = generate.split_row(json.loads(board_file.read_text()), row)
         assert board["panels"], board_file
         queries += generate.panel_queries(board, {"model": FIRST, "datasource": "x"})
     return queries
+
+
+def gateway_queries() -> list[tuple[str, str, str]]:
+    """(title, expr, unit) of every panel in the dashboards' gateway rows, for FIRST."""
+    return row_queries(gateway_panels.ROW)
 
 
 @pytest.mark.timeout(900)  # rounds of load + first tokens; slow while the machine is shared

@@ -239,10 +239,22 @@ def test_gateway_rows() -> None:
     }.items():  # fmt: skip
         panels = load_board(name)["panels"]
         rows = [i for i, p in enumerate(panels) if p["type"] == "row"]
-        assert [panels[i]["title"] for i in rows] == ["Gateway (/v1)"], name
-        after = [p["title"] for p in panels[rows[0] + 1 :]]
+        assert [panels[i]["title"] for i in rows] == ["Gateway (/v1)", "Memory"], name
+        after = [p["title"] for p in panels[rows[0] + 1 : rows[1]]]
         assert after == titles, name
         assert panels[rows[0]]["gridPos"]["x"] == 0 and panels[rows[0]]["gridPos"]["w"] == 24
+
+
+def test_memory_rows() -> None:
+    for name, titles in {
+        "llama-overview.json": [
+            "Memory reserved / budget", "Budget reserved", "Reported / estimated",
+            "Estimated memory", "Reported memory by kind", "Process memory: anonymous / file",
+        ],
+        "llama-model.json": ["Memory figure", "Process memory: anonymous / file"],
+    }.items():  # fmt: skip
+        board, _ = generate.split_row(load_board(name), "Memory")
+        assert [p["title"] for p in board["panels"]] == titles, name
 
 
 def test_every_quantile_skips_windows_without_requests() -> None:
