@@ -2,6 +2,7 @@
 
 import { api, ApiError, LiveSocket } from "./api.js";
 import { $, setAttr, setText, show } from "./dom.js";
+import { reloadText } from "./format.js";
 import { ModelsView, RUNNING_STATES } from "./models.js";
 import { MonitorView } from "./monitor.js";
 import { RequestsView } from "./requests.js";
@@ -162,8 +163,24 @@ async function pollHost() {
   setTimeout(pollHost, HOST_EVERY_MS);
 }
 
+const RELOAD_NOTICE_MS = 20000;
+let reloadTimer = null;
+
+/** A config reload: say what changed (a while) or why it failed (until the next one). */
+function onReload(outcome) {
+  const el = $("reload-notice");
+  setText(el, reloadText(outcome));
+  setAttr(el, "data-ok", String(outcome.ok));
+  show(el, true);
+  clearTimeout(reloadTimer);
+  if (outcome.ok) reloadTimer = setTimeout(() => show(el, false), RELOAD_NOTICE_MS);
+  refreshModels(); // models may have come or gone
+}
+
 function onEvent(msg) {
-  if (msg.type === "llama-status:update") {
+  if (msg.type === "llama-status:update" && msg.data?.reload) {
+    onReload(msg.data.reload);
+  } else if (msg.type === "llama-status:update") {
     applyStatus(msg.data);
   } else if (msg.type === "llama-metrics:update") {
     monitor.onMetrics(msg.model, msg.data);
