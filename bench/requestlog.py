@@ -105,7 +105,7 @@ async def service_part(rounds: int, n: int, ttft_pairs: int, tmp: Path) -> None:
             for i in range(ttft_pairs):
                 for url in order[i % 3 :] + order[: i % 3]:
                     got[url].append(await first(url)())
-            bad = [a.status for a in sum(got.values(), []) if a.status != 200]
+            bad = [a.status for answers in got.values() for a in answers if a.status != 200]
             if bad:
                 raise RuntimeError(f"requests failed: {bad}")
             for name in ("off", "on"):
