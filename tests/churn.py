@@ -184,7 +184,7 @@ def report(watch: LoopWatch, service: Service) -> str:
     lines = [f"{watch.callbacks} callbacks watched"]
     lines.append(f"asyncio's wall-time check fired {len(service.asyncio_warnings.messages)} times")
     excused = watch.excused()
-    lines.append(f"{len(excused)} slow callbacks excused (waiting for a CPU):")
+    lines.append(f"{len(excused)} slow callbacks excused (waiting for a CPU, or the GIL):")
     lines += [f"  {c}" for c in excused[:10]]
     if watch.other_blocking:
         lines.append(f"blocking calls outside the project: {sorted(set(watch.other_blocking))}")

@@ -27,24 +27,13 @@ class Child:
         popen: subprocess.Popen[bytes],
         stdout: asyncio.StreamReader,
         output_closed: asyncio.Future[None],
+        exit: asyncio.Future[int],
     ) -> None:
         self._popen = popen
         self.pid = popen.pid
         self.stdout = stdout
         self._output_closed = output_closed
-        loop = asyncio.get_running_loop()
-        self._exit: asyncio.Future[int] = loop.create_future()
-
-        def reap() -> None:
-            code = popen.wait()
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(self._exited, code)
-
-        threading.Thread(target=reap, name=f"reap {self.pid}", daemon=True).start()
-
-    def _exited(self, code: int) -> None:
-        if not self._exit.done():
-            self._exit.set_result(code)
+        self._exit = exit
 
     @property
     def returncode(self) -> int | None:
@@ -70,9 +59,15 @@ class Child:
         preexec_fn: Callable[[], None] | None = None,
     ) -> Child:
         """Start argv in its own process group, output (stdout + stderr) to a pipe."""
-        starting = asyncio.ensure_future(
-            asyncio.to_thread(
-                subprocess.Popen,
+        loop = asyncio.get_running_loop()
+        exit: asyncio.Future[int] = loop.create_future()
+
+        def exited(code: int) -> None:
+            if not exit.done():
+                exit.set_result(code)
+
+        def start() -> subprocess.Popen[bytes]:
+            popen = subprocess.Popen(
                 list(argv),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
@@ -81,19 +76,27 @@ class Child:
                 process_group=0,
                 preexec_fn=preexec_fn,
             )
-        )
+
+            def reap() -> None:
+                code = popen.wait()
+                if not loop.is_closed():
+                    loop.call_soon_threadsafe(exited, code)
+
+            # Started here: Thread.start waits until the new thread runs, not on the loop.
+            threading.Thread(target=reap, name=f"reap {popen.pid}", daemon=True).start()
+            return popen
+
+        starting = asyncio.ensure_future(asyncio.to_thread(start))
         try:
             popen = await asyncio.shield(starting)
         except asyncio.CancelledError:  # the fork goes on in its thread: leave no child behind
             with contextlib.suppress(OSError):
                 late = await starting
-                late.kill()
-                await asyncio.to_thread(late.wait)
+                late.kill()  # its reaper thread reaps it
                 if late.stdout is not None:
                     late.stdout.close()
             raise
         assert popen.stdout is not None
-        loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
         closed: asyncio.Future[None] = loop.create_future()
         try:
@@ -102,7 +105,7 @@ class Child:
             popen.kill()
             popen.stdout.close()
             raise
-        return cls(popen, reader, closed)
+        return cls(popen, reader, closed, exit)
 
 
 class _Output(asyncio.StreamReaderProtocol):
