@@ -309,7 +309,7 @@ class Supervisor:
         fields.update(api_key=model.api_key, host=reach)
         if retries is not None:
             fields.update(retries=retries, last_error=None, ready_at=None)
-        entry.launched = model
+        entry.launched, entry.stop_asked = model, False
         status = self._set_state(entry, State.STARTING, **fields)
         entry.task = asyncio.create_task(self._lifecycle.run(entry, model, automatic))
         return status
@@ -328,6 +328,7 @@ class Supervisor:
             return self.status(name)
         state = entry.status.state
         if state is State.STOPPING:
+            entry.stop_asked = True  # a reload's restart ends in STOPPED, not STARTING
             return await self.wait_settled(name)
         if state in (State.STOPPED,):
             return entry.status
@@ -362,8 +363,8 @@ class Supervisor:
         if state is State.BACKOFF:
             return self.launch(name, trigger=reason)
         await self._drain_and_stop(entry, name, reason, None)
-        if self._shutting_down or entry.status.state is not State.STOPPING:
-            # shutdown() waits for this stop to settle; a model gone meanwhile stays down
+        if self._shutting_down or entry.stop_asked or entry.status.state is not State.STOPPING:
+            # stop() or shutdown() came meanwhile and waits for this stop to settle
             return self._set_state(entry, State.STOPPED, pid=None, port=None, ready_at=None)
         try:
             model = self._model(name)
