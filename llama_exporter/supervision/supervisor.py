@@ -31,22 +31,7 @@ from llama_exporter.states import (
 )
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
 from llama_exporter.supervision.logfile import rotated_log, tail_file
-from llama_exporter.supervision.process import Instance, SpawnFn
-
-__all__ = [
-    "CapExceeded",
-    "Conflict",
-    "Instance",
-    "InstanceCounters",
-    "ModelSource",
-    "ShuttingDown",
-    "Spawn",
-    "SpawnFn",
-    "Supervisor",
-    "UnknownModel",
-]
-
-Spawn = SpawnFn  # the OS seam: how an instance is started (LlamaProcess.spawn by default)
+from llama_exporter.supervision.process import SpawnFn
 
 log = logging.getLogger(__name__)
 
