@@ -318,4 +318,5 @@ async def test_log_is_rotated_by_size_while_the_instance_runs(
     go.touch()
     assert await proc.wait() == 0
     assert proc.tail(2) == ["line 299, long enough to fill a small log quickly", "last line"]
+    await proc.log_flushed()
     assert log_file.read_text().endswith("last line\n")
