@@ -69,15 +69,14 @@ def gw(
             "targets": {"directory": str(targets_dir)},
             "poll": {"interval": 1.0},
             "gateway": {"when_full": "evict", "max_queue": 1, "queue_timeout": 120},
-            # The memory row's panels need a budget, and a load's report (-lv 4 on FIRST).
-            "memory_budget": {"cpu": "auto"},
+            "memory_budget": {"cpu": "auto"},  # the memory row's panels need a budget
             "models": [
                 {
                     "name": name,
                     "path": str(gemma_gguf),
                     "ctx_size": 1024,
                     "parallel": 1,
-                    "args": ["--threads", "2", *(["-lv", "4"] if name == FIRST else [])],
+                    "args": ["--threads", "2"],
                 }
                 for name in (FIRST, SECOND)
             ],

@@ -1,5 +1,5 @@
-"""The figure a real load reports is learned and used for the next admission (real
-llama-server at -lv 4, the real gemma model, memest's MemoryBook)."""
+"""The figure a real load reports is learned and used for the next admission (the real
+llama-server, which the service starts at -lv 4, the real gemma model, MemoryBook)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,11 @@ async def test_a_ready_load_teaches_its_figure(
         ports=PortRange(first, first + 20),
         ready_timeout=120,
     )
-    model = ModelConfig("gemma", gemma_gguf, ctx_size=2048, parallel=2, args=("-lv", "4"))
+    model = ModelConfig("gemma", gemma_gguf, ctx_size=2048, parallel=2)
     book = MemoryBook(cfg.state_dir)
-    sup = Supervisor(cfg, StaticModels([model]), memory=book, budgets={HOST: 8 * 2**30})
+    sup = Supervisor(
+        cfg, StaticModels([model]), memory=book, budgets={HOST: 8 * 2**30}, learn=book.learn_lines
+    )
     try:
         await sup.start("gemma")
         status = await sup.wait_settled("gemma", timeout=120)

@@ -91,14 +91,16 @@ def create_app(
     registry = Registry(config, gguf_cache=GGUFInfoCache())  # loaded at start-up, off the loop
     histogram = StartDurationHistogram(host=config.host_label)
     gpus = tuple(d for d in config.memory_budget if d != HOST)  # where figures put layers
+    book = MemoryBook(config.state_dir, gpus=gpus)  # one book: admission reads, loads teach
     supervisor = Supervisor(
         config,
         registry.model_source(),
         spawn=spawn,
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
-        # GPUs a figure places layers on: the ones given a budget (cuda0, ...)
-        memory=MemoryBook(config.state_dir, gpus=gpus),
+        memory=book,
+        # every ready load's buffer sizes become the model's learned figure (in a thread)
+        learn=book.learn_lines,
     )
     store = MetricsStore(config.poll.history)
     request_log = (

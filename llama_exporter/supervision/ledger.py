@@ -11,22 +11,19 @@ import asyncio
 import logging
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.memory.admission import Decision, Holder, decide, reserved
 from llama_exporter.memory.budgets import resolve_budgets
 from llama_exporter.memory.figure import MemoryFigure
-from llama_exporter.memory.report import LoadReport, parse_report
+from llama_exporter.memory.report import LoadReport
 from llama_exporter.states import COUNTS_AGAINST_CAP, CapExceeded, InstanceStatus, State
 from llama_exporter.supervision.lifecycle import Entry
-from llama_exporter.supervision.logfile import tail_file
 
 log = logging.getLogger(__name__)
 
 NO_FIGURE = MemoryFigure()
-REPORT_LINES = 4000  # a load at -lv 4 logs ~1,000 lines before "model loaded"
 
 
 class FigureSource(Protocol):
@@ -80,7 +77,6 @@ class Ledger:
         self.estimates: dict[str, MemoryFigure] = {}  # every known model's, for people
         self.reported: dict[str, MemoryFigure] = {}  # learned from a load (source "learned")
         self._usage: UseFn | None = None
-        self._learning: set[asyncio.Task[None]] = set()
 
     @property
     def counts_memory(self) -> bool:
@@ -129,35 +125,6 @@ class Ledger:
             if figure.source == "learned":
                 reported[model.name] = figure
         self.estimates, self.reported = estimates, reported
-
-    def learn_soon(self, model: ModelConfig, log_path: Path) -> None:
-        """A load is ready: read its report from the log and learn it, in a thread.
-
-        llama-server writes the buffer sizes only at -lv 4; without them the report is
-        empty and the figure stays the estimate.
-        """
-        if self.book is None:
-            return
-        task = asyncio.ensure_future(self._learn(model, log_path))
-        self._learning.add(task)
-        task.add_done_callback(self._learning.discard)
-
-    async def _learn(self, model: ModelConfig, log_path: Path) -> None:
-        try:
-            await asyncio.to_thread(self._learn_blocking, model, log_path)
-        except Exception:
-            log.exception("%s: cannot learn the load's memory figure", model.name)
-
-    def _learn_blocking(self, model: ModelConfig, log_path: Path) -> None:
-        assert self.book is not None
-        try:
-            lines = tail_file(log_path, REPORT_LINES)
-        except OSError:
-            return
-        report = parse_report(lines)  # the last process's load in the log
-        if report.buffers:
-            self.book.learn(model, report)
-            self.figures[model.name] = self.book.figure(model)
 
     async def after_oom(self, model: ModelConfig) -> None:
         """A load ran out of memory: the book raises its figure; the next start reads it."""

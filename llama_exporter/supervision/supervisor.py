@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from llama_exporter.config.settings import Config, ModelConfig
@@ -88,8 +88,10 @@ class Supervisor:
         watchdog_interval: float = WATCHDOG_INTERVAL,
         memory: FigureSource | None = None,
         budgets: Mapping[str, int] | None = None,
+        learn: Callable[[ModelConfig, Sequence[str]], None] | None = None,
     ) -> None:
         self.config = config
+        self._learn = learn  # memory.book.MemoryBook.learn_lines: blocking, run in a thread
         self.models = models
         self._clock = clock
         self._entries: dict[str, Entry] = {}
@@ -109,9 +111,15 @@ class Supervisor:
             instance_host=instance_host,
             watchdog_interval=watchdog_interval,
             on_oom=self.ledger.after_oom,
-            on_ready=self.ledger.learn_soon,
+            on_loaded=self._learned if learn is not None else None,
         )
         self._host = instance_host  # readers connect to it (see _launch)
+
+    async def _learned(self, model: ModelConfig, lines: list[str]) -> None:
+        """A load is ready: record what it allocated (file write: in a thread)."""
+        assert self._learn is not None
+        await asyncio.to_thread(self._learn, model, lines)
+        await self.ledger.prepare(model)  # the next admission reads the learned figure
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: the cap, budgets, timeouts and restart policy apply from now."""
