@@ -41,7 +41,8 @@ from start_stop import DEFAULT_MODEL, default_binary
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.gateway.sse import event_text
-from llama_exporter.supervision.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.supervision.command import build_argv
+from llama_exporter.supervision.process import READY_POLL_INTERVAL, health_status
 from llama_exporter.testing.fake_llama import write_executable
 
 GOAL_TTFT_RATIO = 1.05

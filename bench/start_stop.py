@@ -24,7 +24,8 @@ from pathlib import Path
 from _service import HttpService, Timing, free_port
 
 from llama_exporter.config.settings import Config, ModelConfig, PortRange
-from llama_exporter.supervision.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.supervision.command import build_argv
+from llama_exporter.supervision.process import READY_POLL_INTERVAL, health_status
 from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 GOAL_START_RATIO = 1.03  # supervisor start within 3% of bare

@@ -23,6 +23,7 @@ from llama_exporter.monitoring.derive import ModelSnapshot
 from llama_exporter.monitoring.poller import Poller
 from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceStatus
+from llama_exporter.supervision.instance_key import load_or_create_instance_key
 from llama_exporter.supervision.supervisor import Spawn, Supervisor
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,15 @@ def create_app(
     registry = Registry(config, gguf_cache=GGUFInfoCache())
     registry.load()
     histogram = StartDurationHistogram(host=config.host_label)
+    # Read (or made, on the first start) before the loop runs: serve calls this first.
+    key = load_or_create_instance_key(config.state_dir) if config.instance_auth else None
     supervisor = Supervisor(
         config,
         registry.model_source(),
         spawn=spawn,
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
+        instance_key=key,
     )
     store = MetricsStore(config.poll.history)
     gateway = Gateway(config, supervisor)

@@ -29,6 +29,8 @@ from llama_exporter.states import (
     UnknownModel,
     check_transition,
 )
+from llama_exporter.supervision.command import reader_key
+from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
 from llama_exporter.supervision.process import Instance, SpawnFn, rotated_log, tail_file
 
@@ -97,6 +99,7 @@ class Supervisor:
         clock: Callable[[], float] = time.time,
         instance_host: str = "127.0.0.1",
         watchdog_interval: float = WATCHDOG_INTERVAL,
+        instance_key: InstanceKey | None = None,
     ) -> None:
         self.config = config
         self.models = models
@@ -116,6 +119,7 @@ class Supervisor:
             clock=clock,
             instance_host=instance_host,
             watchdog_interval=watchdog_interval,
+            instance_key=instance_key,
         )
         self._host = instance_host  # readers connect to it (see _launch)
 
@@ -296,7 +300,8 @@ class Supervisor:
         fields: dict[str, Any] = {"next_retry_at": None, "pid": None, "port": None}
         # Readers connect over loopback when instances listen on every interface.
         reach = "127.0.0.1" if self._host in ("0.0.0.0", "::", "") else self._host
-        fields.update(api_key=model.api_key, host=reach)
+        # Readers send the model's own api_key if it has one, else the service's key.
+        fields.update(api_key=reader_key(model, self._lifecycle.instance_key), host=reach)
         if retries is not None:
             fields.update(retries=retries, last_error=None)
         status = self._set_state(entry, State.STARTING, **fields)
