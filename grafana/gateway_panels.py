@@ -107,8 +107,8 @@ def model_row(lay: Layout, m: str) -> list[Json]:
                            "p95 {{endpoint}}")]),
         timeseries(lay, "Queue wait / load wait", "95th percentile of the time requests "
                    "waited for a place under the cap (queue) and for the model to load "
-                   "(load), over $__rate_interval; only requests that waited count, and a "
-                   "gap means none did.", "s",
+                   "(load), over $__rate_interval. Every request counts, 0 when it did not wait "
+                   "(so 0 here is normal use); a gap means no requests.", "s",
                    [target(quantile(0.95, f"{GATEWAY}queue_wait_seconds", m, ""),
                            "queue wait p95"),
                     target(quantile(0.95, f"{GATEWAY}load_wait_seconds", m, ""),

@@ -25,7 +25,9 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.STOPPED: frozenset({State.STARTING}),
     State.STARTING: frozenset({State.READY, State.STOPPING, State.BACKOFF, State.FAILED}),
     State.READY: frozenset({State.STOPPING, State.BACKOFF, State.FAILED}),
-    State.STOPPING: frozenset({State.STOPPED, State.FAILED}),
+    # STOPPING -> STARTING: a reload's restart keeps the model's place under the cap, and
+    # requests waiting for it wait on through to the new instance.
+    State.STOPPING: frozenset({State.STOPPED, State.FAILED, State.STARTING}),
     State.BACKOFF: frozenset({State.STARTING, State.STOPPED, State.FAILED}),
     State.FAILED: frozenset({State.STARTING, State.STOPPED}),
 }
@@ -120,5 +122,5 @@ def backoff_delay(retries: int, initial: float, maximum: float) -> float:
 
 
 # Why an instance started (model_loads_total{trigger}) and stopped (model_unloads_total{reason}).
-LOAD_TRIGGERS = ("request", "api", "autostart", "restart")
-UNLOAD_REASONS = ("evicted", "idle", "api", "shutdown")
+LOAD_TRIGGERS = ("request", "api", "autostart", "restart", "reload")
+UNLOAD_REASONS = ("evicted", "idle", "api", "shutdown", "reload")

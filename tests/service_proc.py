@@ -108,7 +108,12 @@ class ServiceProcess:
 
 
 def start_service(
-    tmp: Path, config: dict[str, Any], *, port: int | None = None, timeout: float = 30.0
+    tmp: Path,
+    config: dict[str, Any],
+    *,
+    port: int | None = None,
+    timeout: float = 30.0,
+    args: tuple[str, ...] = (),
 ) -> ServiceProcess:
     """Write the config, start `python -m llama_exporter serve`, wait for /healthz."""
     port = port or free_port()
@@ -121,7 +126,7 @@ def start_service(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log_file.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "llama_exporter", "serve", "--config", str(config_file)],
+            [sys.executable, "-m", "llama_exporter", "serve", "--config", str(config_file), *args],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -23,6 +23,7 @@ BOTH = Tokens("api", "scrape")
     [
         ("GET", "/healthz", None),
         ("HEAD", "/healthz", None),
+        ("GET", "/readyz", None),
         ("GET", "/", None),
         ("GET", "/ui/app.js", None),
         ("POST", "/", ("api",)),

@@ -158,8 +158,54 @@ def while_streaming(gw: GatewayStack, first: str, second: str, *, reject: bool) 
         queued.result(timeout=280)  # after the stream closed: a load on a busy machine
 
 
+def gateway_rules(prom: PromHandle) -> list[tuple[str, str, str]]:
+    """(name, name, unit) of every gateway recording rule Prometheus has loaded."""
+    return [
+        (rule["name"], rule["name"], "percentunit" if ":ratio" in rule["name"] else "s")
+        for group in prom.rules()
+        if group["name"] == "llama-gateway"
+        for rule in group["rules"]
+        if rule.get("type") == "recording"
+    ]
+
+
+@pytest.mark.timeout(600)
+def test_every_gateway_panel_has_data_in_normal_use(gw: GatewayStack) -> None:
+    """Requests one after another to a loaded model, nothing queued: no panel says "No data"
+    (the queue-wait panel did, when only requests that queued were observed)."""
+    prom = gw.prom
+    prom.wait_for(lambda: prom.query('up{job="llama-exporter"} == 1'), timeout=30, what="service")
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def traffic() -> None:
+        try:
+            while not stop.is_set():
+                ask(gw.client, FIRST)
+                stream_short(gw.client, FIRST)
+        except BaseException as err:  # reported by the test thread
+            failures.append(err)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        prom.wait_for_data([*gateway_queries(), *gateway_rules(prom)], timeout=240)
+        assert not failures, failures
+    finally:
+        stop.set()
+        worker.join()
+    assert not failures, failures
+    m = gw.service
+    queued = metric(m, "llama_exporter_gateway_queue_wait_seconds_count", model=FIRST)
+    assert queued >= 2  # every admitted request, though none queued:
+    assert metric(m, "llama_exporter_gateway_queue_wait_seconds_sum", model=FIRST) == 0
+    assert metric(m, "llama_exporter_gateway_queue_wait_seconds_bucket", model=FIRST, le="0.0") == (
+        queued
+    )
+
+
 def test_requests_queue_evict_and_are_counted(gw: GatewayStack) -> None:
-    # Cold: the first request loads the model; then a streamed one on the loaded model.
+    # FIRST is loaded (the test before); a request, then a streamed one on it.
     ask(gw.client, FIRST)
     stream_short(gw.client, FIRST)
     while_streaming(gw, FIRST, SECOND, reject=True)
@@ -211,13 +257,7 @@ def test_every_gateway_panel_and_rule_has_data(gw: GatewayStack) -> None:
     worker = threading.Thread(target=churn)
     worker.start()
     try:
-        rules = [
-            (rule["name"], rule["name"], "percentunit" if ":ratio" in rule["name"] else "s")
-            for group in prom.rules()
-            if group["name"] == "llama-gateway"
-            for rule in group["rules"]
-            if rule.get("type") == "recording"
-        ]
+        rules = gateway_rules(prom)
         assert len(rules) >= 10
         prom.wait_for_data([*gateway_queries(), *rules], timeout=180)
         assert not failures, failures

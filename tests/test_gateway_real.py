@@ -273,6 +273,9 @@ def test_client_disconnect_mid_stream_frees_the_slot(gw: Gw) -> None:
 
 def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     # g0 and g2 are loaded; keep both busy with long generations.
+    waits = "llama_exporter_gateway_queue_wait_seconds"
+    # Every admitted request is observed (0 when it did not queue): count what changes.
+    count_before, sum_before = gw.metric(waits + "_count", model="g1"), gw.metric(waits + "_sum")
     busy = {m: gw.hold(m) for m in ("g0", "g2")}
     with ThreadPoolExecutor(5) as pool:
         queued = [pool.submit(gw.chat, "g1", 2) for _ in range(4)]
@@ -286,7 +289,8 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
         answers = [f.result(timeout=120) for f in queued]
     assert all(a.choices for a in answers)
     assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
-    assert gw.metric("llama_exporter_gateway_queue_wait_seconds_count", model="g1") == 4
+    assert gw.metric(waits + "_count", model="g1") == count_before + 4
+    assert gw.metric(waits + "_sum") > sum_before
     # Now g1 and g2 both busy: a request for g0 waits 10 s in the queue, then 503.
     # g2's generation began before the steps above: a fast machine may be near its end,
     # so hold g2 afresh, and both generations outlast the queue timeout.
@@ -411,3 +415,44 @@ def test_legacy_completions_streamed_and_not(gw_pinned: Gw) -> None:
     )
     ttfts = g.metric("llama_exporter_gateway_time_to_first_token_seconds_count", model="g0")
     assert ttfts == 1  # the streamed one (the chats to g0 earlier were not streamed)
+
+
+def test_embeddings_on_a_chat_model_answer_400_without_a_load(gw_pinned: Gw) -> None:
+    g = gw_pinned
+    g.chat("g1", max_tokens=1)  # g0 (pinned) and g1 loaded: the cap of 2 is full
+    assert g.service.status("g2")["state"] == "stopped"  # unloaded for idleness earlier
+    loads = g.metric("llama_exporter_model_loads_total", model="g2")
+    g.sent += 1
+    with pytest.raises(openai.BadRequestError) as refused:
+        g.client.embeddings.create(model="g2", input="a lighthouse")
+    assert refused.value.code == "embeddings_not_enabled"
+    assert "--embeddings" in refused.value.message and "--pooling mean" in refused.value.message
+    assert g.service.status("g2")["state"] == "stopped"  # not loaded
+    assert g.service.status("g1")["state"] == "ready"  # nothing evicted for it
+    assert g.metric("llama_exporter_model_loads_total", model="g2") == loads
+
+
+def test_answers_name_the_model_asked_for(gw_pinned: Gw) -> None:
+    """llama-server started with --alias NAME: every answer's `model` is NAME, not the path."""
+    g = gw_pinned
+    g.sent += 6  # besides chat(): a stream, two completions, an embedding, two /upstream reads
+    assert g.chat("g0", max_tokens=2).model == "g0"
+    chunks = list(
+        g.client.chat.completions.create(
+            model="g0",
+            messages=[{"role": "user", "content": PROMPT}],
+            max_tokens=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert len(chunks) >= 3 and {c.model for c in chunks} == {"g0"}
+    assert g.client.completions.create(model="g0", prompt="The sea", max_tokens=2).model == "g0"
+    parts = list(g.client.completions.create(model="g0", prompt="Sea", max_tokens=2, stream=True))
+    assert parts and {c.model for c in parts} == {"g0"}
+    assert g.client.embeddings.create(model="g1", input="a lighthouse").model == "g1"
+    # llama-server's own views, through /upstream (not counted as gateway requests above).
+    _, props = http_json("GET", g.service.url + "/upstream/g0/props")
+    assert props["model_alias"] == "g0" and props["model_path"].endswith("g0.gguf")
+    _, listed = http_json("GET", g.service.url + "/upstream/g0/v1/models")
+    assert [m["id"] for m in listed["data"]] == ["g0"]

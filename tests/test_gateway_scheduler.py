@@ -7,12 +7,12 @@ clock the test moves, so LRU order and TTLs do not depend on the machine's speed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from test_supervisor import FakeSpawner, config, until
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import GatewayConfig, ModelConfig, RestartPolicy
 from llama_exporter.gateway.routes import Gateway
@@ -77,20 +77,11 @@ def unloads(sup: Supervisor, model: str) -> dict[str, int]:
     return sup.lifecycle_counts(model)[1]
 
 
-async def wait_for(pred: Callable[[], bool], limit: float = 10) -> None:
-    """Yield to the loop until pred() holds (each step lets queued callbacks run)."""
-    async with asyncio.timeout(limit):
-        while True:
-            if pred():
-                return
-            await asyncio.sleep(0.005)
-
-
 async def test_twenty_requests_for_a_cold_model_share_one_load(tmp_path: Path) -> None:
     spawner = FakeSpawner(ready=False)
     gw, sup, _, _ = setup(tmp_path, spawner=spawner)
     tasks = [asyncio.create_task(gw.scheduler.acquire("a")) for _ in range(20)]
-    await wait_for(lambda: len(spawner.instances) == 1 and sup.status("a").pid is not None)
+    await async_wait_until(lambda: len(spawner.instances) == 1 and sup.status("a").pid is not None)
     spawner.instances[0].ready.set()
     leases = await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert len(spawner.by_model["a"]) == 1
@@ -136,7 +127,7 @@ async def test_busy_models_are_not_evicted_the_request_queues(tmp_path: Path) ->
     held_a = await gw.scheduler.acquire("a")
     held_b = await gw.scheduler.acquire("b")
     waiting = asyncio.create_task(gw.scheduler.acquire("c"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     assert sup.status("a").state is sup.status("b").state is State.READY
     assert gw.summary()["models"]["c"]["queued"] == 1
     clock.now += 5
@@ -144,7 +135,27 @@ async def test_busy_models_are_not_evicted_the_request_queues(tmp_path: Path) ->
     lease = await asyncio.wait_for(waiting, 10)
     assert sup.status("b").state is State.STOPPED and sup.status("a").state is State.READY
     assert gw.metrics.queue_wait.count(("c",)) == 1
+    assert lease.queue_wait > 0 and held_a.queue_wait == 0
     for held in (held_a, lease):
+        held.release()
+    await sup.shutdown()
+
+
+async def test_every_admitted_request_observes_its_waits_zero_when_none(tmp_path: Path) -> None:
+    gw, sup, _, _ = setup(tmp_path, "ab")
+    cold = await gw.scheduler.acquire("a")  # loads a: a load wait, no queue
+    warm = await gw.scheduler.acquire("a")  # ready: neither
+    assert cold.queue_wait == 0 and cold.load_wait > 0
+    assert warm.queue_wait == 0 and warm.load_wait == 0
+    m = gw.metrics
+    assert m.queue_wait.count(("a",)) == m.load_wait.count(("a",)) == 2
+    zero = [
+        s.value
+        for s in m.queue_wait.family().samples
+        if s.name.endswith("_bucket") and s.labels["le"] == "0.0"
+    ]
+    assert zero == [2]  # both in the bucket that ends at 0: a quantile of them reads 0
+    for held in (cold, warm):
         held.release()
     await sup.shutdown()
 
@@ -157,7 +168,7 @@ async def test_queue_serves_waiters_for_one_model_together(tmp_path: Path) -> No
     tasks = []
     for i, name in enumerate(order, 1):
         tasks.append(asyncio.create_task(gw.scheduler.acquire(name)))
-        await wait_for(lambda i=i: gw.scheduler.queue_length == i)  # type: ignore[misc]
+        await async_wait_until(lambda i=i: gw.scheduler.queue_length == i)  # type: ignore[misc]
     held.release()
     a_leases = await asyncio.wait_for(asyncio.gather(tasks[0], tasks[1], tasks[3]), 10)
     assert len(spawner.by_model["A"]) == 1
@@ -173,7 +184,7 @@ async def test_queue_full_answers_429_with_retry_after(tmp_path: Path) -> None:
     gw, sup, _, _ = setup(tmp_path, "abcd", max_queue=1)
     held = [await gw.scheduler.acquire("a"), await gw.scheduler.acquire("b")]
     waiting = asyncio.create_task(gw.scheduler.acquire("c"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     with pytest.raises(GatewayError) as info:
         await gw.scheduler.acquire("d")
     assert info.value.status == 429 and "Retry-After" in info.value.headers
@@ -203,7 +214,7 @@ async def test_a_queued_client_that_leaves_is_removed_and_counted(tmp_path: Path
     gw, sup, spawner, _ = setup(tmp_path, "abc")
     held = [await gw.scheduler.acquire("a"), await gw.scheduler.acquire("b")]
     waiting = asyncio.create_task(gw.scheduler.acquire("c"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -211,7 +222,9 @@ async def test_a_queued_client_that_leaves_is_removed_and_counted(tmp_path: Path
     assert gw.metrics.rejected.values[("c", "cancelled")] == 1
     for lease in held:
         lease.release()
-    await asyncio.sleep(0.05)
+    # The releases pumped the queue, and a load begins in the same step as its decision
+    # (STARTING with no await before it): had anything wanted c, it would be loading now.
+    assert sup.status("c").state is State.STOPPED and loads(sup, "c") == {}
     assert "c" not in spawner.by_model  # nobody waits for c: it was not loaded
     await sup.shutdown()
 
@@ -232,11 +245,13 @@ async def test_when_full_queue_waits_instead_of_evicting(tmp_path: Path) -> None
     await use(gw, clock, "a")
     await use(gw, clock, "b")
     waiting = asyncio.create_task(gw.scheduler.acquire("c"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
-    await asyncio.sleep(0.05)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
+    # Joining the queue ran its pump, where an eviction would have been decided.
     assert sup.status("a").state is sup.status("b").state is State.READY
     await sup.stop("a")  # room made by someone else: the waiter goes
     (await asyncio.wait_for(waiting, 10)).release()
+    # Any eviction task would have run long before the stop and the load above ended.
+    assert unloads(sup, "a") == {"api": 1} and unloads(sup, "b") == {}
     await sup.shutdown()
 
 
@@ -244,12 +259,12 @@ async def test_a_load_nobody_waits_for_gives_way_to_the_queue(tmp_path: Path) ->
     spawner = FakeSpawner(ready=False)
     gw, sup, _, _ = setup(tmp_path, "ab", cap=1, spawner=spawner)
     first = asyncio.create_task(gw.scheduler.acquire("a"))
-    await wait_for(lambda: sup.status("a").state is State.STARTING)
+    await async_wait_until(lambda: sup.status("a").state is State.STARTING)
     second = asyncio.create_task(gw.scheduler.acquire("b"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     assert sup.status("a").state is State.STARTING  # a is still wanted
     first.cancel()  # a's only client leaves: its load is cancelled and b goes
-    await wait_for(lambda: "b" in spawner.by_model)
+    await async_wait_until(lambda: "b" in spawner.by_model)
     assert unloads(sup, "a") == {"evicted": 1}
     spawner.by_model["b"][0].ready.set()
     (await asyncio.wait_for(second, 10)).release()
@@ -282,10 +297,22 @@ async def test_idle_ttl_unloads_only_unused_unpinned_idle_models(tmp_path: Path)
 
 async def test_explicit_stop_waits_for_requests_in_flight(tmp_path: Path) -> None:
     gw, sup, _, _ = setup(tmp_path, "ab")
+    drain_began, drain_ended = asyncio.Event(), asyncio.Event()
+
+    async def watched_drain(model: str, seconds: float, reason: str) -> None:
+        drain_began.set()
+        try:
+            await gw.scheduler.drain(model, seconds, reason)
+        finally:
+            drain_ended.set()
+
+    sup.set_drain(watched_drain)
     lease: Lease = await gw.scheduler.acquire("a")
     stopping = asyncio.create_task(sup.stop("a"))
-    await until(sup, "a", lambda s: s.state is State.STOPPING)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(drain_began.wait(), 10)
+    # The drain checks the requests in flight in the step it began: had it not waited for
+    # the one held here, it would have ended in that step.
+    assert not drain_ended.is_set() and not stopping.done()
     assert sup.status("a").state is State.STOPPING  # still draining
     lease.release()
     assert (await asyncio.wait_for(stopping, 5)).state is State.STOPPED
@@ -305,12 +332,15 @@ async def test_stop_drain_runs_out_and_counts_the_requests_cut_off(tmp_path: Pat
 
 
 async def test_requests_wait_for_a_stopping_model_then_load_it_again(tmp_path: Path) -> None:
-    gw, sup, spawner, _ = setup(tmp_path, "ab")
+    gw, sup, spawner, clock = setup(tmp_path, "ab")
     held = await gw.scheduler.acquire("a")
     stopping = asyncio.create_task(sup.stop("a"))
     await until(sup, "a", lambda s: s.state is State.STOPPING)
+    clock.now += 1
     again = asyncio.create_task(gw.scheduler.acquire("a"))
-    await asyncio.sleep(0.02)
+    # acquire() records the use first, then decides in the same step: once the use is
+    # seen, the request has met the stopping model, and it must be waiting.
+    await async_wait_until(lambda: gw.scheduler.last_used.get("a") == clock.now)
     assert not again.done()
     held.release()
     await stopping
@@ -323,7 +353,7 @@ async def test_load_failure_answers_503_with_the_reason(tmp_path: Path) -> None:
     spawner = FakeSpawner(ready=False)
     gw, sup, _, _ = setup(tmp_path, "ab", spawner=spawner)
     task = asyncio.create_task(gw.scheduler.acquire("a"))
-    await wait_for(lambda: "a" in spawner.by_model)
+    await async_wait_until(lambda: "a" in spawner.by_model)
     spawner.by_model["a"][0].finish(3)
     with pytest.raises(GatewayError) as info:
         await asyncio.wait_for(task, 5)
@@ -382,13 +412,13 @@ async def test_a_request_for_a_model_picked_for_eviction_is_not_given_it(
     gw, sup, _, clock = setup(tmp_path, "ab", cap=1, stop_drain=1)
     held = await gw.scheduler.acquire("a")
     waiting_b = asyncio.create_task(gw.scheduler.acquire("b"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     waiting_b.add_done_callback(lambda t: t.result().release())  # b's request ends at once
     clock.now += 1
     held.release()  # a is free: the pump picks it to make room for b
     async with asyncio.timeout(10):
         lease = await gw.scheduler.acquire("a")  # inline: before a's stop began
-    await wait_for(waiting_b.done)
+    await async_wait_until(waiting_b.done)
     assert sup.status("a").state is State.READY and lease.status.pid == sup.status("a").pid
     assert gw.metrics.cut_off.values == {}
     assert unloads(sup, "a") == {"evicted": 1} and loads(sup, "a") == {"request": 2}
@@ -401,7 +431,7 @@ async def test_shutdown_answers_queued_requests_at_once(tmp_path: Path) -> None:
     gw, sup, _, _ = setup(tmp_path, "abc", stop_drain=0.05)
     held = [await gw.scheduler.acquire("a"), await gw.scheduler.acquire("b")]
     waiting = asyncio.create_task(gw.scheduler.acquire("c"))
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     await sup.shutdown()
     with pytest.raises(ShuttingDown):
         await asyncio.wait_for(waiting, 5)
@@ -427,7 +457,7 @@ async def test_a_request_restarting_a_crashed_model_is_not_evicted_for_the_queue
     spawner.by_model["x"][0].finish(1)
     await until(sup, "x", lambda s: s.state is State.BACKOFF)
     waiting_b = asyncio.create_task(gw.scheduler.acquire("b"))  # a busy, x in BACKOFF
-    await wait_for(lambda: gw.scheduler.queue_length == 1)
+    await async_wait_until(lambda: gw.scheduler.queue_length == 1)
     lease = await asyncio.wait_for(gw.scheduler.acquire("x"), 10)
     assert sup.status("x").state is State.READY and unloads(sup, "x") == {}
     assert loads(sup, "x") == {"request": 2} and not waiting_b.done()

@@ -13,6 +13,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import Config, PollConfig
 from llama_exporter.monitoring.derive import ModelDeriver, ModelSnapshot
@@ -46,15 +47,6 @@ def config(
         interval=interval, timeout=timeout, history=history, idle_interval=idle_interval
     )
     return Config(source=None, poll=poll)
-
-
-async def wait_for(predicate: Callable[[], bool], limit: float = 10.0) -> None:
-    """Wait until predicate() holds (fails the test after limit seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -161,7 +153,7 @@ async def test_busy_slots_and_exact_tokens(
     poller.on_status(ready("m", server.port))
     try:
         running = [asyncio.create_task(complete(session, server, 150)) for _ in range(2)]
-        await wait_for(lambda: (s := store.latest("m")) is not None and s.slots_busy == 2)
+        await async_wait_until(lambda: (s := store.latest("m")) is not None and s.slots_busy == 2)
         live = store.latest("m")
         assert live is not None and live.slots_total == 2
         assert live.context_size_tokens == 4096
@@ -169,9 +161,9 @@ async def test_busy_slots_and_exact_tokens(
         # short requests, most of them shorter than the poll interval
         answers += [await complete(session, server, n) for n in (1, 2, 3)]
         expected = sum(a["timings"]["predicted_n"] for a in answers)
-        await wait_for(lambda: store.token_totals()["m"][0] == expected)
+        await async_wait_until(lambda: store.token_totals()["m"][0] == expected)
         polls = len(seen)
-        await wait_for(lambda: len(seen) >= polls + 3)  # three more polls...
+        await async_wait_until(lambda: len(seen) >= polls + 3)  # three more polls...
         assert store.token_totals()["m"][0] == expected  # ...and it stays there
         latest = store.latest("m")
         assert latest is not None and latest.slots_busy == 0
@@ -186,7 +178,7 @@ async def test_busy_slots_and_exact_tokens(
         assert both and elapsed > 0
         assert 0.7 < decoded / elapsed / 2 / 100.0 < 1.3, (decoded, elapsed)
         assert store.last_poll("m") is not None
-        await wait_for(lambda: store.host is not None)
+        await async_wait_until(lambda: store.host is not None)
     finally:
         await poller.close()
 
@@ -200,9 +192,11 @@ async def test_short_request_between_slow_polls_is_counted(
     poller = Poller(config(interval=0.5), store)
     poller.on_status(ready("m", server.port))
     try:
-        await wait_for(lambda: store.latest("m") is not None)
+        await async_wait_until(lambda: store.latest("m") is not None)
         answer = await complete(session, server, 5)  # 10 ms: between two polls
-        await wait_for(lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"])
+        await async_wait_until(
+            lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"]
+        )
     finally:
         await poller.close()
 
@@ -217,7 +211,7 @@ async def test_stop_drops_live_values_and_keeps_total(
     poller.on_status(status)
     try:
         await complete(session, server, 7)
-        await wait_for(lambda: store.token_totals().get("m", (0.0, 0.0))[0] == 7)
+        await async_wait_until(lambda: store.token_totals().get("m", (0.0, 0.0))[0] == 7)
         task = poller._watches["m"].task
         poller.on_status(InstanceStatus("m", State.STOPPING, since=1.0, pid=status.pid))
         assert poller.polling() == []
@@ -229,7 +223,7 @@ async def test_stop_drops_live_values_and_keeps_total(
         server2 = await aiohttp_server(create_app(FakeOptions(metrics=True)))
         poller.on_status(ready("m", server2.port))
         await complete(session, server2, 3)
-        await wait_for(lambda: store.token_totals()["m"][0] == 10)
+        await async_wait_until(lambda: store.token_totals()["m"][0] == 10)
     finally:
         await poller.close()
 
@@ -240,7 +234,7 @@ async def test_api_key_is_sent(aiohttp_server: MakeServer, session: aiohttp.Clie
     poller = Poller(config(), store)
     poller.on_status(ready("m", server.port, api_key="k"))
     try:
-        await wait_for(lambda: store.latest("m") is not None)
+        await async_wait_until(lambda: store.latest("m") is not None)
         assert store.poll_errors() == {}
     finally:
         await poller.close()
@@ -276,13 +270,13 @@ async def test_errors_are_counted_by_reason(
         def counted(model: str, endpoint: str, reason: str) -> bool:
             return store.poll_errors().get((model, endpoint, reason), 0) >= 2
 
-        await wait_for(lambda: counted("broken", "metrics", "http_500"))
-        await wait_for(lambda: counted("broken", "slots", "http_500"))
-        await wait_for(lambda: counted("broken", "props", "http_500"))
-        await wait_for(lambda: counted("slow", "metrics", "timeout"))
-        await wait_for(lambda: counted("dead", "metrics", "connect"))
-        await wait_for(lambda: counted("garbage", "metrics", "parse"))
-        await wait_for(lambda: counted("garbage", "slots", "parse"))
+        await async_wait_until(lambda: counted("broken", "metrics", "http_500"))
+        await async_wait_until(lambda: counted("broken", "slots", "http_500"))
+        await async_wait_until(lambda: counted("broken", "props", "http_500"))
+        await async_wait_until(lambda: counted("slow", "metrics", "timeout"))
+        await async_wait_until(lambda: counted("dead", "metrics", "connect"))
+        await async_wait_until(lambda: counted("garbage", "metrics", "parse"))
+        await async_wait_until(lambda: counted("garbage", "slots", "parse"))
         assert store.latest("broken") is None
     finally:
         await poller.close()
@@ -291,18 +285,32 @@ async def test_errors_are_counted_by_reason(
 async def test_dead_instance_does_not_delay_others(
     aiohttp_server: MakeServer, session: aiohttp.ClientSession
 ) -> None:
-    hung = await aiohttp_server(failing_app(200, delay=30.0))
+    asked: list[str] = []
+    never = asyncio.Event()  # the hung instance answers nothing while the test runs
+
+    async def hang(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        await never.wait()
+        return web.json_response({})
+
+    app = web.Application()
+    for path in ("/metrics", "/slots", "/props"):
+        app.router.add_get(path, hang)
+    hung = await aiohttp_server(app)
     healthy = await aiohttp_server(create_app(FakeOptions(metrics=True)))
     store = MetricsStore()
     polls: list[str] = []
     store.subscribe(lambda s: polls.append(s.model))
-    poller = Poller(config(interval=0.05, timeout=5.0), store)
+    # The poll timeout outlasts the test's own limit: the hung read never ends in it.
+    poller = Poller(config(interval=0.05, timeout=600.0), store)
     poller.on_status(ready("hung", hung.port))
     poller.on_status(ready("healthy", healthy.port))
     try:
-        # the hung instance's first read has not even timed out yet
-        await wait_for(lambda: polls.count("healthy") >= 5, limit=4.0)
-        assert store.poll_errors() == {}
+        await async_wait_until(lambda: asked, "the hung instance to be asked")
+        before = polls.count("healthy")
+        # Five polls of the healthy one while the hung one's first read is unanswered.
+        await async_wait_until(lambda: polls.count("healthy") >= before + 5)
+        assert "hung" not in polls and store.poll_errors() == {}
     finally:
         await poller.close()
 
@@ -322,7 +330,7 @@ async def test_history_is_capped(
     poller = Poller(config(interval=0.05, history=3), store)
     poller.on_status(ready("m", server.port))
     try:
-        await wait_for(lambda: count >= 5)
+        await async_wait_until(lambda: count >= 5)
         assert len(store.history("m")) == 3
     finally:
         await poller.close()
@@ -333,7 +341,7 @@ async def test_own_session_and_close_are_clean(aiohttp_server: MakeServer) -> No
     store = MetricsStore()
     poller = Poller(config(), store)
     poller.on_status(ready("m", server.port))
-    await wait_for(lambda: store.latest("m") is not None)
+    await async_wait_until(lambda: store.latest("m") is not None)
     await poller.close()
     assert store.latest("m") is None
     poller.on_status(ready("m", server.port))  # ignored after close
@@ -360,14 +368,16 @@ async def test_idle_instance_skips_slots_but_sees_work_at_once(
     poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
     try:
-        await wait_for(lambda: hits.get("/metrics", 0) >= 10)
+        await async_wait_until(lambda: hits.get("/metrics", 0) >= 10)
         # idle: /slots was read once, then /metrics said nothing is processing
         assert hits.get("/slots", 0) <= 2
         idle = store.latest("m")
         assert idle is not None and idle.slots_total == 2 and idle.context_size_tokens > 0
         answer = await complete(session, server, 40)
         assert any(snap.slots_busy == 1 for snap in seen)  # /slots read again while busy
-        await wait_for(lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"])
+        await async_wait_until(
+            lambda: store.token_totals()["m"][0] == answer["timings"]["predicted_n"]
+        )
     finally:
         await poller.close()
 
@@ -387,13 +397,13 @@ async def test_unexpected_error_in_a_tick_is_counted_and_polling_goes_on(
         raise RuntimeError("boom")
 
     try:
-        await wait_for(lambda: store.latest("m") is not None)
+        await async_wait_until(lambda: store.latest("m") is not None)
         monkeypatch.setattr(ModelDeriver, "update", broken)
-        await wait_for(lambda: store.poll_errors().get(("m", "poll", "internal"), 0) >= 2, 3.0)
+        await async_wait_until(lambda: store.poll_errors().get(("m", "poll", "internal"), 0) >= 2)
         assert store.latest("m") is None  # no frozen live values
         assert poller.polling() == ["m"]
         monkeypatch.undo()
-        await wait_for(lambda: store.latest("m") is not None, 3.0)  # the same task carries on
+        await async_wait_until(lambda: store.latest("m") is not None)  # the same task carries on
     finally:
         await poller.close()
     assert "m" in caplog.text and "boom" in caplog.text
@@ -423,7 +433,7 @@ async def test_non_finite_metrics_do_not_stop_polling(
     poller = Poller(config(interval=0.05), store)
     poller.on_status(ready("m", server.port))
     try:
-        await wait_for(lambda: len(seen) >= 3, 3.0)
+        await async_wait_until(lambda: len(seen) >= 3)
         assert all(s.requests_waiting == 0 for s in seen)
         assert store.poll_errors() == {}
     finally:
@@ -449,7 +459,7 @@ async def test_host_loop_survives_a_failing_sample(
     monkeypatch.setattr(poller, "sample_host", flaky)
     poller.start()
     try:
-        await wait_for(lambda: store.host is not None)  # the loop went on after the errors
+        await async_wait_until(lambda: store.host is not None)  # the loop went on after the errors
         assert store.host_errors == 3
         assert store.asyncio_tasks is not None and store.asyncio_tasks >= 1
         errors = [r for r in caplog.records if "host sample failed" in r.getMessage()]
@@ -477,7 +487,7 @@ async def test_polls_reuse_one_connection_per_instance(aiohttp_server: MakeServe
     poller = Poller(config(interval=0.02), store)
     poller.on_status(ready("m", server.port))
     try:
-        await wait_for(lambda: len(seen) >= 10)
+        await async_wait_until(lambda: len(seen) >= 10)
     finally:
         await poller.close()
     assert len(peers) == 1  # /props, then /metrics (and /slots) ten times: one connection

@@ -12,7 +12,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from hypothesis import given
 from hypothesis import strategies as st
-from test_poller import complete, config, ready, wait_for
+from test_poller import complete, config, ready
+from waiting import async_wait_until
 
 from llama_exporter.monitoring import procstat
 from llama_exporter.monitoring.derive import ModelDeriver, ModelSnapshot, parse_slots
@@ -140,7 +141,7 @@ class Lab:
     async def idle_ticks_pass(self, count: int) -> None:
         """Wait until the poller has ticked count more times on an idle instance."""
         target = self.idle_ticks + count
-        await wait_for(lambda: self.idle_ticks >= target)
+        await async_wait_until(lambda: self.idle_ticks >= target)
 
 
 async def test_idle_instance_is_read_only_when_woken(
@@ -156,11 +157,11 @@ async def test_idle_instance_is_read_only_when_woken(
         await lab.idle_ticks_pass(10)
         assert lab.reads() == reads  # ten ticks, no HTTP
         lab.cpu += WAKE_CPU_SECONDS  # the process worked: read at the next tick
-        await wait_for(lambda: lab.reads() == reads + 1)
+        await async_wait_until(lambda: lab.reads() == reads + 1)
         await lab.idle_ticks_pass(5)
         assert lab.reads() == reads + 1  # idle again (nothing happened)
         lab.in_flight = 1  # the gateway sent it a request
-        await wait_for(lambda: lab.reads() >= reads + 3)
+        await async_wait_until(lambda: lab.reads() >= reads + 3)
     finally:
         await poller.close()
 
@@ -177,19 +178,19 @@ async def test_busy_again_means_every_tick_and_tokens_stay_exact(
         # A request that starts and ends unseen (no CPU moved): counted at the next read.
         quiet = await complete(session, server, 3)
         lab.cpu += WAKE_CPU_SECONDS
-        await wait_for(lambda: store.token_totals()["m"][0] == 3)
+        await async_wait_until(lambda: store.token_totals()["m"][0] == 3)
         assert quiet["timings"]["predicted_n"] == 3
         # A long one: woken once, then read every tick while it runs.
         running = asyncio.create_task(complete(session, server, 200))  # 1 s at 200 tokens/s
-        await wait_for(lambda: lab.hits.get("/completion", 0) == 2)
+        await async_wait_until(lambda: lab.hits.get("/completion", 0) == 2)
         lab.cpu += WAKE_CPU_SECONDS
-        await wait_for(lambda: any(s.slots_busy for s in lab.seen))
+        await async_wait_until(lambda: any(s.slots_busy for s in lab.seen))
         ticks = lab.idle_ticks
-        await wait_for(lambda: sum(1 for s in lab.seen if s.slots_busy) >= 5)
+        await async_wait_until(lambda: sum(1 for s in lab.seen if s.slots_busy) >= 5)
         assert lab.idle_ticks == ticks  # busy: no CPU sampling in place of reads
         answer = await running
         total = 3 + answer["timings"]["predicted_n"]
-        await wait_for(lambda: store.token_totals()["m"][0] == total)
+        await async_wait_until(lambda: store.token_totals()["m"][0] == total)
         await lab.idle_ticks_pass(3)  # and idle again
     finally:
         await poller.close()

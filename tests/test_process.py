@@ -17,6 +17,7 @@ import pytest
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.supervision.command import build_argv
+from llama_exporter.supervision.logfile import rotated_log
 from llama_exporter.supervision.orphans import (
     InstanceRecord,
     InstancesFile,
@@ -30,8 +31,8 @@ from llama_exporter.supervision.process import (
     describe_exit,
     hang_watch,
     health_status,
+    log_header,
     port_bindable,
-    rotated_log,
 )
 
 
@@ -41,6 +42,8 @@ def test_build_argv_passes_the_flags_the_service_needs() -> None:
         "/bin/llama-server",
         "-m",
         "/m/g.gguf",
+        "--alias",
+        "g",
         "--host",
         "127.0.0.1",
         "--port",
@@ -255,11 +258,8 @@ async def test_spawn_missing_binary_raises_oserror(tmp_path: Path) -> None:
         await LlamaProcess.spawn(tmp_path / "nope", model, "127.0.0.1", 1, tmp_path / "m.log")
 
 
-def test_log_header_hides_the_api_key(tmp_path: Path) -> None:
-    from llama_exporter.supervision.process import _open_log
-
-    _open_log(tmp_path / "x.log", ["srv", "--api-key", "SECRET", "--port", "1"]).close()
-    text = (tmp_path / "x.log").read_text()
+def test_log_header_hides_the_api_key() -> None:
+    text = log_header(["srv", "--api-key", "SECRET", "--port", "1"]).decode()
     assert "SECRET" not in text and "--api-key *** --port 1" in text
 
 
@@ -275,7 +275,7 @@ async def test_model_env_reaches_the_child(tmp_path: Path, spawned: list[LlamaPr
 
 
 def test_tail_file_reads_many_lines_from_the_end(tmp_path: Path) -> None:
-    from llama_exporter.supervision.process import tail_file
+    from llama_exporter.supervision.logfile import tail_file
 
     log = tmp_path / "m.log"
     log.write_text("".join(f"line {i}\n" for i in range(50_000)))
@@ -310,6 +310,7 @@ async def test_log_is_rotated_by_size_while_the_instance_runs(
         assert loop.time() < deadline and proc.returncode is None, proc.tail(3)
         await asyncio.sleep(0.01)
     assert proc.returncode is None  # rotated while it runs, not at the next start
+    await proc.log_flushed()  # the writer thread has written what was read
     older, current = rotated_log(log_file).read_text(), log_file.read_text()
     line = len("line 299, long enough to fill a small log quickly\n")
     assert len(older) <= 4096 + line and len(current) <= 4096 + line

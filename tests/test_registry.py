@@ -19,8 +19,8 @@ from llama_exporter.catalog.registry import (
     ModelConflict,
     Registry,
     UnknownModel,
-    merge_sources,
 )
+from llama_exporter.catalog.sources import merge_sources
 from llama_exporter.config.settings import Config, ModelConfig, ModelDefaults
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 

@@ -17,7 +17,10 @@ import psutil
 from service_proc import start_service
 from test_cli import fake_config
 
-MAX_EXAMPLES = 40  # per operation and phase; the README quotes the resulting case count
+MAX_EXAMPLES = 40  # per operation and phase; the test prints the resulting case count
+# Below pytest's own timeout (pyproject: 300 s), with room for the service's start and
+# stop, so a slow run fails here with schemathesis's output rather than in pytest-timeout.
+RUN_LIMIT = 200  # seconds; a run takes about 45 s on a quiet 2-core machine
 CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
     "response_schema_conformance,response_headers_conformance"
@@ -44,38 +47,46 @@ def test_schemathesis_finds_no_server_error_and_no_schema_mismatch(
     service = start_service(tmp_path / "svc", config)
     report = tmp_path / "schemathesis.json"
     st = Path(sys.executable).with_name("st")
+    argv = [
+        str(st),
+        "run",
+        f"{service.api}/openapi.json",
+        "--checks",
+        CHECKS,
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--max-examples",
+        str(MAX_EXAMPLES),
+        "--seed",
+        "1",
+        "--generation-database",
+        "none",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--no-color",
+        "--report",
+        "json",
+        "--report-json-path",
+        str(report),
+    ]
     try:
         result = subprocess.run(
-            [
-                str(st),
-                "run",
-                f"{service.api}/openapi.json",
-                "--checks",
-                CHECKS,
-                "--phases",
-                "examples,coverage,fuzzing",
-                "--max-examples",
-                str(MAX_EXAMPLES),
-                "--seed",
-                "1",
-                "--generation-database",
-                "none",
-                "--workers",
-                "1",
-                "--request-timeout",
-                "30",
-                "--no-color",
-                "--report",
-                "json",
-                "--report-json-path",
-                str(report),
-            ],
+            argv,
             capture_output=True,
             text=True,
             cwd=tmp_path,  # it keeps a crash cache in .schemathesis/ under the working folder
-            timeout=1200,
+            timeout=RUN_LIMIT,
             check=False,
         )
+    except subprocess.TimeoutExpired as exc:
+        partial = exc.stdout or ""
+        if isinstance(partial, bytes):
+            partial = partial.decode(errors="replace")
+        raise AssertionError(
+            f"schemathesis ran over {RUN_LIMIT} s; its output so far:\n{partial[-6000:]}"
+        ) from None
     finally:
         assert service.stop() == 0
     output = result.stdout[-6000:] + result.stderr[-2000:]

@@ -181,7 +181,7 @@ def _routes(app: web.Application) -> list[tuple[str, str]]:
 
 
 def _public(method: str, path: str) -> bool:
-    return method == "GET" and (path in ("/healthz", "/") or path.startswith("/ui/"))
+    return method == "GET" and (path in ("/healthz", "/readyz", "/") or path.startswith("/ui/"))
 
 
 async def test_every_route_refuses_a_foreign_origin_and_a_rebinding_host(client: Client) -> None:
@@ -212,6 +212,7 @@ async def test_with_a_token_every_route_but_healthz_and_the_page_needs_it(
             assert resp.status == 401, (method, path, headers)
             assert "Bearer" in resp.headers["WWW-Authenticate"]
     assert (await token_client.get("/healthz")).status == 200
+    assert (await token_client.get("/readyz")).status == 200
     # Nothing was changed by all those refused calls.
     body = await (
         await token_client.get(f"{API}/status", headers={"Authorization": f"Bearer {TOKEN}"})

@@ -40,7 +40,7 @@ _VALUE_FLAGS = _words(
     # embeddings, rope, chat
     " --pooling --embd-normalize --rope-scaling --rope-scale --rope-freq-base"
     " --rope-freq-scale --yarn-orig-ctx --yarn-ext-factor --yarn-attn-factor"
-    " --yarn-beta-slow --yarn-beta-fast --reasoning-format --reasoning-budget -a --alias"
+    " --yarn-beta-slow --yarn-beta-fast --reasoning-format --reasoning-budget"
 )
 _SWITCHES = _words(
     "--embedding --embeddings --rerank --reranking --jinja --no-jinja"

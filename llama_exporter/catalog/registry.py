@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Unpack
+from typing import Unpack
 
 from llama_exporter import states
 from llama_exporter.catalog.gguf_meta import GGUFError, GGUFInfo, GGUFInfoCache
-from llama_exporter.catalog.models_file import ModelsFile
+from llama_exporter.catalog.models_file import ModelsFile, StoredModels
 
 # re-exported: callers know them as registry errors
 from llama_exporter.catalog.registration import (
@@ -27,12 +27,10 @@ from llama_exporter.catalog.registration import (
     RegistryError,
     check_registration,
 )
-from llama_exporter.config.settings import Config, ModelConfig, ModelDefaults, sanitize_model_name
+from llama_exporter.catalog.sources import ModelSource, discovered_model, merge_sources
+from llama_exporter.config.settings import Config, ModelConfig
 
 log = logging.getLogger(__name__)
-
-ModelSource = Literal["config", "discovered", "api"]
-SOURCE_ORDER: Mapping[ModelSource, int] = {"config": 0, "discovered": 1, "api": 2}
 
 
 @dataclass(frozen=True)
@@ -113,54 +111,16 @@ class ConfigSource:
         return self._registry.names()
 
 
-# --- pure helpers ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sources:
+    """What a (re)load read from disk: GGUF files found in model_dirs, the stored models."""
+
+    found: list[ModelConfig]
+    stored: StoredModels
 
 
-def discovered_model(path: Path, defaults: ModelDefaults) -> ModelConfig:
-    """The ModelConfig for a GGUF file found in a model folder."""
-    return ModelConfig(
-        name=sanitize_model_name(path.stem),
-        path=path,
-        ctx_size=defaults.ctx_size,
-        parallel=defaults.parallel,
-        args=defaults.args,
-        pinned=defaults.pinned,
-        idle_ttl=defaults.idle_ttl,
-        stop_drain=defaults.stop_drain,
-    )
-
-
-def merge_sources(
-    configured: Iterable[ModelConfig],
-    discovered: Iterable[ModelConfig],
-    api: Iterable[ModelConfig],
-) -> tuple[list[tuple[ModelConfig, ModelSource]], list[str]]:
-    """Merge the three sources by name: config > api > discovered; return (models, warnings)."""
-    chosen: dict[str, tuple[ModelConfig, ModelSource]] = {}
-    warnings: list[str] = []
-    for model in configured:
-        chosen[model.name] = (model, "config")
-    for model in api:
-        held = chosen.get(model.name)
-        if held is not None:
-            warnings.append(
-                f"API-registered model {model.name!r} ({model.path}) is ignored: "
-                f"the config defines a model with that name; remove one of them"
-            )
-            continue
-        chosen[model.name] = (model, "api")
-    for model in discovered:
-        held = chosen.get(model.name)
-        if held is not None:
-            if held[0].path != model.path:
-                warnings.append(
-                    f"{model.path} is not listed as model {model.name!r}: "
-                    f"the name is taken by {held[0].path} ({held[1]}); rename the file"
-                )
-            continue
-        chosen[model.name] = (model, "discovered")
-    ordered = sorted(chosen.values(), key=lambda item: SOURCE_ORDER[item[1]])
-    return ordered, warnings
+# (models now, models as the new config makes them) -> install them?
+Accept = Callable[[dict[str, ModelConfig], dict[str, ModelConfig]], bool]
 
 
 # --- the registry ---------------------------------------------------------------------------------
@@ -182,15 +142,46 @@ class Registry:
         self._models: dict[str, Model] = {}
         # models.json entries the API limits refuse: not loaded, but kept in the file.
         self._rejected: list[ModelConfig] = []
+        # aremove() hides a model at once; it stays in the file until its write succeeds.
+        self._removing: dict[str, Model] = {}
+        # One models.json write at a time, in call order (asyncio.Lock wakes waiters FIFO).
+        self._writing = asyncio.Lock()
 
     # -- reading
 
     def load(self) -> None:
-        """(Re)build the model list from the config, model_dirs and the state file."""
-        found = self._discover()
-        stored = self.file.read(self.config.defaults)
-        self._rejected = stored.refused
-        merged, warnings = merge_sources(self.config.models, found, stored.allowed)
+        """(Re)build the model list from the config, model_dirs and the state file (blocking)."""
+        self._apply(self.config, self.read_sources(self.config))
+
+    async def aload(self) -> None:
+        """load() with the folders and models.json read in a thread (the app's start-up)."""
+        async with self._writing:
+            self._apply(self.config, await asyncio.to_thread(self.read_sources, self.config))
+
+    async def areload(self, config: Config, accept: Accept) -> bool:
+        """A config reload: read config's sources in a thread, install them if accept() says so.
+
+        accept(before, after) sees name -> ModelConfig now and as config would make it. No
+        models.json write runs meanwhile, so an API registration is never lost to it.
+        """
+        async with self._writing:
+            sources = await asyncio.to_thread(self.read_sources, config)
+            merged, _ = merge_sources(config.models, sources.found, sources.stored.allowed)
+            before = {m.name: m.config for m in self._models.values()}
+            if not accept(before, {m.name: m for m, _ in merged}):
+                return False
+            self._apply(config, sources)
+            return True
+
+    def read_sources(self, config: Config) -> Sources:
+        """The files found in config's model_dirs and what models.json holds (file I/O only)."""
+        return Sources(self._discover(config), self.file.read(config.defaults))
+
+    def _apply(self, config: Config, sources: Sources) -> None:
+        """Merge what read_sources found with config into the model list (no I/O)."""
+        self.config = config
+        self._rejected = sources.stored.refused
+        merged, warnings = merge_sources(config.models, sources.found, sources.stored.allowed)
         for warning in warnings:
             log.warning("%s", warning)
         previous = self._models
@@ -208,9 +199,10 @@ class Registry:
             ", ".join(f"{m.name} ({m.source})" for m in models.values()) or "none",
         )
 
-    def _discover(self) -> list[ModelConfig]:
+    @staticmethod
+    def _discover(config: Config) -> list[ModelConfig]:
         found: list[ModelConfig] = []
-        for folder in self.config.model_dirs:
+        for folder in config.model_dirs:
             if not folder.is_dir():
                 log.warning("model folder %s does not exist: no models found there", folder)
                 continue
@@ -219,7 +211,7 @@ class Registry:
             except OSError as exc:
                 log.warning("cannot list model folder %s: %s", folder, exc)
                 continue
-            found.extend(discovered_model(f, self.config.defaults) for f in files if f.is_file())
+            found.extend(discovered_model(f, config.defaults) for f in files if f.is_file())
         return found
 
     def get(self, name: str) -> Model:
@@ -256,6 +248,11 @@ class Registry:
         return ConfigSource(self)
 
     # -- changing
+    #
+    # models.json is written before a registration becomes visible, and a removal is
+    # hidden at once but shown again if its write fails: memory never holds what the
+    # file lacks. add/remove write in the caller's thread (no event loop: tools, tests);
+    # aadd/aremove write in a worker thread, one write at a time and in call order.
 
     def add(
         self,
@@ -265,38 +262,82 @@ class Registry:
         info: GGUFInfo | None = None,
         **fields: Unpack[Fields],
     ) -> Model:
-        """Register a model through the API and persist it; InvalidModel or ModelConflict."""
+        """Register a model and persist it (blocking I/O); InvalidModel or ModelConflict."""
         model_config = self.validate_new(name, path, **fields)
-        if name in self._models:
-            held = self._models[name]
-            raise ModelConflict(
-                f"model {name!r} already exists ({held.source}, {held.path}): pick another name"
-            )
-        model = Model(model_config, "api", info=info)
-        self._models[name] = model
-        try:
-            self._persist()
-        except OSError:
-            del self._models[name]
-            raise
-        log.info("registered model %s (%s)", name, model.path)
-        return model
+        self._check_free(name)
+        self.file.write(self._stored(plus=model_config))
+        return self._added(model_config, info)
 
     async def aadd(self, name: str, path: Path | str, **fields: Unpack[Fields]) -> Model:
-        """add() that first reads the GGUF header off the event loop (not GGUF: InvalidModel)."""
+        """add() with the GGUF header read and models.json written off the event loop."""
         model_config = self.validate_new(name, path, **fields)
         try:
             info = await self.cache.aget(model_config.path)
         except (GGUFError, OSError) as exc:
             raise InvalidModel("path", f"not a readable GGUF file: {exc}") from None
-        return self.add(name, path, info=info, **fields)
+        self._check_free(name)  # at once, not after the writes queued before this one
+
+        async def commit() -> Model:
+            async with self._writing:
+                self._check_free(name)  # another registration may have taken it meanwhile
+                await asyncio.to_thread(self.file.write, self._stored(plus=model_config))
+                return self._added(model_config, info)
+
+        # Shielded: a client that goes away cannot part the file from the model list.
+        return await asyncio.shield(asyncio.ensure_future(commit()))
+
+    def _check_free(self, name: str) -> None:
+        held = self._models.get(name) or self._removing.get(name)
+        if held is not None:
+            raise ModelConflict(
+                f"model {name!r} already exists ({held.source}, {held.path}): pick another name"
+            )
+
+    def _added(self, model_config: ModelConfig, info: GGUFInfo | None) -> Model:
+        model = Model(model_config, "api", info=info)
+        self._models[model.name] = model
+        log.info("registered model %s (%s)", model.name, model.path)
+        return model
 
     def validate_new(self, name: str, path: Path | str, **fields: Unpack[Fields]) -> ModelConfig:
         """Check a registration's fields and build its ModelConfig; InvalidModel on a bad one."""
         return check_registration(self.config.defaults, name, path, **fields)
 
     def remove(self, name: str) -> Model:
-        """Forget an API-registered model and persist; the caller checks it is not running."""
+        """Forget an API-registered model and persist it (blocking I/O); not while it runs."""
+        model = self._removable(name)
+        self.file.write(self._stored(minus=name))
+        del self._models[name]
+        log.info("removed model %s", name)
+        return model
+
+    def begin_remove(self, name: str) -> asyncio.Future[Model]:
+        """remove() off the loop: gone from the list now; done when models.json is written.
+
+        If the write fails, the model is back and the future raises the OSError. The
+        write runs to its end even when the caller is cancelled (await it shielded).
+        """
+        model = self._removable(name)
+        # Hidden before any await: the caller checked that it is not running, and from
+        # here nothing can start it.
+        del self._models[name]
+        self._removing[name] = model
+
+        async def commit() -> Model:
+            try:
+                async with self._writing:
+                    await asyncio.to_thread(self.file.write, self._stored(minus=name))
+            except BaseException:
+                self._models[name] = model
+                raise
+            finally:
+                del self._removing[name]
+            log.info("removed model %s", name)
+            return model
+
+        return asyncio.ensure_future(commit())
+
+    def _removable(self, name: str) -> Model:
         model = self.get(name)
         if model.source == "config":
             where = self.config.source or "the configuration"
@@ -305,18 +346,17 @@ class Registry:
             raise ModelConflict(
                 f"model {name!r} was found in folder {model.path.parent}: move or delete the file"
             )
-        del self._models[name]
-        try:
-            self._persist()
-        except OSError:
-            self._models[name] = model
-            raise
-        log.info("removed model %s", name)
         return model
 
-    def _persist(self) -> None:
+    def _stored(
+        self, *, plus: ModelConfig | None = None, minus: str | None = None
+    ) -> list[ModelConfig]:
+        """What models.json holds once this change is made (pending removals still in)."""
         api = [m.config for m in self._models.values() if m.source == "api"]
-        self.file.write(api + [m for m in self._rejected if m.name not in self._models])
+        api += [m.config for n, m in self._removing.items() if n != minus]
+        api = [m for m in api if m.name != minus] + ([plus] if plus else [])
+        known = {m.name for m in api} | set(self._models) - {minus}
+        return api + [m for m in self._rejected if m.name not in known]
 
     # -- metadata
 

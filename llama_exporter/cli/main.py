@@ -265,6 +265,29 @@ def cmd_remove(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def cmd_reload(args: argparse.Namespace, client: Client) -> int:
+    """Ask the service to reload its config file; exit 2 when the file is refused."""
+    try:
+        done = client.post("/reload")
+    except ClientError as exc:
+        if exc.status != 400:
+            raise
+        print(f"error: reload refused, the running config stays: {exc.message}", file=sys.stderr)
+        return EXIT_USAGE
+    said = [f"{label} {', '.join(done[key])}" for key, label in RELOAD_PARTS if done.get(key)]
+    print("reloaded: " + ("; ".join(said) or "no change"))
+    return 0
+
+
+RELOAD_PARTS = (
+    ("added", "added"),
+    ("removed", "removed"),
+    ("restarted", "restarting"),
+    ("changed_live", "changed live"),
+    ("settings_live", "settings"),
+)
+
+
 ClientCommand = Callable[[argparse.Namespace, Client], int]
 
 
@@ -288,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default=None, help="listen address (overrides the config)")
     serve.add_argument("--port", type=int, default=None, help="listen port (overrides the config)")
+    serve.add_argument(
+        "--watch-config",
+        action="store_true",
+        help="reload when the config file or the GGUF files in model_dirs change",
+    )
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and exit")
@@ -344,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rm = client_cmd("rm", cmd_remove, "forget a model registered with `add`")
     rm.add_argument("name")
+    client_cmd("reload", cmd_reload, "reload the service's config file (as SIGHUP does)")
     return parser
 
 

@@ -97,7 +97,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 instance_exposure_warning(config.instance_host, False) or "",
             )
         try:  # creates <state_dir>/instance.key on the first start (before the loop runs)
-            app = create_app(config, host=host, port=port)
+            app = create_app(
+                config, host=host, port=port, sighup=True, watch_config=args.watch_config
+            )
         except InstanceKeyError as exc:
             raise ServeError(str(exc)) from None
         log.info(

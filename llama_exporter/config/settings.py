@@ -159,7 +159,7 @@ class Config:
     state_dir: Path = Path("~/.local/state/llama-exporter")
     targets: TargetsConfig | None = None  # None: <state_dir>/targets
     poll: PollConfig = PollConfig()
-    api_token: str | None = None  # bearer token for every route but /healthz and the page shell
+    api_token: str | None = None  # bearer token for all but /healthz, /readyz, the page shell
     scrape_token: str | None = None  # also accepted on /metrics and the HTTP SD route
     allow_unauthenticated: bool = False  # listen beyond loopback without api_token
     allowed_origins: tuple[str, ...] = ()  # web origins (besides our own) that may call the API
@@ -280,7 +280,20 @@ _MANAGED_FLAGS = {
     "-np": "parallel",
     "--parallel": "parallel",
     "--api-key": "api_key",
+    # Answers carry the alias as their "model": the service passes the model's name.
+    "-a": "name (the service passes --alias <name>)",
+    "--alias": "name (the service passes --alias <name>)",
 }
+
+_EMBEDDING_FLAGS = frozenset(("--embedding", "--embeddings"))
+_TRUTHY = frozenset(("1", "true", "on", "enabled"))  # llama.cpp's is_truthy
+
+
+def serves_embeddings(args: Sequence[str], env: Mapping[str, str]) -> bool:
+    """Whether llama-server started with args and env answers /v1/embeddings (not 501)."""
+    if any(arg in _EMBEDDING_FLAGS for arg in args):
+        return True
+    return env.get("LLAMA_ARG_EMBEDDINGS", "").strip().lower() in _TRUTHY
 
 
 def find_managed_flag(args: Sequence[str]) -> tuple[int, str, str] | None:

@@ -27,7 +27,9 @@ PREFIX = "llama_exporter_"
 # Every latency histogram has 0.1 0.25 0.5 1 2 5 10 as boundaries: alert thresholds read exactly.
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0)
 GAP_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0)
-WAIT_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
+# 0 first: most requests wait 0, and a quantile that falls in a bucket ending at 0 reads 0
+# (in (0, 0.1] histogram_quantile would interpolate, showing 95 ms for no wait at all).
+WAIT_BUCKETS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 REJECT_REASONS = ("queue_full", "timeout", "cancelled")
 WINDOW_SECONDS = 60.0
@@ -143,12 +145,15 @@ class RequestMetrics(Collector):
             GAP_BUCKETS,
         )  # fmt: skip
         self.queue_wait = Histograms(
-            "gateway_queue_wait_seconds", "Time queued for a place under the cap.", m,
+            "gateway_queue_wait_seconds",
+            "Time queued for a place under the cap (every admitted request, 0 if none).", m,
             WAIT_BUCKETS,
         )  # fmt: skip
         self.load_wait = Histograms(
-            "gateway_load_wait_seconds", "Time waiting for the model to load.", m, WAIT_BUCKETS
-        )
+            "gateway_load_wait_seconds",
+            "Time waiting for the model to load (every admitted request, 0 if none).", m,
+            WAIT_BUCKETS,
+        )  # fmt: skip
         self.prompt_tokens = Histograms(
             "gateway_prompt_tokens", "Prompt tokens per request (usage/timings).", m,
             TOKEN_BUCKETS,

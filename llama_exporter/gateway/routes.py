@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from llama_exporter.config.settings import Config, ModelConfig
+from llama_exporter.config.settings import Config, ModelConfig, serves_embeddings
 from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
@@ -27,7 +27,8 @@ from llama_exporter.supervision.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+EMBEDDINGS = "/v1/embeddings"
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", EMBEDDINGS)
 UPSTREAM_ENDPOINT = "/upstream"
 SUMMARY_PATH = "/api/v1/llama/gateway"
 
@@ -74,6 +75,11 @@ class Gateway:
             supervisor, config.gateway, self.metrics, clock=clock, monotonic=monotonic
         )
         self._session: aiohttp.ClientSession | None = None
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config (gateway.*; per-model settings are read at each use)."""
+        self.config = config
+        self.scheduler.reconfigure(config.gateway)
 
     # -- wiring ------------------------------------------------------------------------
 
@@ -146,11 +152,14 @@ class Gateway:
     def _openai_handler(self, path: str) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
             arrived = self._mono()
+            model = ""  # counted under the model once it is known
             try:
                 body = await self._read_body(request)
                 model = self._model_from_body(body)
+                if path == EMBEDDINGS:
+                    self._check_embeddings(model)
             except GatewayError as err:
-                self.metrics.request_done("", path, err.status, arrived, self._mono())
+                self.metrics.request_done(model, path, err.status, arrived, self._mono())
                 return error_response(err)
             return await self._serve(request, model, path, path, body, arrived)
 
@@ -300,6 +309,20 @@ class Gateway:
             )
         self._known(name)
         return name
+
+    def _check_embeddings(self, name: str) -> None:
+        """Refuse at once what llama-server would refuse with 501 after a load (and eviction)."""
+        model = self._model_or_none(name)
+        if model is None or serves_embeddings(model.args, model.env):
+            return
+        raise GatewayError(
+            400,
+            f"model {name!r} does not serve embeddings: it is started without --embeddings. "
+            "Add --embeddings to its args (and --pooling mean for models without a pooling "
+            "type of their own, such as gemma), then restart it",
+            "invalid_request_error",
+            "embeddings_not_enabled",
+        )
 
     def _known(self, name: str) -> None:
         try:

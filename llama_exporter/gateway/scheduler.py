@@ -47,9 +47,19 @@ class GatewayError(Exception):
 class Lease:
     """A request's hold on a ready model: counted in flight until released."""
 
-    def __init__(self, scheduler: Scheduler, model: str, status: InstanceStatus) -> None:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        model: str,
+        status: InstanceStatus,
+        *,
+        queue_wait: float = 0.0,
+        load_wait: float = 0.0,
+    ) -> None:
         self.model = model
         self.status = status  # the ready instance (its base_url and api_key)
+        self.queue_wait = queue_wait  # seconds queued for a place under the cap
+        self.load_wait = load_wait  # seconds waiting for the model to load
         self._scheduler = scheduler
         self._open = True
 
@@ -89,6 +99,11 @@ class Scheduler:
         supervisor.subscribe(self._on_status)
         supervisor.set_drain(self.drain)
 
+    def reconfigure(self, config: GatewayConfig) -> None:
+        """A reloaded gateway section; the queue moves at once if the cap was raised."""
+        self.config = self._unloader.config = config
+        self._pump()
+
     # -- reading ---------------------------------------------------------------------
 
     @property
@@ -114,6 +129,10 @@ class Scheduler:
         """Wait until model is ready under the cap (loading it if needed) and hold it."""
         self.touch(model)
         deadline: float | None = None
+        # Seconds queued and waiting for a load, observed for every admitted request (0 when
+        # it did not wait), like vLLM's request_queue_time_seconds: the panels show the
+        # distribution in normal use, not "No data".
+        queued = loading = 0.0
         while True:
             unloading = self._unloader.unloading(model)
             if unloading is not None:
@@ -128,9 +147,12 @@ class Scheduler:
             if state is State.READY:
                 self.in_flight[model] = self.in_flight.get(model, 0) + 1
                 self.touch(model)
-                return Lease(self, model, status)
+                if self.metrics is not None:
+                    self.metrics.queue_wait.observe((model,), queued)
+                    self.metrics.load_wait.observe((model,), loading)
+                return Lease(self, model, status, queue_wait=queued, load_wait=loading)
             if state is State.STARTING:
-                await self._wait_load(model)
+                loading += await self._wait_load(model)
             elif state is State.STOPPING:
                 await self._sup.wait_settled(model)
             elif state is State.BACKOFF or (  # a BACKOFF model keeps its place: restart it now
@@ -143,7 +165,7 @@ class Scheduler:
                     raise self._full_error(model, "the cap is full and gateway.when_full is reject")
                 if deadline is None:
                     deadline = self._mono() + self.config.queue_timeout
-                await self._wait_in_queue(model, deadline)
+                queued += await self._wait_in_queue(model, deadline)
 
     async def start_for_api(self, model: str, *, evict: bool) -> InstanceStatus:
         """An explicit start (counts as use); with evict, make room like a request would."""
@@ -160,7 +182,8 @@ class Scheduler:
         self._sup.launch(model, trigger="request")
         self._usage.requested_loads.add(model)
 
-    async def _wait_load(self, model: str) -> None:
+    async def _wait_load(self, model: str) -> float:
+        """Wait for model's load to end; returns the seconds waited (raises if it failed)."""
         began = self._mono()
         waiters = self._usage.load_waiters
         waiters[model] = waiters.get(model, 0) + 1
@@ -173,8 +196,7 @@ class Scheduler:
             waiters[model] -= 1
             if self._usage.abandoned(model):
                 self._pump()  # perhaps an abandoned load now: it may make room for the queue
-        if self.metrics is not None:
-            self.metrics.load_wait.observe((model,), self._mono() - began)
+        waited = self._mono() - began
         if status.state is State.FAILED:
             raise GatewayError(
                 503,
@@ -193,8 +215,10 @@ class Scheduler:
                 "model_stopped",
                 headers={"Retry-After": "1"},
             )
+        return waited
 
-    async def _wait_in_queue(self, model: str, deadline: float) -> None:
+    async def _wait_in_queue(self, model: str, deadline: float) -> float:
+        """Wait for a place under the cap; returns the seconds waited."""
         if len(self._queue) >= self.config.max_queue:
             self._reject(model, "queue_full")
             raise self._full_error(model, f"the queue is full ({self.config.max_queue} waiting)")
@@ -205,7 +229,7 @@ class Scheduler:
         except TimeoutError:
             if waiter.released.done():  # let go just as time ran out: take the place
                 self._usage.unclaim(model)
-                return
+                return self._mono() - waiter.since
             self._reject(model, "timeout")
             raise GatewayError(
                 503,
@@ -224,8 +248,7 @@ class Scheduler:
         finally:
             self._queue.leave(waiter)
         self._usage.unclaim(model)
-        if self.metrics is not None:
-            self.metrics.queue_wait.observe((model,), self._mono() - waiter.since)
+        return self._mono() - waiter.since
 
     def _reject(self, model: str, reason: str) -> None:
         if self.metrics is not None:

@@ -17,10 +17,10 @@ from llama_exporter.gateway.routes import Gateway
 from llama_exporter.http import auth, openapi
 from llama_exporter.http.api_json import ApiError, body_field, json_body, query_flag
 from llama_exporter.http.keys import (
-    CONFIG,
     GATEWAY,
     HISTOGRAM,
     HUB,
+    LIVE,
     METRICS,
     REGISTRY,
     STORE,
@@ -99,13 +99,6 @@ def _name(request: web.Request) -> str:
     return name
 
 
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness of the service itself."""
-    if request.app[SUPERVISOR].shutting_down:
-        raise ApiError(503, "the service is shutting down")
-    return web.json_response({"status": "ok"})
-
-
 async def metrics(request: web.Request) -> web.Response:
     """Prometheus exposition of the service's own metrics."""
     body = render(request.app[METRICS])
@@ -156,10 +149,11 @@ async def delete_model(request: web.Request) -> web.Response:
     status = request.app[SUPERVISOR].status(name)
     if status.state in COUNTS_AGAINST_CAP:
         raise ApiError(409, f"model {name!r} is {status.state}: stop it first")
-    request.app[REGISTRY].remove(name)
+    removal = request.app[REGISTRY].begin_remove(name)  # gone from the list from here on
     request.app[SUPERVISOR].forget(name)
     request.app[STORE].forget(name)  # no series of a deleted model linger in /metrics
     request.app[HISTOGRAM].forget(name)
+    await asyncio.shield(removal)  # models.json is written in a thread
     return web.json_response({"deleted": name})
 
 
@@ -241,7 +235,7 @@ async def model_metrics(request: web.Request) -> web.Response:
 
 async def targets(request: web.Request) -> web.Response:
     """Prometheus HTTP service discovery: one target group per ready instance."""
-    config = request.app[CONFIG]
+    config = request.app[LIVE].config
     groups = render_file_sd(
         request.app[SUPERVISOR].statuses(),
         labels=config.target_labels,
@@ -267,7 +261,7 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """Live llama-metrics:update and llama-status:update events (?model=NAME filters)."""
     app = request.app
-    tokens = auth.Tokens(app[CONFIG].api_token, app[CONFIG].scrape_token)
+    tokens = app[LIVE].tokens
 
     def known(name: str) -> bool:
         try:
@@ -291,7 +285,6 @@ async def openapi_json(request: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     """Register every route of the service (each described in openapi.py)."""
-    app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get(f"{PREFIX}/models", list_models)
     app.router.add_post(f"{PREFIX}/models", add_model)

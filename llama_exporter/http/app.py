@@ -15,13 +15,14 @@ from llama_exporter.catalog.gguf_meta import GGUFInfoCache
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
 from llama_exporter.gateway.routes import Gateway
-from llama_exporter.http import api, api_json, auth, guard, keys
+from llama_exporter.http import api, api_json, auth, guard, health, keys, reloading
 from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.metrics.targets import TargetsWriter
 from llama_exporter.monitoring.derive import ModelSnapshot
 from llama_exporter.monitoring.poller import Poller
 from llama_exporter.monitoring.store import MetricsStore
+from llama_exporter.reload.metrics import ReloadMetrics
 from llama_exporter.states import InstanceStatus
 from llama_exporter.supervision.instance_key import load_or_create_instance_key
 from llama_exporter.supervision.supervisor import Spawn, Supervisor
@@ -41,28 +42,28 @@ def create_app(
     host: str | None = None,
     port: int | None = None,
     spawn: Spawn | None = None,
+    sighup: bool = False,
+    watch_config: bool = False,
 ) -> web.Application:
-    """The aiohttp application with every component wired; started by cleanup_ctx."""
+    """The aiohttp application with every component wired; started by cleanup_ctx.
+
+    sighup: reload the config on SIGHUP (serve); watch_config: and on each change of the
+    file or of the GGUF files in model_dirs.
+    """
     listen_host = host or config.host
-    policy = guard.build_policy(
-        listen_host,
-        allowed_hosts=config.allowed_hosts,
-        allowed_origins=config.allowed_origins,
-        machine_names=guard.machine_names() if listen_host in guard.WILDCARD_HOSTS else (),
-    )
-    tokens = auth.Tokens(config.api_token, config.scrape_token)
+    live = reloading.live_settings(config, listen_host)
     # Outermost first: errors become JSON, then Host/Origin/body checks, then the token.
+    # Both read the live settings at each request: a reload replaces them.
     app = web.Application(
         middlewares=[
             api_json.error_middleware,
-            guard.guard_middleware(policy, api_json.refusal_response),
-            auth.auth_middleware(tokens, api_json.refusal_response),
+            guard.guard_middleware(lambda: live.policy, api_json.refusal_response),
+            auth.auth_middleware(lambda: live.tokens, api_json.refusal_response),
         ],
         # Gateway bodies may be larger than aiohttp's 1 MiB default (gateway.max_body_bytes).
         client_max_size=max(1024**2, config.gateway.max_body_bytes + 1),
     )
-    registry = Registry(config, gguf_cache=GGUFInfoCache())
-    registry.load()
+    registry = Registry(config, gguf_cache=GGUFInfoCache())  # loaded at start-up, off the loop
     histogram = StartDurationHistogram(host=config.host_label)
     # Read (or made, on the first start) before the loop runs: serve calls this first.
     key = load_or_create_instance_key(config.state_dir) if config.instance_auth else None
@@ -87,6 +88,7 @@ def create_app(
     app[keys.HUB] = hub
     app[keys.HISTOGRAM] = histogram
     app[keys.GATEWAY] = gateway
+    startup = app[health.STARTUP] = health.Startup()
     app[keys.METRICS] = build_registry(
         store=store,
         statuses=supervisor.statuses,
@@ -98,7 +100,20 @@ def create_app(
         host=config.host_label,
     )
     app[keys.METRICS].register(WithHost(gateway.metrics, config.host_label))
+
+    def forget(name: str) -> None:  # what a removed model leaves behind, as DELETE does
+        store.forget(name)
+        histogram.forget(name)
+
+    reloader = reloading.new_reloader(
+        config, listen_host, registry=registry, supervisor=supervisor, forget=forget
+    )
+    app[keys.LIVE] = live
+    app[keys.RELOADER] = reloader
+    app[keys.METRICS].register(WithHost(ReloadMetrics(lambda: reloader.counts), config.host_label))
+    health.add_routes(app)
     api.add_routes(app)
+    app.router.add_post(reloading.RELOAD_PATH, reloading.handler(reloader))
     gateway.add_routes(app)
     page.add_routes(app)
 
@@ -112,7 +127,18 @@ def create_app(
         )
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await registry.aload()  # model folders and models.json are read in a thread
+        startup.config_loaded = True
         poller = Poller(config, store, in_flight=gateway.scheduler.in_flight_of)
+        reloading.connect(
+            reloader,
+            live,
+            listen_host,
+            takers=[supervisor.reconfigure, gateway.reconfigure, poller.reconfigure],
+            hub=hub,
+            targets=targets,
+            metrics=app[keys.METRICS],
+        )
         poller.start()  # host gauges (and the task count) from the start, not the first ready
         unsubscribe = [
             supervisor.subscribe(targets.on_status),
@@ -121,6 +147,7 @@ def create_app(
             store.subscribe(publish_metrics),
         ]
         await supervisor.recover()
+        startup.supervisor_started = True
         targets.on_status(None)
         targets.write_self(host or config.host, port or config.port)
         background = [
@@ -147,5 +174,6 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(gateway.lifecycle)
+    app.cleanup_ctx.append(reloading.lifecycle(reloader, sighup=sighup, watch_config=watch_config))
     app.on_shutdown.append(begin_shutdown)
     return app

@@ -1,7 +1,7 @@
 """Bearer-token auth: which routes need which token (pure), the middleware, WebSocket auth.
 
 With ``api_token`` set every route needs ``Authorization: Bearer <api_token>``
-except ``GET /healthz`` and the page shell (``GET /`` and ``GET /ui/...``:
+except ``GET /healthz``, ``GET /readyz`` and the page shell (``GET /`` and ``GET /ui/...``:
 static files only). ``/metrics`` and the HTTP SD route also accept
 ``scrape_token``, so Prometheus can hold a token that cannot start or stop
 anything. A browser cannot set headers on a WebSocket, so a WebSocket
@@ -25,7 +25,8 @@ from llama_exporter.http.guard import Refusal, is_websocket_handshake
 WS_AUTH_TIMEOUT = 5.0
 WS_CLOSE_UNAUTHORIZED = 4401
 SCRAPE_PATHS = frozenset({"/metrics", "/api/v1/llama/targets"})
-PUBLIC_PATHS = frozenset({"/healthz", "/"})
+# /readyz too: a probe should not need the token, and it names checks, not paths or models.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/"})
 PUBLIC_PREFIXES = ("/ui/",)
 READ_METHODS = frozenset({"GET", "HEAD"})
 
@@ -102,13 +103,16 @@ Respond = Callable[[Refusal], web.StreamResponse]
 
 
 def auth_middleware(
-    tokens: Tokens, respond: Respond
+    tokens: Callable[[], Tokens], respond: Respond
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The aiohttp middleware applying check_request(); WebSocket handshakes may defer."""
+    """The aiohttp middleware applying check_request(); WebSocket handshakes may defer.
+
+    tokens() is read at each request: a config reload replaces them.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        refusal = check_request(request.method, request.path, request.headers, tokens)
+        refusal = check_request(request.method, request.path, request.headers, tokens())
         if refusal is not None:
             deferrable = is_websocket_handshake(request.method, request.headers) and getattr(
                 request.match_info.handler, "websocket_auth", False

@@ -215,9 +215,12 @@ Respond = Callable[[Refusal], web.StreamResponse]
 
 
 def guard_middleware(
-    policy: GuardPolicy, respond: Respond
+    policy: Callable[[], GuardPolicy], respond: Respond
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """The aiohttp middleware applying decide() to every request; respond() builds the error."""
+    """The aiohttp middleware applying decide() to every request; respond() builds the error.
+
+    policy() is read at each request: a config reload replaces it.
+    """
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -227,7 +230,7 @@ def guard_middleware(
         refusal = decide(
             request.method,
             request.headers,
-            policy,
+            policy(),
             has_body=request.body_exists,
             local_address=local_address,
             local_port=local_port,

@@ -8,12 +8,16 @@ from prometheus_client.registry import CollectorRegistry
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
 from llama_exporter.gateway.routes import Gateway
+from llama_exporter.http.reloading import Live
 from llama_exporter.http.ws import WebSocketHub
 from llama_exporter.metrics.collector import StartDurationHistogram
 from llama_exporter.monitoring.store import MetricsStore
+from llama_exporter.reload.apply import Reloader
 from llama_exporter.supervision.supervisor import Supervisor
 
-CONFIG = web.AppKey("config", Config)
+CONFIG = web.AppKey("config", Config)  # as started; what a reload changes is in LIVE
+LIVE = web.AppKey("live", Live)  # the current config, tokens and Host/Origin policy
+RELOADER = web.AppKey("reloader", Reloader)
 REGISTRY = web.AppKey("registry", Registry)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STORE = web.AppKey("store", MetricsStore)

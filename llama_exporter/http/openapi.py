@@ -11,6 +11,7 @@ from typing import Any
 
 from llama_exporter import __version__
 from llama_exporter.gateway import openapi as gateway_openapi
+from llama_exporter.reload import openapi as reload_openapi
 from llama_exporter.states import State
 from llama_exporter.web import openapi as web_openapi
 
@@ -47,6 +48,11 @@ _ERRORS: dict[str, str] = {
     "502": "the model did not start (with ?wait=true)",
     "503": "the service is shutting down",
 }
+
+
+# /readyz's checks (config, state_dir, supervisor): "ok" or why not.
+_STRING: Schema = {"type": "string"}
+_CHECKS: Schema = {"type": "object", "additionalProperties": _STRING}
 
 
 def _errors(*codes: str) -> dict[str, Schema]:
@@ -124,6 +130,7 @@ def schemas() -> dict[str, Schema]:
                     "running": {"type": "array", "items": string},
                     "cap": integer,
                     "instance": _ref("InstanceStatus"),
+                    "checks": _CHECKS,
                 },
             },
         ),
@@ -207,11 +214,25 @@ def paths() -> dict[str, Schema]:
     return {
         "/healthz": {
             "get": {
-                "summary": "the service is up (no token needed)",
+                "summary": "liveness: the service answers (no token needed)",
                 "security": [],
                 "responses": {
-                    "200": _json(_obj(["status"], status={"type": "string"}), "up"),
-                    **_errors("503"),
+                    "200": _json(_obj(["status"], status={"type": "string"}), "alive"),
+                    **_errors(),
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "summary": "readiness: model list loaded, state folder writable, supervisor "
+                "taking starts (no token needed); 503 names the checks that fail",
+                "security": [],
+                "responses": {
+                    "200": _json(
+                        _obj(["status", "checks"], status=_STRING, checks=_CHECKS), "ready"
+                    ),
+                    **_errors(),
+                    "503": _json(_ref("Error"), "not ready: the message and `checks` say why"),
                 },
             }
         },
@@ -390,7 +411,12 @@ def describe() -> Schema:
             "version": __version__,
             "description": "Start and stop llama-server instances, watch them, feed Prometheus.",
         },
-        "paths": {**paths(), **gateway_openapi.paths(), **web_openapi.paths()},
+        "paths": {
+            **paths(),
+            **gateway_openapi.paths(),
+            **reload_openapi.paths(),
+            **web_openapi.paths(),
+        },
         "components": {
             "schemas": schemas(),
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},

@@ -63,6 +63,10 @@ class WebSocketHub:
         self.refused_clients = 0
         self._closing: set[asyncio.Task[bool]] = set()
 
+    def set_max_clients(self, count: int) -> None:
+        """A reloaded websocket_max_clients: clients already connected stay."""
+        self._max_clients = count
+
     @property
     def client_count(self) -> int:
         """Number of connected clients."""

@@ -78,6 +78,12 @@ class StartDurationHistogram(Collector):
         self._sums: dict[str, float] = {}
         self._text: dict[str, str] = {}  # each model's sample lines, until it changes
 
+    def set_host(self, host: str) -> None:
+        """A reloaded host_label: every series carries it from the next scrape."""
+        if self._const:
+            self._const = [host]
+            self._text.clear()
+
     def observe(self, model: str, seconds: float) -> None:
         """Record one start that reached ready."""
         seconds = max(0.0, seconds)
@@ -151,6 +157,13 @@ class LlamaCollector(Collector):
         self._cap = cap
         self._cache: dict[tuple[str, Part], _Cached] = {}
         self._prefixes: Prefixes = {}  # see text_of
+
+    def set_host(self, host: str) -> None:
+        """A reloaded host_label: the cached text is written again with it."""
+        if self._const:
+            self._const = (("host", host),)
+            self._cache.clear()
+            self._prefixes = {}
 
     def _keys(self) -> Iterator[tuple[str, tuple[object, ...]]]:
         """(model, one key per part of PARTS) for every known model, sorted by name."""
@@ -270,6 +283,10 @@ class WithHost(Collector):
         self._inner = inner
         self._host = host
 
+    def set_host(self, host: str) -> None:
+        """A reloaded host_label."""
+        self._host = host
+
     def collect(self) -> Iterator[Metric]:
         """The inner collector's families, relabelled."""
         for family in self._inner.collect():
@@ -277,6 +294,13 @@ class WithHost(Collector):
                 s._replace(labels={**s.labels, "host": self._host}) for s in family.samples
             ]
             yield family
+
+
+def relabel_host(registry: CollectorRegistry, host: str) -> None:
+    """A reloaded host_label on every collector of registry that writes one."""
+    for collector in getattr(registry, "collectors", ()):
+        if isinstance(collector, LlamaCollector | StartDurationHistogram | WithHost):
+            collector.set_host(host)
 
 
 def build_registry(

@@ -80,7 +80,24 @@ class TargetsWriter:
         self._latest: dict[Path, str] = {}  # newest text per file: on disk or on its way
         self._pending: dict[Path, str] = {}  # newest text per file not yet handed to a write
         self._writer: asyncio.Task[None] | None = None
+        self._self_address: tuple[str, int] | None = None  # write_self's, for a reload
         self.writes = 0  # completed file writes (tests and benchmarks read it)
+
+    def reconfigure(self, directory: Path, labels: Mapping[str, str], address: str | None) -> None:
+        """A reload's targets settings or host label: both files rewritten (atomically).
+
+        A new folder gets the files; the old folder's are emptied, so Prometheus does not
+        keep scraping what they listed.
+        """
+        directory = Path(directory)
+        if directory != self.directory:
+            for old in (self.servers_path, self.self_path):
+                if old in self._latest:
+                    self._submit(old, dumps([]))
+        self.directory, self._labels, self._address = directory, dict(labels), address
+        self.on_status(None)
+        if self._self_address is not None:
+            self.write_self(*self._self_address)
 
     @property
     def servers_path(self) -> Path:
@@ -102,6 +119,7 @@ class TargetsWriter:
 
     def write_self(self, host: str, port: int) -> None:
         """Write <dir>/llama-exporter.json with the service's address."""
+        self._self_address = (host, port)
         groups = render_self_target(self._address or host, port, self._labels)
         self._submit(self.self_path, dumps(groups))
 

@@ -93,6 +93,11 @@ class Poller:
         self._cpu_count = os.cpu_count() or 1
         self._closed = False
 
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config: poll.* applies from each instance's next tick."""
+        self._config = config
+        self._store.resize_history(config.poll.history)
+
     def polling(self) -> list[str]:
         """Models being polled now, sorted."""
         return sorted(self._watches)
@@ -174,6 +179,8 @@ class Poller:
                 watch.idle_slots = None  # read /slots again next time
                 self._store.discard_latest(model)  # never export stale live values
             now = self._monotonic()
+            if interval != (current := max(0.01, self._config.poll.interval)):
+                interval, next_at = current, now  # reloaded: the new pace from now on
             next_at += interval
             if next_at <= now:  # fell behind: skip to the next tick in the future
                 next_at += math.ceil((now - next_at) / interval + 1e-9) * interval
@@ -311,6 +318,8 @@ class Poller:
                 failing = True
                 self._store.host_errors += 1
             now = self._monotonic()
+            if interval != (current := max(0.01, self._config.poll.interval)):
+                interval, next_at = current, now  # reloaded: the new pace from now on
             next_at += interval
             if next_at <= now:
                 next_at += math.ceil((now - next_at) / interval + 1e-9) * interval

@@ -53,6 +53,11 @@ class MetricsStore:
         self.host_errors = 0  # host samples that failed
         self.asyncio_tasks: int | None = None  # the service's own tasks at the last host sample
 
+    def resize_history(self, size: int) -> None:
+        """Keep size samples per model from now on (a reload's poll.history)."""
+        self._history_size = max(1, size)
+        self._history = {m: deque(h, maxlen=self._history_size) for m, h in self._history.items()}
+
     def publish(self, snapshot: ModelSnapshot) -> None:
         """Record a new snapshot and tell the subscribers."""
         self._latest[snapshot.model] = snapshot

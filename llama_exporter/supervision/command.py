@@ -26,10 +26,12 @@ def build_argv(
 ) -> list[str]:
     """The llama-server command line for one model (an argument list, never a shell).
 
+    --alias: answers name the model as the client asked for it, not by its GGUF path.
     No key is on it: the service's key is read from key_file, and a model's own api_key
     goes in the environment (see child_env), so neither shows in /proc/PID/cmdline or ps.
     """
-    argv = [str(binary), "-m", str(model.path), "--host", host, "--port", str(port)]
+    argv = [str(binary), "-m", str(model.path), "--alias", model.name]
+    argv += ["--host", host, "--port", str(port)]
     argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
     if key_file is not None:
         argv += ["--api-key-file", str(key_file)]

@@ -54,6 +54,7 @@ class Entry:
     proc: Instance | None = None
     last_proc: Instance | None = None
     task: asyncio.Task[None] | None = None
+    launched: ModelConfig | None = None  # the settings the current process was started with
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
     unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason
@@ -221,7 +222,8 @@ class Lifecycle:
         proc = entry.proc
         assert proc is not None
         exited = asyncio.ensure_future(proc.wait())
-        limit, every = self.config.hang_timeout, self._watchdog_interval
+        # The limit is read at every probe: a reload's hang_timeout applies to running ones.
+        limit, every = (lambda: self.config.hang_timeout), self._watchdog_interval
         hung = asyncio.ensure_future(hang_watch(proc.health, limit, every))
         try:
             done, _ = await asyncio.wait({exited, hung}, return_when=asyncio.FIRST_COMPLETED)

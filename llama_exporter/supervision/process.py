@@ -14,7 +14,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import Protocol
 
 import psutil
 
@@ -22,12 +22,12 @@ from llama_exporter.config.settings import ModelConfig
 from llama_exporter.redact import MASK, redact_args, secret_values
 from llama_exporter.supervision.command import build_argv, child_env, reader_key
 from llama_exporter.supervision.instance_key import InstanceKey
+from llama_exporter.supervision.logfile import LOG_ROTATE_BYTES, InstanceLog
 
 log = logging.getLogger(__name__)
 
 READY_POLL_INTERVAL = 0.01  # seconds between /health probes while loading
 TAIL_LINES = 200
-LOG_ROTATE_BYTES = 20 * 1024 * 1024  # a bigger log is moved to <name>.1 (config: log_max_bytes)
 _PR_SET_PDEATHSIG = 1
 
 CPU_HINT = (
@@ -76,22 +76,6 @@ def _pdeathsig_preexec(parent: int) -> None:
     _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     if os.getppid() != parent:  # the parent died before prctl took effect
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def tail_file(path: Path, n: int, *, block: int = 64 * 1024) -> list[str]:
-    """The last n lines of a text file, read backwards from its end (not the whole file)."""
-    if n <= 0:
-        return []
-    with path.open("rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        data = b""
-        pos = end
-        while pos > 0 and data.count(b"\n") <= n:
-            step = min(block, pos)
-            pos -= step
-            f.seek(pos)
-            data = f.read(step) + data
-    return data.decode(errors="replace").splitlines()[-n:]
 
 
 async def health_status(
@@ -149,22 +133,10 @@ class Instance(Protocol):
 SpawnFn = Callable[[Path, ModelConfig, str, int, Path], Awaitable[Instance]]
 
 
-def rotated_log(log_file: Path) -> Path:
-    """Where the previous part of a rotated log is kept (<log>.1)."""
-    return log_file.with_name(log_file.name + ".1")
-
-
-def _open_log(log_file: Path, argv: Sequence[str], max_bytes: int = LOG_ROTATE_BYTES) -> IO[bytes]:
-    """Open the per-model log for appending (rotated when big) and note the command."""
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(OSError):
-        if log_file.stat().st_size > max_bytes:
-            log_file.replace(rotated_log(log_file))
-    out = log_file.open("ab")
+def log_header(argv: Sequence[str]) -> bytes:
+    """The line that starts each run in the per-model log (secrets masked)."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    out.write(f"--- {stamp} starting: {' '.join(redact_args(argv))}\n".encode())
-    out.flush()
-    return out
+    return f"--- {stamp} starting: {' '.join(redact_args(argv))}\n".encode()
 
 
 class LlamaProcess:
@@ -175,10 +147,8 @@ class LlamaProcess:
         proc: asyncio.subprocess.Process,
         host: str,
         port: int,
-        log_file: IO[bytes],
+        log_file: InstanceLog,
         *,
-        log_path: Path | None = None,
-        log_max_bytes: int = LOG_ROTATE_BYTES,
         secrets: frozenset[str] = frozenset(),
         api_key: str | None = None,
     ) -> None:
@@ -190,10 +160,7 @@ class LlamaProcess:
         self.port = port
         self.pid: int = proc.pid
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
-        self._log_file = log_file
-        self._log_path = log_path  # None: never rotated
-        self._log_max_bytes = log_max_bytes
-        self._log_size = log_file.tell()
+        self._log = log_file  # written and rotated by its own thread
         self._exited: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
         self._reader = asyncio.ensure_future(self._read_output())
         try:
@@ -219,7 +186,7 @@ class LlamaProcess:
         """
         key_file = instance_key.path if instance_key is not None else None
         argv = build_argv(binary, model, host, port, key_file)
-        out = _open_log(log_file, argv, log_max_bytes)
+        out = await InstanceLog.open(log_file, log_header(argv), log_max_bytes)
         env = child_env(model, os.environ)
         parent = os.getpid()
         try:
@@ -233,20 +200,11 @@ class LlamaProcess:
                 preexec_fn=lambda: _pdeathsig_preexec(parent),
             )
         except BaseException:
-            out.close()
+            await out.aclose()
             raise
         service_key = instance_key.value if instance_key is not None else None
         secrets = secret_values(model.args, model.env, [model.api_key, service_key])
-        return cls(
-            proc,
-            host,
-            port,
-            out,
-            secrets=secrets,
-            log_path=log_file,
-            log_max_bytes=log_max_bytes,
-            api_key=reader_key(model, instance_key),
-        )
+        return cls(proc, host, port, out, secrets=secrets, api_key=reader_key(model, instance_key))
 
     async def _read_output(self) -> None:
         stream = self._proc.stdout
@@ -261,31 +219,19 @@ class LlamaProcess:
                     break
                 for secret in self._secrets:
                     raw = raw.replace(secret, MASK.encode())
-                self._log_file.write(raw)
-                self._log_file.flush()
-                self._log_size += len(raw)
-                if self._log_size > self._log_max_bytes:
-                    self._rotate()
+                self._log.write(raw)
                 self._tail.append(raw.decode(errors="replace").rstrip("\r\n"))
         except OSError as exc:
             log.warning("reading llama-server output (pid %d): %s", self.pid, exc)
         finally:
-            self._log_file.close()
+            # The writer ends once what is queued is written; when this task is cancelled
+            # (the loop is closing) it still does, on its own.
+            self._log.close_soon()
+            await asyncio.shield(self._log.aclose())
 
-    def _rotate(self) -> None:
-        """Move the log to <log>.1 and go on in a new file (whole lines stay in one file)."""
-        if self._log_path is None:
-            return
-        try:
-            self._log_path.replace(rotated_log(self._log_path))
-            fresh = self._log_path.open("ab")
-        except OSError as exc:  # keep writing to the old file rather than lose output
-            log.warning("cannot rotate %s: %s", self._log_path, exc)
-            self._log_size = 0  # try again after another log_max_bytes
-            return
-        self._log_file.close()
-        self._log_file = fresh
-        self._log_size = 0
+    async def log_flushed(self) -> None:
+        """Wait until the output read so far is in the log file."""
+        await self._log.flushed()
 
     @property
     def returncode(self) -> int | None:
@@ -372,14 +318,17 @@ class LlamaProcess:
 
 
 async def hang_watch(
-    health: Callable[[float], Awaitable[bool]], limit: float, interval: float
+    health: Callable[[float], Awaitable[bool]],
+    limit: float | Callable[[], float],
+    interval: float,
 ) -> str:
-    """Return a reason once health() has not been true for limit seconds."""
+    """Return a reason once health() has not been true for limit seconds (read each probe)."""
     loop = asyncio.get_running_loop()
     last_ok = loop.time()
     while True:
         await asyncio.sleep(interval)
-        if await health(min(1.0, limit)):
+        seconds = limit() if callable(limit) else limit
+        if await health(min(1.0, seconds)):
             last_ok = loop.time()
-        elif loop.time() - last_ok >= limit:
-            return f"not answering /health for {limit:g} s (hung)"
+        elif loop.time() - last_ok >= seconds:
+            return f"not answering /health for {seconds:g} s (hung)"

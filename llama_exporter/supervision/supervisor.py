@@ -32,7 +32,8 @@ from llama_exporter.states import (
 from llama_exporter.supervision.command import reader_key
 from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
-from llama_exporter.supervision.process import Instance, SpawnFn, rotated_log, tail_file
+from llama_exporter.supervision.logfile import rotated_log, tail_file
+from llama_exporter.supervision.process import Instance, SpawnFn
 
 __all__ = [
     "CapExceeded",
@@ -122,6 +123,15 @@ class Supervisor:
             instance_key=instance_key,
         )
         self._host = instance_host  # readers connect to it (see _launch)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config: the cap, timeouts and restart policy apply from now on."""
+        self.config = self._lifecycle.config = config
+
+    def launched(self, name: str) -> ModelConfig | None:
+        """The settings the model's current (or last) process was started with."""
+        entry = self._entries.get(name)
+        return entry.launched if entry is not None else None
 
     def set_drain(self, drain: DrainFn | None) -> None:
         """Who an explicit stop asks to let requests in flight finish (the gateway)."""
@@ -303,16 +313,20 @@ class Supervisor:
         # Readers send the model's own api_key if it has one, else the service's key.
         fields.update(api_key=reader_key(model, self._lifecycle.instance_key), host=reach)
         if retries is not None:
-            fields.update(retries=retries, last_error=None)
+            fields.update(retries=retries, last_error=None, ready_at=None)
+        entry.launched = model
         status = self._set_state(entry, State.STARTING, **fields)
         entry.task = asyncio.create_task(self._lifecycle.run(entry, model, automatic))
         return status
 
-    async def stop(self, name: str, *, reason: str = "api") -> InstanceStatus:
+    async def stop(
+        self, name: str, *, reason: str = "api", drain_for: float | None = None
+    ) -> InstanceStatus:
         """Stop the model's instance: drain, SIGTERM, grace, SIGKILL; FAILED becomes STOPPED.
 
-        reason (api, evicted, idle, shutdown) is counted in model_unloads_total. A ready
-        instance first gets up to the model's stop_drain seconds for requests in flight.
+        reason (api, evicted, idle, shutdown, reload) is counted in model_unloads_total. A
+        ready instance first gets up to drain_for (default: the model's stop_drain) seconds
+        for requests in flight.
         """
         entry = self._entries.get(name)
         if entry is None:  # never started: nothing to stop, or UnknownModel
@@ -334,15 +348,49 @@ class Supervisor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             return status
-        was_ready = state is State.READY
+        await self._drain_and_stop(entry, name, reason, drain_for)
+        return self._set_state(
+            entry, State.STOPPED, pid=None, port=None, ready_at=None, last_error=None
+        )
+
+    async def restart(self, name: str, *, reason: str = "reload") -> InstanceStatus:
+        """Drain and stop a starting or ready instance, then start it with its current config.
+
+        It keeps its place under the cap (STOPPING goes straight to STARTING), so requests
+        arriving meanwhile wait for the new instance as for any load. A stopped, failed or
+        stopping model is left as it is; one in back-off is started now.
+        """
+        entry = self._entries.get(name)
+        state = entry.status.state if entry is not None else State.STOPPED
+        if entry is None or state in (State.STOPPED, State.FAILED, State.STOPPING):
+            return self.status(name)
+        if state is State.BACKOFF:
+            return self.launch(name, trigger=reason)
+        await self._drain_and_stop(entry, name, reason, None)
+        if self._shutting_down or entry.status.state is not State.STOPPING:
+            # shutdown() waits for this stop to settle; a model gone meanwhile stays down
+            return self._set_state(entry, State.STOPPED, pid=None, port=None, ready_at=None)
+        try:
+            model = self._model(name)
+        except UnknownModel:
+            return self._set_state(entry, State.STOPPED, pid=None, port=None, ready_at=None)
+        log.info("%s: starting again with its new settings (%s)", name, reason)
+        return self._launch(entry, model, reason, automatic=False, retries=0)
+
+    async def _drain_and_stop(
+        self, entry: Entry, name: str, reason: str, drain_for: float | None
+    ) -> None:
+        """STOPPING, let requests drain (ready only), end the life task and the process."""
+        was_ready = entry.status.state is State.READY
         entry.unloads[reason] = entry.unloads.get(reason, 0) + 1
         self._set_state(entry, State.STOPPING, next_retry_at=None)
         if was_ready and self._drain is not None:
             # STOPPING first: the gateway sends this instance no new request meanwhile.
-            try:
-                drain_for = self._model(name).stop_drain
-            except UnknownModel:
-                drain_for = 0.0
+            if drain_for is None:
+                try:
+                    drain_for = self._model(name).stop_drain
+                except UnknownModel:
+                    drain_for = 0.0
             await self._drain(name, drain_for, reason)
         await self._cancel_task(entry)
         proc = entry.proc
@@ -350,9 +398,6 @@ class Supervisor:
             rc = await proc.stop(self.config.stop_grace)
             log.info("%s: llama-server pid %d stopped (status %d)", name, proc.pid, rc)
             self._lifecycle.forget_proc(entry)
-        return self._set_state(
-            entry, State.STOPPED, pid=None, port=None, ready_at=None, last_error=None
-        )
 
     async def _cancel_task(self, entry: Entry) -> None:
         task, entry.task = entry.task, None
@@ -368,6 +413,8 @@ class Supervisor:
         stops = (self.stop(n, reason="shutdown") for n in names)
         results = await asyncio.gather(*stops, return_exceptions=True)
         for name, result in zip(names, results, strict=True):
+            if isinstance(result, UnknownModel):
+                continue  # removed by a config reload meanwhile: nothing left to stop
             if isinstance(result, BaseException):
                 log.error("shutdown: stopping %s failed", name, exc_info=result)
         try:

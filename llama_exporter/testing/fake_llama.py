@@ -29,6 +29,7 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     """Parse the real llama-server flags we use plus the --fake-* fault flags."""
     p = argparse.ArgumentParser(prog="fake-llama-server", description=__doc__)
     p.add_argument("-m", "--model", default="fake.gguf")
+    p.add_argument("-a", "--alias")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--metrics", action="store_true")

@@ -48,6 +48,7 @@ def create_app(options: FakeOptions) -> web.Application:
         else:
             response.headers["Access-Control-Allow-Origin"] = options.cors_origins
 
+    answer_model = options.alias or options.model
     app = web.Application(middlewares=[gate])
     app.on_response_prepare.append(cors)
     app[SERVER_KEY] = server
@@ -64,6 +65,7 @@ def create_app(options: FakeOptions) -> web.Application:
                 },
                 "total_slots": len(server.slots),
                 "model_path": options.model,
+                "model_alias": answer_model,
                 "chat_template": "{{ messages }}",
                 "build_info": BUILD_INFO,
                 "is_sleeping": False,
@@ -93,7 +95,7 @@ def create_app(options: FakeOptions) -> web.Application:
                 "content": text,
                 "id_slot": slot_id,
                 "stop": True,
-                "model": options.model,
+                "model": answer_model,
                 "tokens_predicted": timings["predicted_n"],
                 "tokens_evaluated": timings["prompt_n"] + timings["cache_n"],
                 "stop_type": "limit",
@@ -110,7 +112,7 @@ def create_app(options: FakeOptions) -> web.Application:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         kind = "chat.completion.chunk" if chat else "text_completion"
-        base = {"object": kind, "model": options.model, "created": int(time.time())}
+        base = {"object": kind, "model": answer_model, "created": int(time.time())}
 
         async def send(event: dict[str, Any] | str) -> None:
             data = event if isinstance(event, str) else json.dumps(event)
@@ -157,7 +159,7 @@ def create_app(options: FakeOptions) -> web.Application:
             {
                 "choices": [{"index": 0, "text": text, "finish_reason": "length"}],
                 "object": "text_completion",
-                "model": options.model,
+                "model": answer_model,
                 "usage": {
                     "completion_tokens": timings["predicted_n"],
                     "prompt_tokens": prompt_total,
@@ -180,7 +182,7 @@ def create_app(options: FakeOptions) -> web.Application:
         return web.json_response(
             {
                 "object": "list",
-                "model": options.model,
+                "model": body.get("model", answer_model) if body else answer_model,  # echoed
                 "data": [{"object": "embedding", "index": 0, "embedding": vector}],
                 "usage": {"prompt_tokens": n, "total_tokens": n},
             }
@@ -207,7 +209,7 @@ def create_app(options: FakeOptions) -> web.Application:
                     }
                 ],
                 "created": int(time.time()),
-                "model": options.model,
+                "model": answer_model,
                 "system_fingerprint": BUILD_INFO,
                 "object": "chat.completion",
                 "usage": {

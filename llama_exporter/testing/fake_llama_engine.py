@@ -19,6 +19,7 @@ class FakeOptions:
     """Everything the fake server can be told on its command line."""
 
     model: str = "fake.gguf"
+    alias: str | None = None  # answers' "model" (the real one: the alias, else the path)
     host: str = "127.0.0.1"
     port: int = 8080
     metrics: bool = False

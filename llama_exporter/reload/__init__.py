@@ -1,0 +1,1 @@
+"""Config reload: the plan (pure), the applier, its triggers; entry point apply.Reloader."""
