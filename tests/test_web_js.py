@@ -110,3 +110,28 @@ def test_module_scripts_load_under_the_policy(browser: Browser) -> None:
     policy = browser.js("return fetch('/').then((r) => r.headers.get('content-security-policy'));")
     assert "script-src 'self'" in policy
     assert [e for e in browser.drain_console() if e.get("level") == "SEVERE"] == []
+
+
+@pytest.mark.parametrize(
+    ("outcome", "expected"),
+    [
+        (
+            {"ok": True, "added": ["c"], "removed": ["a", "b"], "restarted": ["d"]},
+            "Config reloaded: added c; removed a, b; restarting d",
+        ),
+        (
+            {"ok": True, "added": [], "changed_live": ["a"], "settings_live": ["max_parallel"]},
+            "Config reloaded: changed a; settings max_parallel",
+        ),
+        ({"ok": True, "added": [], "removed": []}, "Config reloaded: no change"),
+        (
+            {"ok": False, "error": {"message": "c.yaml: listen.port: needs a service restart"}},
+            "Config reload failed, the running config stays: c.yaml: listen.port: needs a "
+            "service restart",
+        ),
+    ],
+)
+def test_reload_text(browser: Browser, outcome: dict[str, Any], expected: str) -> None:
+    import json
+
+    assert run(browser, "format.js", f"m.reloadText({json.dumps(outcome)})") == expected

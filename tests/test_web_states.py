@@ -109,3 +109,46 @@ def test_register_with_the_form_then_remove(page: tuple[ServiceProcess, Browser,
     assert [m["name"] for m in body["models"]] == ["m0"]
     # The refused registration is the one error the console may show.
     assert severe(browser.drain_console(), allowed=("status of 400",)) == []
+
+
+def registered(service: ServiceProcess, name: str) -> dict[str, Any]:
+    """The model's entry in GET /models."""
+    _, body = http_json("GET", service.api + "/models")
+    found: dict[str, Any] = next(m for m in body["models"] if m["name"] == name)
+    return found
+
+
+def test_register_with_pinned_idle_ttl_and_stop_drain(
+    page: tuple[ServiceProcess, Browser, Path],
+) -> None:
+    from selenium.webdriver.common.by import By
+
+    service, browser, tmp = page
+    find = browser.driver.find_element
+    path = write_minimal_gguf(tmp / "kept.gguf")
+    find(By.ID, "reg-name").send_keys("kept")
+    find(By.ID, "reg-path").send_keys(str(path))
+    find(By.ID, "reg-idle-ttl").send_keys("-1")  # refused by the API, which names the field
+    find(By.ID, "reg-stop-drain").send_keys("2.5")
+    find(By.ID, "reg-pinned").click()
+    find(By.ID, "reg-submit").click()
+    browser.wait("the idle_ttl error", lambda: "0 or more" in _text(browser, "#reg-error"))
+    assert find(By.ID, "reg-idle-ttl").get_attribute("aria-invalid") == "true"
+    field = find(By.ID, "reg-idle-ttl")
+    field.clear()
+    field.send_keys("90")
+    find(By.ID, "reg-submit").click()
+    browser.wait("the new card", lambda: _badge(browser, "kept") == "stopped")
+    model = registered(service, "kept")
+    assert (model["pinned"], model["idle_ttl"], model["stop_drain"]) == (True, 90, 2.5)
+    assert find(By.ID, "reg-pinned").is_selected() is False  # the form was reset
+    # Left empty, the fields take the config's defaults, as with the API and the CLI.
+    find(By.ID, "reg-name").send_keys("plain")
+    find(By.ID, "reg-path").send_keys(str(path))
+    find(By.ID, "reg-submit").click()
+    browser.wait("the second card", lambda: _badge(browser, "plain") == "stopped")
+    plain = registered(service, "plain")
+    assert (plain["pinned"], plain["idle_ttl"], plain["stop_drain"]) == (False, 0, 30)
+    for name in ("kept", "plain"):
+        assert http_json("DELETE", service.api + f"/models/{name}")[0] == 200
+    assert severe(browser.drain_console(), allowed=("status of 400",)) == []

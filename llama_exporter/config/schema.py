@@ -33,6 +33,7 @@ from llama_exporter.config.settings import (
     GatewayConfig,
     PollConfig,
     PortRange,
+    RequestLogConfig,
     RestartPolicy,
     TargetsConfig,
     _empty_env,
@@ -102,6 +103,7 @@ class Parser(Values):
             allowed_origins=self.checked_list(top, "allowed_origins", normalise_origin),
             allowed_hosts=self.checked_list(top, "allowed_hosts", split_host),
             gateway=self.gateway(top.get("gateway")),
+            request_log=self.request_log(top.get("request_log")),
             host_label=host_label,
         )
 
@@ -238,6 +240,25 @@ class Parser(Values):
             ),
         )
 
+    def request_log(self, value: object) -> RequestLogConfig:
+        raw = self.mapping(value, "request_log", _REQUEST_LOG_KEYS)
+        base = RequestLogConfig()
+        capture = raw.get("capture", base.capture)
+        models: tuple[str, ...] = ()
+        if isinstance(capture, list):  # the models whose bodies are kept
+            models, capture = self.strings(capture, "request_log.capture"), False
+        return RequestLogConfig(
+            enabled=self.boolean(raw.get("enabled", base.enabled), "request_log.enabled"),
+            retention=self.seconds(raw.get("retention", base.retention), "request_log.retention"),
+            max_rows=self.integer(raw.get("max_rows", base.max_rows), "request_log.max_rows"),
+            capture=self.boolean(capture, "request_log.capture"),
+            capture_models=models,
+            capture_max_bytes=self.integer(
+                raw.get("capture_max_bytes", base.capture_max_bytes),
+                "request_log.capture_max_bytes",
+            ),
+        )
+
     def targets(self, value: object, state_dir: Path) -> TargetsConfig | None:
         if value is None:
             return None
@@ -310,7 +331,11 @@ _TOP_KEYS = (
     "allowed_origins",
     "allowed_hosts",
     "gateway",
+    "request_log",
     "models",
 )
 _GATEWAY_KEYS = ("when_full", "max_queue", "queue_timeout", "max_body_bytes")
+_REQUEST_LOG_KEYS = (
+    "enabled", "retention", "max_rows", "capture", "capture_max_bytes",
+)  # fmt: skip
 _RESTART_KEYS = ("enabled", "max_retries", "backoff_initial", "backoff_max", "stable_after")

@@ -136,6 +136,22 @@ class GatewayConfig:
 
 
 @dataclass(frozen=True)
+class RequestLogConfig:
+    """The request log (<state_dir>/requests.db): how long it keeps what, and bodies or not."""
+
+    enabled: bool = True
+    retention: float = 7 * 86400.0  # seconds a record is kept
+    max_rows: int = 1_000_000  # the oldest go past this many
+    capture: bool = False  # keep request and response bodies for every model
+    capture_models: tuple[str, ...] = ()  # ... or for these models only
+    capture_max_bytes: int = 64 * 1024  # each body is cut at this many bytes
+
+    def captures(self, model: str) -> bool:
+        """Are model's request and response bodies kept?"""
+        return self.capture or model in self.capture_models
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole service configuration, validated."""
 
@@ -165,6 +181,7 @@ class Config:
     allowed_origins: tuple[str, ...] = ()  # web origins (besides our own) that may call the API
     allowed_hosts: tuple[str, ...] = ()  # Host names (besides ours) the service answers to
     gateway: GatewayConfig = GatewayConfig()
+    request_log: RequestLogConfig = RequestLogConfig()
     host_label: str = field(default_factory=default_host_label)  # the `host` label's value
 
     @property

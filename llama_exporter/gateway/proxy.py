@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import aiohttp
 from aiohttp import web
 
-from llama_exporter.gateway.sse import StreamWatch, Usage, usage_of
+from llama_exporter.gateway.sse import StreamWatch, Usage, error_of, finish_reason_of, usage_of
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,15 @@ class UpstreamUnreachable(Exception):
 
 @dataclass
 class Outcome:
-    """What happened to a forwarded request, for the metrics."""
+    """What happened to a forwarded request, for the metrics and the request log."""
 
     code: int
     streamed: bool = False
     usage: Usage | None = None
+    finish_reason: str | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+    body: bytes | None = None  # the answer's first bytes, when the log captures bodies
 
 
 def upstream_headers(incoming: Mapping[str, str], api_key: str | None) -> dict[str, str]:
@@ -131,11 +135,13 @@ async def forward(
     api_key: str | None,
     watch: StreamWatch,
     clock: Callable[[], float],
+    capture: int = 0,
 ) -> tuple[web.StreamResponse, Outcome]:
     """Send the request to url and answer the client with llama-server's answer.
 
     A streamed answer is fed to watch as it passes, so what it saw (first token,
-    gaps) is there even when the client leaves half-way.
+    gaps) is there even when the client leaves half-way. With capture, the answer's
+    first capture bytes are kept in the outcome.
     """
     headers = upstream_headers(request.headers, api_key)
     attempt = _Attempt()
@@ -160,7 +166,7 @@ async def forward(
     whole = False  # read to the end: the connection may serve the next request
     try:
         if upstream.content_type == "text/event-stream":
-            response, outcome = await _stream(request, upstream, watch, clock)
+            response, outcome = await _stream(request, upstream, watch, clock, capture)
             whole = outcome.code not in (CLIENT_CLOSED, UPSTREAM_BROKE)
             return response, outcome
         data = await upstream.read()
@@ -172,15 +178,20 @@ async def forward(
             upstream.release()
         else:  # client gone or cancelled mid-answer: closing stops llama-server generating
             upstream.close()
-    usage = None
-    if upstream.status == 200 and upstream.content_type == "application/json":
+    outcome = Outcome(upstream.status, body=data[:capture] if capture else None)
+    if upstream.content_type == "application/json":
         try:
-            usage = usage_of(json.loads(data))
+            answer = json.loads(data)
         except ValueError:
-            usage = None
+            answer = None
+        if upstream.status == 200:
+            outcome.usage = usage_of(answer)
+            outcome.finish_reason = finish_reason_of(answer)
+        else:
+            outcome.error_type, outcome.error_message = error_of(answer)
     headers = response_headers(upstream.headers)
     response = web.Response(status=upstream.status, body=data, headers=headers)
-    return response, Outcome(upstream.status, usage=usage)
+    return response, outcome
 
 
 async def _stream(
@@ -188,12 +199,14 @@ async def _stream(
     upstream: aiohttp.ClientResponse,
     watch: StreamWatch,
     clock: Callable[[], float],
+    capture: int = 0,
 ) -> tuple[web.StreamResponse, Outcome]:
     headers = response_headers(upstream.headers)
     response = web.StreamResponse(status=upstream.status, headers=headers)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # proxies in front of us must not buffer
     outcome = Outcome(upstream.status, streamed=True)
+    kept = bytearray() if capture else None
     await response.prepare(request)
     try:
         async for chunk in upstream.content.iter_any():
@@ -202,11 +215,16 @@ async def _stream(
                 await response.write(chunk)
             finally:
                 watch.feed(chunk, now)
+                if kept is not None and len(kept) < capture:
+                    kept += chunk[: capture - len(kept)]
+                    outcome.body = bytes(kept)
     except ConnectionResetError:
         outcome.code = CLIENT_CLOSED  # the client left; the caller closes upstream
         return response, outcome
     except (TimeoutError, aiohttp.ClientError) as exc:
         outcome.code = UPSTREAM_BROKE
+        outcome.error_type = "server_error"
+        outcome.error_message = f"llama-server ended the stream early: {exc or type(exc).__name__}"
         log.warning("gateway: llama-server broke off a stream at %s: %r", upstream.url, exc)
         error = {
             "error": {
@@ -223,7 +241,10 @@ async def _stream(
         # Counted by what llama-server said (a 400 for a prompt over the context is the
         # client's, not a server failure); without a code, as a broken upstream.
         outcome.code = watch.error_code or UPSTREAM_BROKE
+    if watch.error:
+        outcome.error_type, outcome.error_message = watch.error_type, watch.error_message
     outcome.usage = watch.usage
+    outcome.finish_reason = watch.finish_reason
     try:
         await response.write_eof()
     except ConnectionResetError:

@@ -20,8 +20,11 @@ from llama_exporter.config.settings import Config, ModelConfig, serves_embedding
 from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
-from llama_exporter.gateway.scheduler import GatewayError, Scheduler
+from llama_exporter.gateway.recording import fill, wants_stream
+from llama_exporter.gateway.scheduler import Admission, GatewayError, Scheduler
 from llama_exporter.gateway.sse import StreamWatch, Usage
+from llama_exporter.requestlog.log import RequestLog
+from llama_exporter.requestlog.record import Record, captured
 from llama_exporter.states import ShuttingDown, UnknownModel
 from llama_exporter.supervision.supervisor import Supervisor
 
@@ -59,8 +62,10 @@ class Gateway:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        requests: RequestLog | None = None,
     ) -> None:
         self.config = config
+        self.requests = requests  # the request log (None: off)
         self._sup = supervisor
         self._clock = clock
         self._mono = monotonic
@@ -160,6 +165,7 @@ class Gateway:
                     self._check_embeddings(model)
             except GatewayError as err:
                 self.metrics.request_done(model, path, err.status, arrived, self._mono())
+                self._log_refused(request, model, path, err, arrived)
                 return error_response(err)
             return await self._serve(request, model, path, path, body, arrived)
 
@@ -175,6 +181,7 @@ class Gateway:
             body = await self._read_body(request)
         except GatewayError as err:
             self.metrics.request_done("", UPSTREAM_ENDPOINT, err.status, arrived, self._mono())
+            self._log_refused(request, "", UPSTREAM_ENDPOINT, err, arrived)
             return error_response(err)
         path = upstream_path(request.raw_path)
         return await self._serve(request, name, UPSTREAM_ENDPOINT, path, body, arrived)
@@ -214,36 +221,35 @@ class Gateway:
         watch = StreamWatch(arrived)
         usage = None
         self.metrics.request_arrived(model, arrived)
+        record = self._log_begin(request, model, endpoint, body, arrived)
+        admission = Admission()
+        outcome: proxy.Outcome | None = None
+        failure: GatewayError | None = None
         try:
-            lease = await self.scheduler.acquire(model)
+            lease = await self.scheduler.acquire(model, admission)
             if self._session is None:
                 raise GatewayError(503, "the gateway is not running", "server_error", "stopped")
             url = f"{lease.status.base_url}{upstream_path}"
+            capture = self.requests.capture_limit(model) if self.requests is not None else 0
             response, outcome = await proxy.forward(
-                request, self._session, url, body, lease.status.api_key, watch, self._mono
+                request, self._session, url, body, lease.status.api_key, watch, self._mono, capture
             )
             code, usage = outcome.code, outcome.usage
             return response
         except GatewayError as err:
-            code = err.status
-            return error_response(err)
+            failure = err
         except UnknownModel:  # deleted from the registry while the request waited
-            code = 404
-            return error_response(self._not_found(model))
+            failure = self._not_found(model)
         except ShuttingDown:
-            code = 503
-            return error_response(
-                GatewayError(503, "the service is shutting down", "server_error", "shutting_down")
+            failure = GatewayError(
+                503, "the service is shutting down", "server_error", "shutting_down"
             )
         except proxy.UpstreamUnreachable as exc:
-            code = 502
-            return error_response(
-                GatewayError(
-                    502,
-                    f"llama-server for model {model!r} did not answer: {exc}",
-                    "server_error",
-                    "upstream_unreachable",
-                )
+            failure = GatewayError(
+                502,
+                f"llama-server for model {model!r} did not answer: {exc}",
+                "server_error",
+                "upstream_unreachable",
             )
         except asyncio.CancelledError:
             code = proxy.CLIENT_CLOSED
@@ -251,8 +257,49 @@ class Gateway:
         finally:
             if lease is not None:
                 lease.release()
+            if failure is not None:
+                code = failure.status
             self._observe(model, watch, usage)
-            self.metrics.request_done(model, endpoint, code, arrived, self._mono())
+            now = self._mono()
+            self.metrics.request_done(model, endpoint, code, arrived, now)
+            if record is not None and self.requests is not None:
+                fill(record, code, now - arrived, admission, watch, outcome, failure)
+                self.requests.end(record)
+        assert failure is not None  # every other way out returned or raised
+        return error_response(failure)
+
+    # -- the request log ---------------------------------------------------------------
+
+    def _log_begin(
+        self, request: web.Request, model: str, endpoint: str, body: bytes, arrived: float
+    ) -> Record | None:
+        """A request in flight in the log (None when the log is off)."""
+        if self.requests is None:
+            return None
+        wall = self._clock() - (self._mono() - arrived)  # arrival in unix time
+        record = self.requests.begin(
+            model,
+            endpoint,
+            arrived=wall,
+            stream=wants_stream(body),
+            client=request.remote or "",
+        )
+        limit = self.requests.capture_limit(model)
+        if limit:
+            record.request_body = captured(body, limit)
+        return record
+
+    def _log_refused(
+        self, request: web.Request, model: str, endpoint: str, err: GatewayError, arrived: float
+    ) -> None:
+        """A request answered before it was routed (bad body, unknown model): logged ended."""
+        record = self._log_begin(request, model, endpoint, b"", arrived)
+        if record is not None and self.requests is not None:
+            record.status, record.error_type, record.error_message = (
+                err.status, err.kind, err.message,
+            )  # fmt: skip
+            record.duration_s = self._mono() - arrived
+            self.requests.end(record)
 
     def _observe(self, model: str, watch: StreamWatch, usage: Usage | None) -> None:
         """What a request's stream showed, also for streams cut short."""

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from llama_exporter.config.settings import GatewayConfig
 from llama_exporter.gateway.metrics import RequestMetrics
@@ -42,6 +43,16 @@ class GatewayError(Exception):
         super().__init__(message)
         self.status, self.message, self.kind, self.code = status, message, kind, code
         self.headers = headers or {}
+
+
+@dataclass
+class Admission:
+    """What admission did for one request, filled in as it goes (kept when it fails too)."""
+
+    queue_wait: float = 0.0  # seconds queued for a place under the cap
+    load_wait: float = 0.0  # seconds waiting for the model to load
+    triggered_load: bool = False  # this request started the model's load
+    evicted: list[str] = field(default_factory=list)  # models stopped to make room for it
 
 
 class Lease:
@@ -125,8 +136,12 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------------
 
-    async def acquire(self, model: str) -> Lease:
-        """Wait until model is ready under the cap (loading it if needed) and hold it."""
+    async def acquire(self, model: str, admission: Admission | None = None) -> Lease:
+        """Wait until model is ready under the cap (loading it if needed) and hold it.
+
+        admission, when given, is filled in with the waits, the load and the evictions.
+        """
+        note = admission if admission is not None else Admission()
         self.touch(model)
         deadline: float | None = None
         # Seconds queued and waiting for a load, observed for every admitted request (0 when
@@ -150,22 +165,24 @@ class Scheduler:
                 if self.metrics is not None:
                     self.metrics.queue_wait.observe((model,), queued)
                     self.metrics.load_wait.observe((model,), loading)
+                note.queue_wait, note.load_wait = queued, loading  # the figures observed
                 return Lease(self, model, status, queue_wait=queued, load_wait=loading)
             if state is State.STARTING:
-                loading += await self._wait_load(model)
+                loading += await self._wait_load(model, note)
             elif state is State.STOPPING:
                 await self._sup.wait_settled(model)
             elif state is State.BACKOFF or (  # a BACKOFF model keeps its place: restart it now
                 not self._queue and self._sup.running_count < self._sup.cap
             ):
                 self._start(model)
+                note.triggered_load = True
             else:
                 if self.config.when_full == "reject":
                     self._reject(model, "queue_full")
                     raise self._full_error(model, "the cap is full and gateway.when_full is reject")
                 if deadline is None:
                     deadline = self._mono() + self.config.queue_timeout
-                queued += await self._wait_in_queue(model, deadline)
+                queued += await self._wait_in_queue(model, deadline, note)
 
     async def start_for_api(self, model: str, *, evict: bool) -> InstanceStatus:
         """An explicit start (counts as use); with evict, make room like a request would."""
@@ -182,9 +199,10 @@ class Scheduler:
         self._sup.launch(model, trigger="request")
         self._usage.requested_loads.add(model)
 
-    async def _wait_load(self, model: str) -> float:
+    async def _wait_load(self, model: str, note: Admission) -> float:
         """Wait for model's load to end; returns the seconds waited (raises if it failed)."""
         began = self._mono()
+        waited_before = note.load_wait
         waiters = self._usage.load_waiters
         waiters[model] = waiters.get(model, 0) + 1
         try:
@@ -194,6 +212,7 @@ class Scheduler:
             raise
         finally:
             waiters[model] -= 1
+            note.load_wait = waited_before + self._mono() - began
             if self._usage.abandoned(model):
                 self._pump()  # perhaps an abandoned load now: it may make room for the queue
         waited = self._mono() - began
@@ -217,7 +236,7 @@ class Scheduler:
             )
         return waited
 
-    async def _wait_in_queue(self, model: str, deadline: float) -> float:
+    async def _wait_in_queue(self, model: str, deadline: float, note: Admission) -> float:
         """Wait for a place under the cap; returns the seconds waited."""
         if len(self._queue) >= self.config.max_queue:
             self._reject(model, "queue_full")
@@ -247,6 +266,10 @@ class Scheduler:
             raise
         finally:
             self._queue.leave(waiter)
+            note.queue_wait += self._mono() - waiter.since  # (the exact figure on admission)
+            # The queue credits the head with the load it started and what it evicted.
+            note.triggered_load = note.triggered_load or waiter.triggered_load
+            note.evicted += waiter.evicted
         self._usage.unclaim(model)
         return self._mono() - waiter.since
 

@@ -87,6 +87,32 @@ def usage_of(body: Any) -> Usage | None:
     return None
 
 
+def finish_reason_of(body: Any) -> str | None:
+    """choices[0].finish_reason of a response body or stream event (None when absent)."""
+    if not isinstance(body, dict):
+        return None
+    choices = body.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        reason = choices[0].get("finish_reason")
+        return reason if isinstance(reason, str) else None
+    stop = body.get("stop_type")  # llama-server's own /completion
+    return stop if isinstance(stop, str) and body.get("stop") is True else None
+
+
+def error_of(body: Any) -> tuple[str | None, str | None]:
+    """(type, message) of an error body {"error": {"type", "message"}} or {"error": "..."}."""
+    if not isinstance(body, dict) or "error" not in body:
+        return None, None
+    detail = body["error"]
+    if isinstance(detail, dict):
+        kind, message = detail.get("type"), detail.get("message")
+        return (
+            kind if isinstance(kind, str) else None,
+            message if isinstance(message, str) else None,
+        )
+    return None, detail if isinstance(detail, str) else None
+
+
 @dataclass
 class StreamWatch:
     """Follows an SSE byte stream: first text time, gaps between text events, usage."""
@@ -99,6 +125,9 @@ class StreamWatch:
     usage: Usage | None = None
     error: bool = False  # an event carried {"error": ...}
     error_code: int | None = None  # its HTTP-like code (llama-server's "code"), if it had one
+    error_type: str | None = None  # and its type and message, for the request log
+    error_message: str | None = None
+    finish_reason: str | None = None  # the last one an event carried
     _pending: bytes = b""
 
     def feed(self, chunk: bytes, now: float) -> None:
@@ -126,6 +155,10 @@ class StreamWatch:
             code = detail.get("code") if isinstance(detail, dict) else None
             if isinstance(code, int) and not isinstance(code, bool) and 400 <= code <= 599:
                 self.error_code = code
+            self.error_type, self.error_message = error_of(event)
+        reason = finish_reason_of(event)
+        if reason is not None:
+            self.finish_reason = reason
         if event_text(event) is not None:
             if self.last_text_at is None:
                 self.first_text_at = now

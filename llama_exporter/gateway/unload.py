@@ -71,13 +71,18 @@ class Unloader:
             )
         return residents
 
-    def make_room(self) -> None:
-        """With when_full: evict, start evicting one model for the queue (one at a time)."""
+    def make_room(self) -> str | None:
+        """With when_full: evict, start evicting one model for the queue (one at a time).
+
+        Returns the model picked, if any.
+        """
         if self.config.when_full == "evict" and not self._evicting:
             victim = policy.pick_victim(self.residents(), self._evicting)
             if victim is not None:
                 log.info("gateway: evicting %s to make room for the queue", victim)
                 self._unload(victim, "evicted")
+                return victim
+        return None
 
     async def evict_for(self, model: str) -> None:
         """Evict one model (if any may go) for an explicit start of model, and wait for it."""

@@ -26,6 +26,8 @@ class Waiter:
 
     model: str
     since: float
+    triggered_load: bool = False  # the queue started its model's load for it
+    evicted: list[str] = field(default_factory=list)  # models evicted while it was the head
     released: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -40,7 +42,7 @@ class WaitQueue:
         usage: UseCounts,
         *,
         start: Callable[[str], None],
-        make_room: Callable[[], None],
+        make_room: Callable[[], str | None],
     ) -> None:
         self._sup = supervisor
         self._usage = usage
@@ -98,14 +100,18 @@ class WaitQueue:
             self._let_go(plan.go)
             if plan.head is None:
                 return
+            head = next(w for w in self._waiters if w.model == plan.head)
             if self._sup.running_count < self._sup.cap:
                 try:
                     self._start(plan.head)
+                    head.triggered_load = True
                 except Exception:
                     log.exception("gateway: starting %s failed", plan.head)
                 self._let_go({plan.head})
                 continue
-            self._make_room()
+            victim = self._make_room()
+            if victim is not None:
+                head.evicted.append(victim)
             return
 
     def _let_go(self, models: Collection[str]) -> None:

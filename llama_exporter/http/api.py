@@ -23,6 +23,7 @@ from llama_exporter.http.keys import (
     LIVE,
     METRICS,
     REGISTRY,
+    RELOADER,
     STORE,
     SUPERVISOR,
 )
@@ -248,6 +249,9 @@ def initial_events(app: web.Application, model: str | None) -> Iterable[Event]:
     """What a newly connected WebSocket client is sent: current status and metrics."""
     now = time.time()
     store = app[STORE]
+    last = app[RELOADER].counts.last
+    if model is None and last is not None and not last.ok:  # the page shows it until fixed
+        yield make_event(STATUS_EVENT, "", {"reload": last.to_json()})
     for st in app[SUPERVISOR].statuses():
         if model is not None and st.model != model:
             continue

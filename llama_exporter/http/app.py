@@ -15,14 +15,22 @@ from llama_exporter.catalog.gguf_meta import GGUFInfoCache
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
 from llama_exporter.gateway.routes import Gateway
-from llama_exporter.http import api, api_json, auth, guard, health, keys, reloading
-from llama_exporter.http.ws import METRICS_EVENT, STATUS_EVENT, WebSocketHub, make_event
+from llama_exporter.http import api, api_json, auth, guard, health, keys, reloading, requests_api
+from llama_exporter.http.ws import (
+    METRICS_EVENT,
+    REQUEST_EVENT,
+    STATUS_EVENT,
+    WebSocketHub,
+    make_event,
+)
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.metrics.targets import TargetsWriter
 from llama_exporter.monitoring.derive import ModelSnapshot
 from llama_exporter.monitoring.poller import Poller
 from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.reload.metrics import ReloadMetrics
+from llama_exporter.requestlog.log import RequestLog
+from llama_exporter.requestlog.record import Record
 from llama_exporter.states import InstanceStatus
 from llama_exporter.supervision.instance_key import load_or_create_instance_key
 from llama_exporter.supervision.supervisor import Spawn, Supervisor
@@ -76,7 +84,10 @@ def create_app(
         instance_key=key,
     )
     store = MetricsStore(config.poll.history)
-    gateway = Gateway(config, supervisor)
+    request_log = (
+        RequestLog(config.request_log, config.state_dir) if config.request_log.enabled else None
+    )
+    gateway = Gateway(config, supervisor, requests=request_log)
     hub = WebSocketHub(max_clients=config.websocket_max_clients)
     address = config.targets.address if config.targets else None
     targets = TargetsWriter(config.targets_dir, config.target_labels, address, supervisor.statuses)
@@ -88,6 +99,8 @@ def create_app(
     app[keys.HUB] = hub
     app[keys.HISTOGRAM] = histogram
     app[keys.GATEWAY] = gateway
+    if request_log is not None:
+        app[keys.REQUEST_LOG] = request_log
     startup = app[health.STARTUP] = health.Startup()
     app[keys.METRICS] = build_registry(
         store=store,
@@ -115,6 +128,7 @@ def create_app(
     api.add_routes(app)
     app.router.add_post(reloading.RELOAD_PATH, reloading.handler(reloader))
     gateway.add_routes(app)
+    requests_api.add_routes(app)
     page.add_routes(app)
 
     def publish_metrics(snap: ModelSnapshot) -> None:
@@ -125,6 +139,21 @@ def create_app(
         hub.publish(
             make_event(STATUS_EVENT, status.model, api.status_json(status, time.time(), gateway))
         )
+
+    def publish_request(record: Record) -> None:
+        if hub.client_count:  # nothing to build when nobody listens
+            hub.publish(make_event(REQUEST_EVENT, record.model, record.to_json()))
+
+    async def request_log_lifecycle(app: web.Application) -> AsyncIterator[None]:
+        # First in, last out: the gateway's requests are over when the log closes.
+        if request_log is None:
+            yield
+            return
+        request_log.start()
+        unsubscribe = request_log.subscribe(publish_request)
+        yield
+        unsubscribe()
+        await request_log.close()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await registry.aload()  # model folders and models.json are read in a thread
@@ -172,6 +201,7 @@ def create_app(
         await hub.close()
         await supervisor.shutdown()
 
+    app.cleanup_ctx.append(request_log_lifecycle)
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(gateway.lifecycle)
     app.cleanup_ctx.append(reloading.lifecycle(reloader, sighup=sighup, watch_config=watch_config))

@@ -13,6 +13,7 @@ from llama_exporter.http.ws import WebSocketHub
 from llama_exporter.metrics.collector import StartDurationHistogram
 from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.reload.apply import Reloader
+from llama_exporter.requestlog.log import RequestLog
 from llama_exporter.supervision.supervisor import Supervisor
 
 CONFIG = web.AppKey("config", Config)  # as started; what a reload changes is in LIVE
@@ -25,3 +26,4 @@ HUB = web.AppKey("hub", WebSocketHub)
 METRICS = web.AppKey("metrics", CollectorRegistry)
 HISTOGRAM = web.AppKey("start_histogram", StartDurationHistogram)
 GATEWAY = web.AppKey("gateway", Gateway)
+REQUEST_LOG = web.AppKey("request_log", RequestLog)  # absent when request_log.enabled is false

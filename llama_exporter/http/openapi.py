@@ -11,6 +11,7 @@ from typing import Any
 
 from llama_exporter import __version__
 from llama_exporter.gateway import openapi as gateway_openapi
+from llama_exporter.http import requests_openapi
 from llama_exporter.reload import openapi as reload_openapi
 from llama_exporter.states import State
 from llama_exporter.web import openapi as web_openapi
@@ -415,6 +416,7 @@ def describe() -> Schema:
             **paths(),
             **gateway_openapi.paths(),
             **reload_openapi.paths(),
+            **requests_openapi.paths(),
             **web_openapi.paths(),
         },
         "components": {

@@ -25,6 +25,7 @@ Event = dict[str, Any]
 
 STATUS_EVENT = "llama-status:update"
 METRICS_EVENT = "llama-metrics:update"
+REQUEST_EVENT = "llama-request:update"  # a request log record, at arrival and at the end
 
 
 def make_event(kind: str, model: str, data: Any) -> Event:

@@ -64,6 +64,8 @@ TOP_RULES: Mapping[str, Rule] = {
     "gateway": Rule.LIVE,
     "host_label": Rule.LIVE,  # target files rewritten, series relabelled
     "memory_budget": Rule.LIVE,  # the next start is admitted against it
+    # The request log's store is opened with its settings when the service starts.
+    "request_log": Rule.SERVICE,
 }
 # Sub-keys whose rule differs from their section's.
 SUB_RULES: Mapping[str, Rule] = {

@@ -15,8 +15,11 @@ _STRING = 8
 _ARRAY = 9
 _UINT64 = 10
 
+_ALIGNMENT = 32  # general.alignment's default: tensor data starts on this boundary
+
 MetaScalar = int | float | bool | str
 MetaValue = MetaScalar | Sequence["MetaValue"]
+TensorSpec = tuple[str, Sequence[int], int, int]  # name, dims, ggml type id, data bytes
 
 
 def _string(value: str, endian: str = "<") -> bytes:
@@ -68,15 +71,29 @@ def write_minimal_gguf(
     *,
     version: int = 3,
     big_endian: bool = False,
+    tensors: Sequence[TensorSpec] = (),
 ) -> Path:
-    """Write a GGUF file with the given metadata and no tensors; return its path.
+    """Write a GGUF file with the given metadata and tensor table; return its path.
 
     Value types: bool, int (uint32, int32 or uint64), float (float32), str, and
-    sequences of one of these (nested sequences give arrays of arrays).
+    sequences of one of these (nested sequences give arrays of arrays). Tensors are
+    (name, dims, ggml type id, data bytes); their data is a hole (a sparse file of the
+    right size), so a header for a 70B model costs nothing on disk.
     """
     endian = ">" if big_endian else "<"
     meta = dict(DEFAULT_METADATA if metadata is None else metadata)
     body = b"".join(_string(key, endian) + _value(value, endian) for key, value in meta.items())
-    header = b"GGUF" + struct.pack(endian + "IQQ", version, 0, len(meta))
-    path.write_bytes(header + body)
+    header = b"GGUF" + struct.pack(endian + "IQQ", version, len(tensors), len(meta))
+    table = b""
+    offset = 0
+    for name, dims, ggml_type, nbytes in tensors:
+        table += _string(name, endian) + struct.pack(endian + "I", len(dims))
+        table += struct.pack(endian + "Q" * len(dims), *dims)
+        table += struct.pack(endian + "IQ", ggml_type, offset)
+        offset += -(-nbytes // _ALIGNMENT) * _ALIGNMENT
+    data = header + body + table
+    with open(path, "wb") as handle:
+        handle.write(data)
+        if tensors:
+            handle.truncate(-(-len(data) // _ALIGNMENT) * _ALIGNMENT + offset)
     return path

@@ -96,3 +96,19 @@ export function clock(unixSeconds) {
     .map((n) => String(n).padStart(2, "0"))
     .join(":");
 }
+
+/** A config reload's outcome (the llama-status:update event's `reload`) as one short line. */
+export function reloadText(r) {
+  if (!r.ok) return `Config reload failed, the running config stays: ${r.error?.message ?? "unknown error"}`;
+  const parts = [
+    ["added", r.added],
+    ["removed", r.removed],
+    ["restarting", r.restarted],
+    ["changed", r.changed_live],
+  ]
+    .filter(([, names]) => names && names.length)
+    .map(([what, names]) => `${what} ${names.join(", ")}`);
+  const settings = r.settings_live?.length ? [`settings ${r.settings_live.join(", ")}`] : [];
+  const all = [...parts, ...settings];
+  return `Config reloaded: ${all.length ? all.join("; ") : "no change"}`;
+}

@@ -1,9 +1,11 @@
-// Start-up and wiring: the shared store, the live stream, the two views, routing.
+// Start-up and wiring: the shared store, the live stream, the three views, routing.
 
 import { api, ApiError, LiveSocket } from "./api.js";
 import { $, setAttr, setText, show } from "./dom.js";
+import { reloadText } from "./format.js";
 import { ModelsView, RUNNING_STATES } from "./models.js";
 import { MonitorView } from "./monitor.js";
+import { RequestsView } from "./requests.js";
 
 const GATEWAY_EVERY_MS = 2000;
 const HOST_EVERY_MS = 2000;
@@ -42,6 +44,13 @@ const monitor = new MonitorView({
   },
 });
 
+const requests = new RequestsView({
+  store,
+  select: (id) => {
+    window.location.hash = id === null ? "#requests" : `#requests/${encodeURIComponent(id)}`;
+  },
+});
+
 let renderQueued = false;
 
 /** Render both views and the header on the next frame (status bursts render once). */
@@ -55,6 +64,7 @@ function flush() {
   renderQueued = false;
   models.render();
   monitor.render();
+  requests.render();
   renderHeader();
 }
 
@@ -153,11 +163,29 @@ async function pollHost() {
   setTimeout(pollHost, HOST_EVERY_MS);
 }
 
+const RELOAD_NOTICE_MS = 20000;
+let reloadTimer = null;
+
+/** A config reload: say what changed (a while) or why it failed (until the next one). */
+function onReload(outcome) {
+  const el = $("reload-notice");
+  setText(el, reloadText(outcome));
+  setAttr(el, "data-ok", String(outcome.ok));
+  show(el, true);
+  clearTimeout(reloadTimer);
+  if (outcome.ok) reloadTimer = setTimeout(() => show(el, false), RELOAD_NOTICE_MS);
+  refreshModels(); // models may have come or gone
+}
+
 function onEvent(msg) {
-  if (msg.type === "llama-status:update") {
+  if (msg.type === "llama-status:update" && msg.data?.reload) {
+    onReload(msg.data.reload);
+  } else if (msg.type === "llama-status:update") {
     applyStatus(msg.data);
   } else if (msg.type === "llama-metrics:update") {
     monitor.onMetrics(msg.model, msg.data);
+  } else if (msg.type === "llama-request:update") {
+    requests.onRecord(msg.data);
   }
 }
 
@@ -177,23 +205,27 @@ const socket = new LiveSocket({
     if (opened) {
       refreshModels();
       monitor.refill();
+      requests.refill();
     }
     opened = true;
   },
 });
 
-/** #models (default), #monitor or #monitor/NAME. */
+/** #models (default), #monitor, #monitor/NAME, #requests or #requests/ID. */
 function route() {
   const hash = window.location.hash.slice(1);
-  const [view, ...rest] = hash.split("/");
-  const onMonitor = view === "monitor";
-  show($("view-models"), !onMonitor);
-  show($("view-monitor"), onMonitor);
-  setAttr($("tab-models"), "aria-current", onMonitor ? null : "page");
-  setAttr($("tab-monitor"), "aria-current", onMonitor ? "page" : null);
-  models.setVisible(!onMonitor);
-  monitor.setVisible(onMonitor);
-  if (onMonitor) monitor.show(rest.length ? decodeURIComponent(rest.join("/")) : monitor.model);
+  const [first, ...rest] = hash.split("/");
+  const view = first === "monitor" || first === "requests" ? first : "models";
+  for (const name of ["models", "monitor", "requests"]) {
+    show($(`view-${name}`), view === name);
+    setAttr($(`tab-${name}`), "aria-current", view === name ? "page" : null);
+  }
+  models.setVisible(view === "models");
+  monitor.setVisible(view === "monitor");
+  requests.setVisible(view === "requests");
+  const arg = rest.length ? decodeURIComponent(rest.join("/")) : null;
+  if (view === "monitor") monitor.show(arg ?? monitor.model);
+  if (view === "requests") requests.select(arg);
 }
 
 async function main() {
@@ -202,7 +234,10 @@ async function main() {
   // those requests small instead of letting it grow to its default 250 entries.
   performance.setResourceTimingBufferSize(50);
   performance.addEventListener("resourcetimingbufferfull", () => performance.clearResourceTimings());
-  setInterval(() => models.tick(), 1000);
+  setInterval(() => {
+    models.tick();
+    requests.tick();
+  }, 1000);
   setInterval(refreshModels, MODELS_EVERY_MS);
   await refreshModels(); // asks for the token first, if the service needs one
   route();

@@ -321,15 +321,20 @@ export class ModelsView {
     const form = $("register-form");
     const error = $("reg-error");
     const fields = { name: $("reg-name"), path: $("reg-path"), ctx_size: $("reg-ctx"),
-      parallel: $("reg-parallel") };
+      parallel: $("reg-parallel"), idle_ttl: $("reg-idle-ttl"), stop_drain: $("reg-stop-drain"),
+      pinned: $("reg-pinned") };
     for (const input of Object.values(fields)) setAttr(input, "aria-invalid", null);
     setText(error, "");
     setText($("reg-done"), "");
     const body = { name: fields.name.value.trim(), path: fields.path.value.trim() };
-    for (const key of ["ctx_size", "parallel"]) {
-      const raw = fields[key].value.trim();
+    // Left empty: the config's defaults apply (as when the API or the CLI omit them).
+    for (const key of ["ctx_size", "parallel", "idle_ttl", "stop_drain"]) {
+      const input = fields[key];
+      const raw = input.value.trim();
       if (raw !== "") body[key] = Number(raw);
+      else if (input.validity.badInput) body[key] = raw; // not a number: the API names it
     }
+    if (fields.pinned.checked) body.pinned = true;
     for (const key of ["name", "path"]) {
       if (!body[key]) {
         setAttr(fields[key], "aria-invalid", "true");

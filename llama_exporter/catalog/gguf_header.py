@@ -1,0 +1,204 @@
+"""The whole GGUF header the memory estimate needs: every scalar, the numeric arrays
+(per-layer head counts, SWA patterns) and the tensor info table, with no tensor data.
+
+Built on gguf_meta's forward-only stream: string arrays (the tokenizer's hundreds of
+thousands of entries) are skipped undecoded and only counted, so the gemma file's
+header reads in a few milliseconds (``gguf.GGUFReader`` takes seconds: bench/memory.py).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import BinaryIO
+
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from llama_exporter.catalog.gguf_meta import (
+    _ARRAY,
+    _FIXED_SIZES,
+    _FORMATS,
+    _MAX_KEY_LEN,
+    _STRING,
+    GGUF_MAGIC,
+    SUPPORTED_VERSIONS,
+    GGUFError,
+    Scalar,
+    _Stream,
+    _Truncated,
+)
+
+_MAX_NUMERIC_ARRAY = 1 << 16  # longer numeric arrays are not per-layer values: skipped
+_MAX_DIMS = 8  # GGML_MAX_DIMS is 4; a bigger count is a corrupt file
+_MAX_TENSORS = 1 << 22
+
+NumericArray = tuple[int | float | bool, ...]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the table: its name, ggml type, shape and data bytes."""
+
+    name: str
+    ggml_type: int
+    dims: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class GGUFHeader:
+    """What a GGUF file says about its model, without reading tensor data."""
+
+    values: Mapping[str, Scalar]  # every scalar key
+    arrays: Mapping[str, NumericArray]  # numeric arrays up to _MAX_NUMERIC_ARRAY items
+    array_counts: Mapping[str, int]  # item count of every array (string arrays too)
+    tensors: tuple[TensorInfo, ...]
+    file_size: int
+
+    @property
+    def architecture(self) -> str:
+        arch = self.values.get("general.architecture")
+        return arch if isinstance(arch, str) else ""
+
+
+def type_nbytes(ggml_type: int, elements: int) -> int:
+    """Bytes of `elements` values of a ggml type (ggml_row_size: blocks x block bytes)."""
+    block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
+    return elements // block * size
+
+
+def _numeric_array(stream: _Stream, item_type: int, count: int) -> NumericArray:
+    size = _FIXED_SIZES[item_type]
+    raw = stream.read(count * size, f"an array of {count} values")
+    return tuple(struct.unpack(f"{stream.endian}{count}{_FORMATS[item_type]}", raw))
+
+
+def _read_kv(
+    stream: _Stream, kv_count: int
+) -> tuple[dict[str, Scalar], dict[str, NumericArray], dict[str, int]]:
+    values: dict[str, Scalar] = {}
+    arrays: dict[str, NumericArray] = {}
+    counts: dict[str, int] = {}
+    for _ in range(kv_count):
+        key_len = stream.u64()
+        if key_len > _MAX_KEY_LEN:
+            raise ValueError(f"corrupt header: metadata key of {key_len} bytes")
+        key = stream.read(key_len, "a metadata key").decode("utf-8", errors="replace")
+        vtype = stream.value_type()
+        if vtype != _ARRAY:
+            value = stream.scalar(vtype)
+            if value is not None:
+                values[key] = value
+            continue
+        item_type = stream.value_type()
+        count = stream.u64()
+        counts[key] = count
+        if item_type in _FIXED_SIZES and count <= _MAX_NUMERIC_ARRAY:
+            arrays[key] = _numeric_array(stream, item_type, count)
+        elif item_type in _FIXED_SIZES:
+            stream.skip(count * _FIXED_SIZES[item_type], f"an array of {count} values")
+        elif item_type == _STRING:
+            stream.skip_strings(count)
+        else:
+            stream._check(count * 12, f"an array of {count} arrays")
+            for _ in range(count):
+                stream.skip_value(item_type)
+    return values, arrays, counts
+
+
+def _read_tensor_table(stream: _Stream, count: int) -> tuple[TensorInfo, ...]:
+    tensors = []
+    for _ in range(count):
+        name_len = stream.u64()
+        if name_len > _MAX_KEY_LEN:
+            raise ValueError(f"corrupt header: tensor name of {name_len} bytes")
+        name = stream.read(name_len, "a tensor name").decode("utf-8", errors="replace")
+        n_dims = stream.u32()
+        if n_dims > _MAX_DIMS:
+            raise ValueError(f"corrupt header: tensor {name} has {n_dims} dimensions")
+        dims = tuple(stream.u64() for _ in range(n_dims))
+        ggml_type = stream.u32()
+        stream.u64()  # data offset: the estimate needs sizes, not places
+        elements = 1
+        for dim in dims:
+            elements *= dim
+        try:
+            nbytes = type_nbytes(ggml_type, elements)
+        except (ValueError, KeyError):
+            raise ValueError(f"tensor {name} has unknown ggml type {ggml_type}") from None
+        tensors.append(TensorInfo(name, ggml_type, dims, nbytes))
+    return tuple(tensors)
+
+
+def read_header(handle: BinaryIO, *, size: int) -> GGUFHeader:
+    """Read every metadata entry and the tensor table from an open GGUF file."""
+    magic = handle.read(4)
+    if magic != GGUF_MAGIC:
+        raise ValueError(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
+    raw_version = handle.read(4)
+    if len(raw_version) < 4:
+        raise _Truncated
+    (version,) = struct.unpack("<I", raw_version)
+    endian = "<"
+    if version & 0xFFFF == 0:  # written for the other byte order
+        (version,) = struct.unpack(">I", raw_version)
+        endian = ">"
+    if version not in SUPPORTED_VERSIONS:
+        raise ValueError(f"GGUF version {version} is not supported")
+    stream = _Stream(handle, endian, size)
+    tensor_count = stream.u64()
+    kv_count = stream.u64()
+    if kv_count > size or tensor_count > min(size, _MAX_TENSORS):
+        raise ValueError(f"corrupt header: {kv_count} entries, {tensor_count} tensors")
+    values, arrays, counts = _read_kv(stream, kv_count)
+    tensors = _read_tensor_table(stream, tensor_count)
+    if handle.tell() > size:
+        raise _Truncated
+    return GGUFHeader(
+        values=MappingProxyType(values),
+        arrays=MappingProxyType(arrays),
+        array_counts=MappingProxyType(counts),
+        tensors=tensors,
+        file_size=size,
+    )
+
+
+def read_gguf_header(path: Path | str) -> GGUFHeader:
+    """Read a GGUF file's full header (metadata and tensor table, no tensor data)."""
+    path = Path(path)
+    try:
+        with open(path, "rb", buffering=0) as handle:
+            size = os.fstat(handle.fileno()).st_size
+            return read_header(handle, size=size)
+    except _Truncated as exc:
+        detail = f": {exc}" if str(exc) else ""
+        raise GGUFError(f"{path}: truncated GGUF file (the header ends early{detail})") from None
+    except (ValueError, KeyError, OverflowError, struct.error) as exc:
+        raise GGUFError(f"{path}: {exc}") from exc
+
+
+class GGUFHeaderCache:
+    """read_gguf_header results keyed by (resolved path, size, mtime_ns); thread-safe."""
+
+    def __init__(self) -> None:
+        self._entries: dict[Path, tuple[tuple[int, int], GGUFHeader]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> GGUFHeader:
+        """The file's header, read again only when the file changed."""
+        resolved = Path(path).expanduser().resolve()
+        st = resolved.stat()
+        stamp = (st.st_size, st.st_mtime_ns)
+        with self._lock:
+            entry = self._entries.get(resolved)
+            if entry is not None and entry[0] == stamp:
+                return entry[1]
+        header = read_gguf_header(resolved)
+        with self._lock:
+            self._entries[resolved] = (stamp, header)
+        return header

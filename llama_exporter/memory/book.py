@@ -1,0 +1,100 @@
+"""MemoryBook: each model's figure for admission, learned from a past load, else estimated.
+
+Every method may block (GGUF header reads, the learned file): the caller runs it in a
+thread. The estimate is estimate.py's; the learned figure is report.py's parse of what
+llama-server allocated, kept by learned.py under the file and the memory settings.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from llama_exporter.catalog.gguf_header import GGUFHeaderCache
+from llama_exporter.config.settings import ModelConfig
+from llama_exporter.memory.estimate import cpu_repack_types, estimate
+from llama_exporter.memory.figure import DeviceNeed, MemoryFigure
+from llama_exporter.memory.launch import model_launch
+from llama_exporter.memory.learned import LearnedFigures, file_key
+from llama_exporter.memory.report import LoadReport
+
+# A load that died out of memory needed more than its figure said, by an amount nobody
+# logged. The next figure is the last one plus a quarter on every device: enough that
+# admission makes real room (evicts, or waits) rather than repeating the same load,
+# small enough that one failure does not lock a model out of a budget it fits. A load
+# that succeeds afterwards replaces it with the exact figure.
+OOM_RAISE = 1.25
+
+
+def _cpu_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def _raised(figure: MemoryFigure) -> MemoryFigure:
+    devices = {
+        device: DeviceNeed(
+            weights=need.weights,
+            kv=need.kv,
+            compute=need.compute + int(need.total * (OOM_RAISE - 1.0)),
+        )
+        for device, need in figure.devices.items()
+    }
+    return MemoryFigure(
+        devices=devices, source="learned", shared_weights_key=figure.shared_weights_key
+    )
+
+
+class MemoryBook:
+    """Figures by model: learned if a load of the same file and settings was seen."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        headers: GGUFHeaderCache | None = None,
+        *,
+        gpus: tuple[str, ...] = (),
+        repack: frozenset[int] | None = None,
+    ) -> None:
+        self.learned = LearnedFigures(state_dir)
+        self.headers = headers or GGUFHeaderCache()
+        self.gpus = gpus  # device names llama-server offloads to, e.g. ("cuda0",)
+        self.repack = (
+            cpu_repack_types(platform.machine(), _cpu_flags()) if repack is None else repack
+        )
+
+    def _key(self, model: ModelConfig) -> str:
+        return file_key(model.path, model_launch(model).key() + f"|gpus={','.join(self.gpus)}")
+
+    def estimate(self, model: ModelConfig) -> MemoryFigure:
+        """The figure before any load: from the GGUF header and the launch settings."""
+        header = self.headers.get(model.path)
+        return estimate(
+            header,
+            model_launch(model),
+            gpus=self.gpus,
+            repack=self.repack,
+            shared_weights_key=str(Path(model.path).expanduser().resolve()),
+        )
+
+    def figure(self, model: ModelConfig) -> MemoryFigure:
+        """The learned figure if known, else the estimate (``source`` says which)."""
+        learned = self.learned.get(self._key(model))
+        return learned if learned is not None else self.estimate(model)
+
+    def learn(self, model: ModelConfig, report: LoadReport) -> None:
+        """Keep what a load really allocated as the model's figure from now on."""
+        if not report.buffers:
+            return  # nothing was logged (verbosity below 4): keep what we had
+        shared = str(Path(model.path).expanduser().resolve())
+        self.learned.put(self._key(model), report.figure(shared_weights_key=shared))
+
+    def raise_after_oom(self, model: ModelConfig) -> None:
+        """A load died out of memory: the next figure is this one raised by OOM_RAISE."""
+        self.learned.put(self._key(model), _raised(self.figure(model)))
