@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import (
     Config,
@@ -80,16 +81,14 @@ async def _json(resp: Any) -> Any:
 
 
 async def _wait_state(client: Client, model: str, state: str) -> dict[str, Any]:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while True:
+    """The model's status entry, once it is in state."""
+
+    async def entry() -> dict[str, Any] | None:
         body = await _json(await client.get(f"{API}/status"))
-        entry = next(m for m in body["models"] if m["model"] == model)
-        if entry["state"] == state:
-            result: dict[str, Any] = entry
-            return result
-        assert loop.time() < deadline, f"{model} is {entry} not {state}"
-        await asyncio.sleep(0.05)
+        found: dict[str, Any] = next(m for m in body["models"] if m["model"] == model)
+        return found if found["state"] == state else None
+
+    return await async_wait_until(entry, f"{model} to be {state}")
 
 
 async def test_healthz_and_metrics(client: Client) -> None:
@@ -121,11 +120,12 @@ async def test_models_list_shows_metadata(client: Client) -> None:
     m0 = body["models"][0]
     assert m0["source"] == "config"
     assert m0["state"] == "stopped"
-    for _ in range(100):  # metadata is read in the background at start-up
-        if m0["metadata"] is not None:
-            break
-        await asyncio.sleep(0.05)
-        m0 = (await _json(await client.get(f"{API}/models")))["models"][0]
+
+    async def with_metadata() -> dict[str, Any] | None:  # read in the background at start-up
+        first: dict[str, Any] = (await _json(await client.get(f"{API}/models")))["models"][0]
+        return first if first["metadata"] is not None else None
+
+    m0 = await async_wait_until(with_metadata, "m0's metadata")
     assert m0["metadata"]["architecture"] == "llama"
     assert m0["metadata"]["quantization"] == "Q4_K_M"
 
@@ -289,30 +289,26 @@ async def test_start_wait_ready_then_stop(client: Client, tmp_path: Path) -> Non
 
 
 async def _wait_file(path: Path, expected: Any) -> None:
-    """Wait until path holds expected as JSON (fails after 20 s)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while True:
+    """Wait until path holds expected as JSON."""
+
+    async def holds() -> bool:
         try:
-            if json.loads(await asyncio.to_thread(path.read_text)) == expected:
-                return
+            return bool(json.loads(await asyncio.to_thread(path.read_text)) == expected)
         except (OSError, ValueError):
-            pass
-        assert loop.time() < deadline, f"{path} never held {expected}"
-        await asyncio.sleep(0.02)
+            return False
+
+    await async_wait_until(holds, f"{path} to hold {expected}")
 
 
 async def _wait_log_line(client: Client, model: str, text: str) -> list[str]:
     """The model's last 50 log lines, once one of them contains text."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while True:
+
+    async def lines() -> list[str] | None:
         resp = await client.get(f"{API}/models/{model}/logs", params={"lines": "50"})
-        lines: list[str] = (await _json(resp))["lines"]
-        if any(text in line for line in lines):
-            return lines
-        assert loop.time() < deadline, lines
-        await asyncio.sleep(0.02)
+        found: list[str] = (await _json(resp))["lines"]
+        return found if any(text in line for line in found) else None
+
+    return await async_wait_until(lines, f"a line with {text!r} in {model}'s log")
 
 
 def _proc_exists(pid: int) -> bool:
@@ -427,11 +423,13 @@ async def test_deleted_model_leaves_no_series_in_metrics(client: Client, tmp_pat
 
 
 async def _wait_metrics_of(client: Client, model: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while (await _json(await client.get(f"{API}/models/{model}/metrics")))["latest"] is None:
-        assert loop.time() < deadline, f"no live metrics for {model}"
-        await asyncio.sleep(0.05)
+    """Wait until the poller has live metrics for model."""
+
+    async def live() -> bool:
+        body = await _json(await client.get(f"{API}/models/{model}/metrics"))
+        return body["latest"] is not None
+
+    await async_wait_until(live, f"live metrics for {model}")
 
 
 async def test_instances_on_every_interface_are_advertised_at_the_configured_address(

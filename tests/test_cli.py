@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import psutil
 import pytest
 from promstack import free_port
 from service_proc import ServiceProcess, http_json, start_service
+from waiting import wait_until
 
 from llama_exporter.testing.gguf_writer import write_minimal_gguf
 
@@ -224,10 +224,8 @@ def test_sigkill_of_the_service_leaves_no_llama_server(
     pids = _start_both(service)
     service.proc.send_signal(signal.SIGKILL)
     service.proc.wait()
-    deadline = time.monotonic() + 60  # the kernel's doing; the bound only catches a hang
-    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not any(alive(pid) for pid in pids)
+    # The kernel's doing (PR_SET_PDEATHSIG); the limit only catches a hang.
+    wait_until(lambda: not any(alive(pid) for pid in pids), "the llama-servers to be gone")
     # The next start finds nothing of its own left to clean and serves again.
     again = start_service(tmp_path, config, port=service.port)
     try:

@@ -6,7 +6,6 @@ import asyncio
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
+from waiting import async_wait_until, wait_until
 
 from llama_exporter.testing.fake_llama import parse_args
 from llama_exporter.testing.fake_llama_app import create_app
@@ -37,19 +37,17 @@ def metric_values(text: str) -> dict[str, float]:
 
 
 async def poll(
-    client: Client, path: str, done: Callable[[Any, Any], bool], limit: float = 20.0
+    client: Client, path: str, done: Callable[[Any, Any], bool], limit: float = 60.0
 ) -> Any:
     """GET path until done(response, body) holds (body: JSON or text); that response."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while True:
+
+    async def answer() -> Any:
         resp = await client.get(path)
         json_body = resp.content_type == "application/json"
         body = await resp.json() if json_body else await resp.text()
-        if done(resp, body):
-            return resp
-        assert loop.time() < deadline, (path, resp.status, body)
-        await asyncio.sleep(0.01)
+        return resp if done(resp, body) else None
+
+    return await async_wait_until(answer, f"GET {path} to be done", limit=limit)
 
 
 def _decoding(slots: list[dict[str, Any]]) -> bool:
@@ -57,20 +55,19 @@ def _decoding(slots: list[dict[str, Any]]) -> bool:
     return any(s["is_processing"] and s["next_token"][0]["n_decoded"] > 0 for s in slots)
 
 
-async def until_health_hangs(port: int, limit: float = 20.0) -> None:
+async def until_health_hangs(port: int, limit: float = 60.0) -> None:
     """Wait until /health stops answering (times out) on 127.0.0.1:port."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
     timeout = aiohttp.ClientTimeout(total=0.3)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        while True:
+
+        async def hangs() -> bool:
             try:
                 async with session.get(f"http://127.0.0.1:{port}/health"):
-                    pass
+                    return False
             except TimeoutError:
-                return
-            assert loop.time() < deadline, "/health kept answering"
-            await asyncio.sleep(0.02)
+                return True
+
+        await async_wait_until(hangs, "/health to stop answering", limit=limit)
 
 
 async def test_health_503_while_loading_then_200(aiohttp_client: MakeClient) -> None:
@@ -244,21 +241,19 @@ def spawn(binary: Path, *extra: str) -> tuple[subprocess.Popen[bytes], int]:
     return subprocess.Popen(argv, stderr=subprocess.PIPE), port
 
 
-def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+def wait_health(port: int, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
     import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def healthy() -> bool:
         assert proc.poll() is None, "fake server exited before it was ready"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                if r.status == 200:
-                    return
+                return bool(r.status == 200)
         except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.02)
-    raise AssertionError("fake server not ready")
+            return False
+
+    wait_until(healthy, "the fake server to be ready", limit=timeout)
 
 
 def test_process_exits_0_on_sigterm(fake_server_bin: Path) -> None:
@@ -266,7 +261,7 @@ def test_process_exits_0_on_sigterm(fake_server_bin: Path) -> None:
     try:
         wait_health(port, proc)
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
+        assert proc.wait(timeout=60) == 0
     finally:
         proc.kill()
         proc.wait()
@@ -276,7 +271,7 @@ def test_process_crashes_after_ready_with_exit_code(fake_server_bin: Path) -> No
     proc, port = spawn(fake_server_bin, "--fake-crash-after", "0.1", "--fake-exit-code", "7")
     try:
         wait_health(port, proc)
-        assert proc.wait(timeout=5) == 7
+        assert proc.wait(timeout=60) == 7
     finally:
         proc.kill()
         proc.wait()
@@ -285,7 +280,7 @@ def test_process_crashes_after_ready_with_exit_code(fake_server_bin: Path) -> No
 def test_process_dies_by_signal_while_loading(fake_server_bin: Path) -> None:
     proc, _ = spawn(fake_server_bin, "--fake-signal-on-load", "SIGILL", "--fake-load-delay", "1")
     try:
-        assert proc.wait(timeout=5) == -signal.SIGILL
+        assert proc.wait(timeout=60) == -signal.SIGILL
     finally:
         proc.kill()
         proc.wait()
@@ -304,4 +299,4 @@ async def test_process_hang_keeps_process_but_health_times_out(fake_server_bin: 
         assert proc.poll() is None
     finally:
         proc.kill()
-        assert proc.wait(timeout=5) == -signal.SIGKILL
+        assert proc.wait(timeout=60) == -signal.SIGKILL

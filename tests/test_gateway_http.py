@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_api import make_config
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import Config, GatewayConfig, ModelConfig
 from llama_exporter.http.app import create_app
@@ -58,15 +59,6 @@ async def sample(client: Client, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 return float(s.value)
     return 0.0
-
-
-async def until(pred: Callable[[], Awaitable[bool]], limit: float = 20) -> None:
-    """Wait for an async condition, checking every 20 ms."""
-    async with asyncio.timeout(limit):
-        while True:
-            if await pred():
-                return
-            await asyncio.sleep(0.02)
 
 
 async def status_of(client: Client, model: str) -> dict[str, Any]:
@@ -247,7 +239,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot(
     async def slot_free() -> bool:
         return not await _slots_busy(client, "m0")
 
-    await until(slot_free)
+    await async_wait_until(slot_free)
 
     async def counted() -> bool:
         return (
@@ -261,7 +253,7 @@ async def test_client_disconnect_mid_stream_frees_the_slot(
             == 1
         )
 
-    await until(counted)
+    await async_wait_until(counted)
     assert (await status_of(client, "m0"))["in_flight"] == 0
     # What the abandoned stream showed before the client left is still observed.
     ttft = "llama_exporter_gateway_time_to_first_token_seconds_count"
@@ -308,7 +300,7 @@ async def test_idle_model_is_unloaded_and_the_poller_is_no_use(
             assert st["last_used"] == used
         return bool(st["state"] == "stopped")
 
-    await until(stopped)
+    await async_wait_until(stopped)
     assert len([t for t in polls if t > used]) >= 3  # polled after its last use, still unloaded
     assert (
         await sample(client, "llama_exporter_model_unloads_total", model="m0", reason="idle") == 1
@@ -339,7 +331,7 @@ async def test_api_registered_models_are_pinned_and_unloaded_when_idle_as_regist
     async def idle_stopped() -> bool:
         return bool((await status_of(client, "idle"))["state"] == "stopped")
 
-    await until(idle_stopped)
+    await async_wait_until(idle_stopped)
     assert (
         await sample(client, "llama_exporter_model_unloads_total", model="idle", reason="idle") == 1
     )
@@ -366,7 +358,7 @@ async def test_queue_full_429_and_queue_timeout_503(
     async def one_queued() -> bool:
         return bool((await (await client.get(f"{API}/gateway")).json())["queue_length"] == 1)
 
-    await until(one_queued)
+    await async_wait_until(one_queued)
     full = await client.post(CHAT, json=chat("m2", max_tokens=1))
     assert full.status == 429 and full.headers["Retry-After"]
     assert (await full.json())["error"]["code"] == "queue_full"
@@ -553,7 +545,7 @@ async def test_a_model_deleted_while_its_request_queues_gets_404_and_evicts_noth
     async def in_queue() -> bool:
         return bool((await (await client.get(f"{API}/gateway")).json())["queue_length"] == 1)
 
-    await until(in_queue)
+    await async_wait_until(in_queue)
     assert (await client.delete(f"{API}/models/extra")).status == 200
     busy.close()  # m0 is free: the queue's head is a model that is gone
     resp = await asyncio.wait_for(queued, 20)
@@ -567,4 +559,4 @@ async def test_a_model_deleted_while_its_request_queues_gets_404_and_evicts_noth
     async def busy_counted() -> bool:
         return await sample(client, requests, model="m0", endpoint=CHAT, code="499") == 1
 
-    await until(busy_counted)
+    await async_wait_until(busy_counted)

@@ -14,6 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.supervision.command import build_argv
@@ -222,18 +223,14 @@ async def test_a_cancelled_wait_ready_leaves_no_probe_behind(
     fake_server_bin: Path, tmp_path: Path, spawned: list[LlamaProcess]
 ) -> None:
     proc = await spawn(fake_server_bin, tmp_path, spawned, "--fake-load-delay", "30")
-    async with asyncio.timeout(60):
-        while True:  # until it listens and says it is loading
-            if await health_status("127.0.0.1", proc.port, 1.0) == 503:
-                break
-            await asyncio.sleep(0.02)
+
+    async def loading() -> bool:  # it listens and says it is loading
+        return await health_status("127.0.0.1", proc.port, 1.0) == 503
+
+    await async_wait_until(loading, "the fake server to say it is loading")
     os.kill(proc.pid, signal.SIGSTOP)  # the kernel still accepts; nothing answers
     waiting = asyncio.create_task(proc.wait_ready(30))
-    async with asyncio.timeout(60):
-        while True:
-            if _probes():
-                break
-            await asyncio.sleep(0.01)
+    await async_wait_until(_probes, "wait_ready's /health probe")
     waiting.cancel()  # a stop during the load
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -304,12 +301,9 @@ async def test_log_is_rotated_by_size_while_the_instance_runs(
         script, model, "127.0.0.1", free_port(), log_file, log_max_bytes=4096
     )
     spawned.append(proc)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 60
-    while proc.tail(1) != ["line 299, long enough to fill a small log quickly"]:
-        assert loop.time() < deadline and proc.returncode is None, proc.tail(3)
-        await asyncio.sleep(0.01)
-    assert proc.returncode is None  # rotated while it runs, not at the next start
+    last = ["line 299, long enough to fill a small log quickly"]
+    await async_wait_until(lambda: proc.tail(1) == last or proc.returncode is not None)
+    assert proc.returncode is None, proc.tail(3)  # rotated while it runs, not at the next start
     await proc.log_flushed()  # the writer thread has written what was read
     older, current = rotated_log(log_file).read_text(), log_file.read_text()
     line = len("line 299, long enough to fill a small log quickly\n")
@@ -320,4 +314,5 @@ async def test_log_is_rotated_by_size_while_the_instance_runs(
     go.touch()
     assert await proc.wait() == 0
     assert proc.tail(2) == ["line 299, long enough to fill a small log quickly", "last line"]
+    await proc.log_flushed()
     assert log_file.read_text().endswith("last line\n")

@@ -6,10 +6,10 @@ import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 WITHOUT_DAEMONS = ROOT / "scripts" / "without_daemons.sh"
@@ -108,10 +108,8 @@ def test_sigterm_restores_once_the_command_is_done(tmp_path: Path) -> None:
     env = {**os.environ, "LLAMA_EXPORTER_POLICY_RC_D": str(policy)}
     proc = subprocess.Popen([str(WITHOUT_DAEMONS), "sh", "-c", script], env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not started.exists():
-            assert proc.poll() is None and time.monotonic() < deadline
-            time.sleep(0.02)
+        wait_until(lambda: started.exists() or proc.poll() is not None, "the command to start")
+        assert proc.poll() is None
         assert MARKER in policy.read_text()  # ours, while the command runs
         proc.send_signal(signal.SIGTERM)
         go.touch()  # the install finishes; only then is the policy put back

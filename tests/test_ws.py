@@ -9,20 +9,12 @@ from typing import Any
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from aiohttp.test_utils import TestClient
+from waiting import async_wait_until
 
 from llama_exporter.http.ws import STATUS_EVENT, Event, WebSocketHub, make_event
 
 Client = TestClient[web.Request, web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
-
-
-async def until(predicate: Callable[[], bool]) -> None:
-    """Wait until predicate() holds; fail after 5 s."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def hub_app(hub: WebSocketHub) -> web.Application:
@@ -54,7 +46,7 @@ async def test_filtered_clients_get_only_their_model(aiohttp_client: MakeClient)
     ws_all = await client.ws_connect("/ws")
     assert (await ws_a.receive_json(timeout=5))["model"] == "a"
     assert {(await ws_all.receive_json(timeout=5))["model"] for _ in range(2)} == {"a", "b"}
-    await until(lambda: hub.client_count == 2)
+    await async_wait_until(lambda: hub.client_count == 2)
     hub.publish(make_event(STATUS_EVENT, "b", {"state": "ready"}))
     hub.publish(make_event(STATUS_EVENT, "a", {"state": "ready"}))
     got_a = await ws_a.receive_json(timeout=5)
@@ -74,7 +66,7 @@ async def test_clients_that_fall_behind_are_closed_and_can_reconnect(
     slow = await client.ws_connect("/ws", params={"model": "a"})
     for ws in (fast, slow):
         await ws.receive_json(timeout=5)
-    await until(lambda: hub.client_count == 2)
+    await async_wait_until(lambda: hub.client_count == 2)
     # Publish a burst faster than any sender task can drain (no await in between):
     # both queues overflow, both clients are closed with "try again later".
     for i in range(10):
@@ -88,7 +80,9 @@ async def test_clients_that_fall_behind_are_closed_and_can_reconnect(
     again = await client.ws_connect("/ws", params={"model": "a"})
     first: dict[str, Any] = json.loads((await again.receive(timeout=5)).data)
     assert first["data"] == {"state": "stopped"}
-    await until(lambda: hub.client_count == 1 and not any(c.dropped for c in hub._clients))
+    await async_wait_until(
+        lambda: hub.client_count == 1 and not any(c.dropped for c in hub._clients)
+    )
     hub.publish(make_event(STATUS_EVENT, "a", {"state": "ready"}))
     assert (await again.receive_json(timeout=5))["data"] == {"state": "ready"}
     await again.close()
@@ -100,7 +94,7 @@ async def test_close_sends_going_away(aiohttp_client: MakeClient) -> None:
     client = await aiohttp_client(hub_app(hub))
     ws = await client.ws_connect("/ws", params={"model": "b"})
     await ws.receive_json(timeout=5)
-    await until(lambda: hub.client_count == 1)
+    await async_wait_until(lambda: hub.client_count == 1)
     await hub.close()
     msg = await ws.receive(timeout=5)
     assert msg.type.name in ("CLOSE", "CLOSING", "CLOSED")
@@ -121,7 +115,7 @@ async def test_clients_past_the_cap_are_refused_with_a_reason(aiohttp_client: Ma
     assert "too many clients (2" in (msg.extra or "")
     assert hub.refused_clients == 1 and hub.client_count == 2
     await first.close()
-    await until(lambda: hub.client_count == 1)
+    await async_wait_until(lambda: hub.client_count == 1)
     again = await client.ws_connect("/ws", params={"model": "a"})  # room again
     assert (await again.receive_json(timeout=5))["model"] == "a"
     await again.close()
@@ -152,7 +146,7 @@ async def test_close_is_concurrent_and_does_not_wait_for_clients_that_never_answ
     ]
     for ws in silent:
         await ws.receive_json(timeout=5)
-    await until(lambda: hub.client_count == 6)
+    await async_wait_until(lambda: hub.client_count == 6)
     in_flight = peak = 0
 
     def counted(close: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:

@@ -1,7 +1,8 @@
 """GGUF header reader: only the metadata keys we need, plus a cache by (path, size, mtime).
 
 ``gguf.GGUFReader`` decodes every field, including tokenizer arrays with hundreds of
-thousands of entries (12.9 s on a 253 MB gemma file). This reader streams the
+thousands of entries: 12.9 s and 25.6 s on a 253 MB gemma file (bench/gguf_read.py on two
+different days), against about 58 ms for this reader, which streams the
 key/value section in large chunks, skips arrays without decoding them and stops
 before the tensor table.
 """

@@ -5,7 +5,3 @@ admission in scheduler.py, with the queue for the cap in waitqueue.py, eviction 
 idle unload in unload.py and the counts of use in usage.py; forwarding in proxy.py;
 request metrics in metrics.py.
 """
-
-from llama_exporter.gateway.routes import Gateway
-
-__all__ = ["Gateway"]

@@ -10,7 +10,6 @@ from typing import Any
 
 from aiohttp import web
 
-from llama_exporter import web as page
 from llama_exporter.catalog.gguf_meta import GGUFInfoCache
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.config.settings import Config
@@ -33,7 +32,9 @@ from llama_exporter.requestlog.log import RequestLog
 from llama_exporter.requestlog.record import Record
 from llama_exporter.states import InstanceStatus
 from llama_exporter.supervision.instance_key import load_or_create_instance_key
-from llama_exporter.supervision.supervisor import Spawn, Supervisor
+from llama_exporter.supervision.process import SpawnFn
+from llama_exporter.supervision.supervisor import Supervisor
+from llama_exporter.web import static_routes as page
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ def create_app(
     *,
     host: str | None = None,
     port: int | None = None,
-    spawn: Spawn | None = None,
+    spawn: SpawnFn | None = None,
     sighup: bool = False,
     watch_config: bool = False,
 ) -> web.Application:

@@ -24,6 +24,7 @@ from llama_exporter.memory.report import LoadReport
 # small enough that one failure does not lock a model out of a budget it fits. A load
 # that succeeds afterwards replaces it with the exact figure.
 OOM_RAISE = 1.25
+SKIPS_FILE = "gguf-skips.json"  # where long header arrays end, per file version
 
 
 def _cpu_flags() -> frozenset[str]:
@@ -63,7 +64,7 @@ class MemoryBook:
         repack: frozenset[int] | None = None,
     ) -> None:
         self.learned = LearnedFigures(state_dir)
-        self.headers = headers or GGUFHeaderCache()
+        self.headers = headers or GGUFHeaderCache(Path(state_dir) / SKIPS_FILE)
         self.gpus = gpus  # device names llama-server offloads to, e.g. ("cuda0",)
         self.repack = (
             cpu_repack_types(platform.machine(), _cpu_flags()) if repack is None else repack

@@ -2,7 +2,7 @@
 
 ``Poller`` runs one task per ready instance on a fixed monotonic schedule, so a
 slow instance delays nobody, and puts what it read into the ``MetricsStore``
-(store.py, re-exported here).
+(store.py).
 """
 
 from __future__ import annotations
@@ -34,10 +34,8 @@ from llama_exporter.monitoring.derive import (
 )
 from llama_exporter.monitoring.httpget import GetError, KeepAliveClient
 from llama_exporter.monitoring.pollrate import is_idle, read_now
-from llama_exporter.monitoring.store import HostSample, MetricsStore, PollInfo, Subscriber
+from llama_exporter.monitoring.store import HostSample, MetricsStore
 from llama_exporter.states import InstanceStatus, State
-
-__all__ = ["HostSample", "MetricsStore", "PollInfo", "Poller", "Subscriber", "host_cpu_ratio"]
 
 log = logging.getLogger(__name__)
 

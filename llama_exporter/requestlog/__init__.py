@@ -3,7 +3,3 @@
 Entry point: ``RequestLog`` (log.py). The record, the filter and paging are pure
 (record.py); the SQLite file and its writer thread are store.py.
 """
-
-from llama_exporter.requestlog.log import RequestLog
-
-__all__ = ["RequestLog"]

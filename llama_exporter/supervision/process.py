@@ -20,6 +20,7 @@ import psutil
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.redact import MASK, redact_args, secret_values
+from llama_exporter.supervision.child import Child
 from llama_exporter.supervision.command import build_argv, child_env, reader_key
 from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.logfile import LOG_ROTATE_BYTES, InstanceLog
@@ -144,7 +145,7 @@ class LlamaProcess:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: Child,
         host: str,
         port: int,
         log_file: InstanceLog,
@@ -190,15 +191,9 @@ class LlamaProcess:
         env = child_env(model, os.environ)
         parent = os.getpid()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                process_group=0,
-                preexec_fn=lambda: _pdeathsig_preexec(parent),
-            )
+            # Forked and exec'd in a thread: a fork of the service with a preexec_fn
+            # blocks until the child has exec'd (see child.py).
+            proc = await Child.start(argv, env=env, preexec_fn=lambda: _pdeathsig_preexec(parent))
         except BaseException:
             await out.aclose()
             raise
@@ -230,7 +225,9 @@ class LlamaProcess:
             await asyncio.shield(self._log.aclose())
 
     async def log_flushed(self) -> None:
-        """Wait until the output read so far is in the log file."""
+        """Wait until the output read so far (all of it, once exited) is in the log file."""
+        if self.returncode is not None:
+            await asyncio.shield(self._reader)  # its end writes and closes the log
         await self._log.flushed()
 
     @property

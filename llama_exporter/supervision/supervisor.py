@@ -33,22 +33,7 @@ from llama_exporter.supervision.command import reader_key
 from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
 from llama_exporter.supervision.logfile import rotated_log, tail_file
-from llama_exporter.supervision.process import Instance, SpawnFn
-
-__all__ = [
-    "CapExceeded",
-    "Conflict",
-    "Instance",
-    "InstanceCounters",
-    "ModelSource",
-    "ShuttingDown",
-    "Spawn",
-    "SpawnFn",
-    "Supervisor",
-    "UnknownModel",
-]
-
-Spawn = SpawnFn  # the OS seam: how an instance is started (LlamaProcess.spawn by default)
+from llama_exporter.supervision.process import SpawnFn
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +299,7 @@ class Supervisor:
         fields.update(api_key=reader_key(model, self._lifecycle.instance_key), host=reach)
         if retries is not None:
             fields.update(retries=retries, last_error=None, ready_at=None)
-        entry.launched = model
+        entry.launched, entry.stop_asked = model, False
         status = self._set_state(entry, State.STARTING, **fields)
         entry.task = asyncio.create_task(self._lifecycle.run(entry, model, automatic))
         return status
@@ -333,6 +318,7 @@ class Supervisor:
             return self.status(name)
         state = entry.status.state
         if state is State.STOPPING:
+            entry.stop_asked = True  # a reload's restart ends in STOPPED, not STARTING
             return await self.wait_settled(name)
         if state in (State.STOPPED,):
             return entry.status
@@ -367,8 +353,8 @@ class Supervisor:
         if state is State.BACKOFF:
             return self.launch(name, trigger=reason)
         await self._drain_and_stop(entry, name, reason, None)
-        if self._shutting_down or entry.status.state is not State.STOPPING:
-            # shutdown() waits for this stop to settle; a model gone meanwhile stays down
+        if self._shutting_down or entry.stop_asked or entry.status.state is not State.STOPPING:
+            # stop() or shutdown() came meanwhile and waits for this stop to settle
             return self._set_state(entry, State.STOPPED, pid=None, port=None, ready_at=None)
         try:
             model = self._model(name)
