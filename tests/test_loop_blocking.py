@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from churn import Service, churn, report, write_config
 from loopwatch import LoopWatch
+from waiting import wait_until
 
 from llama_exporter.catalog.registry import Registry
 from llama_exporter.supervision import logfile
@@ -83,8 +84,12 @@ def run_churn(tmp: Path, binary: Path, gguf: Path) -> Service:
             churn(service, list(models), chat, extra)
     finally:
         service.stop()
-    left = [t.name for t in threading.enumerate() if t.name.startswith("log ")]
-    assert not left, f"log writer threads left running after shutdown: {left}"
+
+    def threads(prefix: str) -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
+
+    assert not threads("log "), "log writers are flushed and joined before the shutdown ends"
+    wait_until(lambda: not threads("reap "), "each reaper thread ends with its child")
     return service
 
 

@@ -79,7 +79,7 @@ class Child:
 
             def reap() -> None:
                 code = popen.wait()
-                if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(exited, code)
 
             # Started here: Thread.start waits until the new thread runs, not on the loop.

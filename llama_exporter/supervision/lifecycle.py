@@ -56,6 +56,7 @@ class Entry:
     task: asyncio.Task[None] | None = None
     launched: ModelConfig | None = None  # the settings the current process was started with
     stop_asked: bool = False  # a stop() came during a restart's STOPPING: do not start again
+    restarting: bool = False  # Supervisor.restart() is stopping it to start it again
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
     unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason

@@ -113,6 +113,11 @@ class Supervisor:
         """Take a reloaded config: the cap, timeouts and restart policy apply from now on."""
         self.config = self._lifecycle.config = config
 
+    def restarting(self, name: str) -> bool:
+        """True while restart() stops the model to start it again (STOPPING, then STARTING)."""
+        entry = self._entries.get(name)
+        return entry is not None and entry.restarting and not entry.stop_asked
+
     def launched(self, name: str) -> ModelConfig | None:
         """The settings the model's current (or last) process was started with."""
         entry = self._entries.get(name)
@@ -352,7 +357,11 @@ class Supervisor:
             return self.status(name)
         if state is State.BACKOFF:
             return self.launch(name, trigger=reason)
-        await self._drain_and_stop(entry, name, reason, None)
+        entry.restarting = True
+        try:
+            await self._drain_and_stop(entry, name, reason, None)
+        finally:
+            entry.restarting = False
         if self._shutting_down or entry.stop_asked or entry.status.state is not State.STOPPING:
             # stop() or shutdown() came meanwhile and waits for this stop to settle
             return self._set_state(entry, State.STOPPED, pid=None, port=None, ready_at=None)
