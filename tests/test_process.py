@@ -54,6 +54,8 @@ def test_build_argv_passes_the_flags_the_service_needs() -> None:
         "2048",
         "-np",
         "2",
+        "-lv",
+        "4",
         "--cors-origins",
         "none",
         "--no-cors-credentials",

@@ -33,6 +33,9 @@ def build_argv(
     argv = [str(binary), "-m", str(model.path), "--alias", model.name]
     argv += ["--host", host, "--port", str(port)]
     argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
+    # -lv 4: the load logs every buffer it allocates (memory/report.py learns the model's
+    # figure from them); about 2.4 KB more log per request. A -lv in args comes later: it wins.
+    argv += ["-lv", "4"]
     if key_file is not None:
         argv += ["--api-key-file", str(key_file)]
     argv += ["--cors-origins", CORS_ORIGINS, "--no-cors-credentials"]

@@ -19,7 +19,8 @@ from typing import Protocol
 import psutil
 
 from llama_exporter.config.settings import ModelConfig
-from llama_exporter.redact import MASK, redact_args, secret_values
+from llama_exporter.memory.report import LOADED, is_report_line
+from llama_exporter.redact import redact_args, redact_output, secret_values
 from llama_exporter.supervision.child import Child
 from llama_exporter.supervision.command import build_argv, child_env, reader_key
 from llama_exporter.supervision.instance_key import InstanceKey
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 READY_POLL_INTERVAL = 0.01  # seconds between /health probes while loading
 TAIL_LINES = 200
+MAX_LOAD_LINES = 1000  # a load logs a few dozen memory lines; this bounds a strange one
 _PR_SET_PDEATHSIG = 1
 
 CPU_HINT = (
@@ -129,6 +131,7 @@ class Instance(Protocol):
     async def stop(self, grace: float) -> int: ...
     def kill(self) -> None: ...
     def tail(self, n: int) -> list[str]: ...
+    def load_lines(self) -> list[str]: ...  # what the load said of its memory (report.py)
 
 
 SpawnFn = Callable[[Path, ModelConfig, str, int, Path], Awaitable[Instance]]
@@ -161,6 +164,8 @@ class LlamaProcess:
         self.port = port
         self.pid: int = proc.pid
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._load_lines: list[str] = []  # the load's memory lines, until "model loaded"
+        self._loading = True
         self._log = log_file  # written and rotated by its own thread
         self._exited: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
         self._reader = asyncio.ensure_future(self._read_output())
@@ -212,10 +217,12 @@ class LlamaProcess:
                     raw = await stream.read(65536)
                 if not raw:
                     break
-                for secret in self._secrets:
-                    raw = raw.replace(secret, MASK.encode())
+                raw = redact_output(raw, self._secrets)
                 self._log.write(raw)
-                self._tail.append(raw.decode(errors="replace").rstrip("\r\n"))
+                text = raw.decode(errors="replace").rstrip("\r\n")
+                self._tail.append(text)
+                if self._loading:
+                    self._keep_load_line(text)
         except OSError as exc:
             log.warning("reading llama-server output (pid %d): %s", self.pid, exc)
         finally:
@@ -312,6 +319,16 @@ class LlamaProcess:
     def tail(self, n: int) -> list[str]:
         """The last n lines the process wrote."""
         return list(self._tail)[-n:] if n > 0 else []
+
+    def _keep_load_line(self, text: str) -> None:
+        if is_report_line(text) and len(self._load_lines) < MAX_LOAD_LINES:
+            self._load_lines.append(text)
+        if LOADED in text:
+            self._loading = False
+
+    def load_lines(self) -> list[str]:
+        """The lines of the load that report.parse_report reads (buffer sizes, context)."""
+        return list(self._load_lines)
 
 
 async def hang_watch(

@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from llama_exporter.config.settings import Config, ModelConfig
@@ -86,8 +86,10 @@ class Supervisor:
         instance_host: str = "127.0.0.1",
         watchdog_interval: float = WATCHDOG_INTERVAL,
         instance_key: InstanceKey | None = None,
+        learn: Callable[[ModelConfig, Sequence[str]], None] | None = None,
     ) -> None:
         self.config = config
+        self._learn = learn  # memory.book.MemoryBook.learn_lines: blocking, run in a thread
         self.models = models
         self._clock = clock
         self._entries: dict[str, Entry] = {}
@@ -106,8 +108,14 @@ class Supervisor:
             instance_host=instance_host,
             watchdog_interval=watchdog_interval,
             instance_key=instance_key,
+            on_loaded=self._learned if learn is not None else None,
         )
         self._host = instance_host  # readers connect to it (see _launch)
+
+    async def _learned(self, model: ModelConfig, lines: list[str]) -> None:
+        """A load is ready: record what it allocated (file write: in a thread)."""
+        assert self._learn is not None
+        await asyncio.to_thread(self._learn, model, lines)
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: the cap, timeouts and restart policy apply from now on."""
