@@ -41,7 +41,6 @@ TOP_RULES: Mapping[str, Rule] = {
     "port": Rule.SERVICE,
     "state_dir": Rule.SERVICE,  # the lock, instances.json and models.json live there
     "instance_host": Rule.SERVICE,  # running instances and their readers use the old one
-    "instance_auth": Rule.SERVICE,  # the key is read at start; running instances keep theirs
     "max_parallel": Rule.LIVE,  # lowering it stops nothing: the next start sees it
     "llama_server": Rule.LIVE,  # the next start of each model runs the new binary
     "ports": Rule.LIVE,  # the next start picks from the new range
