@@ -16,6 +16,7 @@ from llama_exporter import __version__
 from llama_exporter.cli import requests_cmd
 from llama_exporter.cli.client import Client, ClientError, ServiceUnreachable
 from llama_exporter.cli.serve import ServeError, cmd_serve
+from llama_exporter.config.env import instance_exposure_warning
 from llama_exporter.config.loader import load_config
 from llama_exporter.config.settings import ConfigError, parse_seconds
 from llama_exporter.config.sizes import format_size
@@ -33,6 +34,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except BudgetError as exc:
         print(f"{args.file}: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    exposed = instance_exposure_warning(config.instance_host, config.instance_auth)
+    if exposed is not None:
+        print(f"{args.file}: warning: {exposed}", file=sys.stderr)
     names = ", ".join(m.name for m in config.models) or "none"
     memory = (
         ", ".join(f"{device} {format_size(size)}" for device, size in budgets.items())

@@ -35,6 +35,7 @@ from llama_exporter.reload.metrics import ReloadMetrics
 from llama_exporter.requestlog.log import RequestLog
 from llama_exporter.requestlog.record import Record
 from llama_exporter.states import InstanceStatus
+from llama_exporter.supervision.instance_key import load_or_create_instance_key
 from llama_exporter.supervision.process import SpawnFn
 from llama_exporter.supervision.supervisor import Supervisor
 from llama_exporter.web import static_routes as page
@@ -92,6 +93,8 @@ def create_app(
     histogram = StartDurationHistogram(host=config.host_label)
     gpus = tuple(d for d in config.memory_budget if d != HOST)  # where figures put layers
     book = MemoryBook(config.state_dir, gpus=gpus)  # one book: admission reads, loads teach
+    # Read (or made, on the first start) before the loop runs: serve calls this first.
+    key = load_or_create_instance_key(config.state_dir) if config.instance_auth else None
     supervisor = Supervisor(
         config,
         registry.model_source(),
@@ -99,6 +102,7 @@ def create_app(
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
         memory=book,
+        instance_key=key,
         # every ready load's buffer sizes become the model's learned figure (in a thread)
         learn=book.learn_lines,
     )

@@ -26,6 +26,7 @@ from llama_exporter.states import (
     State,
     backoff_delay,
 )
+from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.oom import is_out_of_memory
 from llama_exporter.supervision.orphans import InstanceRecord, InstancesFile
 from llama_exporter.supervision.process import (
@@ -98,6 +99,7 @@ class Lifecycle:
         instance_host: str,
         watchdog_interval: float,
         on_oom: Callable[[ModelConfig], Awaitable[None]] | None = None,
+        instance_key: InstanceKey | None = None,
         on_loaded: LoadedFn | None = None,
     ) -> None:
         self.config = config
@@ -112,6 +114,7 @@ class Lifecycle:
         self._clock = clock
         self._host = instance_host
         self._watchdog_interval = watchdog_interval
+        self.instance_key = instance_key  # every instance requires it (None: no key)
         self._port_cursor = 0
         self.instances = InstancesFile(config.state_dir / "instances.json")
 
@@ -119,7 +122,13 @@ class Lifecycle:
         self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
     ) -> Instance:
         return await LlamaProcess.spawn(
-            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
+            binary,
+            model,
+            host,
+            port,
+            log_file,
+            log_max_bytes=self.config.log_max_bytes,
+            instance_key=self.instance_key,
         )
 
     async def run(self, entry: Entry, model: ModelConfig, automatic: bool) -> None:
