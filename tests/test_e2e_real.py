@@ -79,6 +79,7 @@ def stack(
             "restart": {"max_retries": 1, "backoff_initial": 0.5, "backoff_max": 1},
             "targets": {"directory": str(targets_dir)},
             "poll": {"interval": 1.0},
+            "memory_budget": {"cpu": "auto"},  # the Memory row's budget panels need one
             "models": [
                 {
                     "name": MODEL,
