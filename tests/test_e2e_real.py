@@ -226,8 +226,10 @@ def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) ->
     stop = threading.Event()
 
     def keep_busy() -> None:
+        # Short requests: llama-server's own counters move only when a request ends, and
+        # its rate rules need two scrapes that differ (a loaded machine makes < 1 token/s).
         while not stop.is_set():
-            complete(port, 40)
+            complete(port, 8)
 
     workers = [threading.Thread(target=keep_busy) for _ in range(2)]
     for w in workers:
