@@ -116,9 +116,11 @@ async def measure(
     """One watcher run against running fakes."""
     name, path = tree
     env = {**os.environ, "PYTHONPATH": str(path)}
+    # A baseline is watched by its own _watcher.py: the module layout moves between revisions.
+    script = path / "_watcher.py" if (path / "_watcher.py").is_file() else BENCH / "_watcher.py"
     watcher = await asyncio.create_subprocess_exec(
         sys.executable,
-        str(BENCH / "_watcher.py"),
+        str(script),
         str(targets_file),
         stdout=subprocess.PIPE,
         env=env,
@@ -239,6 +241,13 @@ def unpack_baseline(rev: str, into: Path) -> Path:
             f"{archive.stderr.decode().strip()}; pass --baseline REV or --no-baseline"
         )
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    watcher = subprocess.run(
+        ["git", "-C", str(ROOT), "show", f"{rev}:bench/_watcher.py"],
+        capture_output=True,
+        check=False,
+    )
+    if watcher.returncode == 0:  # else: this tree's _watcher.py, if the imports still match
+        (into / "_watcher.py").write_bytes(watcher.stdout)
     return into
 
 

@@ -95,3 +95,16 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
     assert (state / "memory-figures.json.corrupt").exists()
     book.learn(model, parse_report(LINES))
     assert MemoryBook(state, repack=frozenset()).figure(model).source == "learned"
+
+
+def test_two_books_on_one_folder_keep_both_figures(tmp_path: Path) -> None:
+    path = _gguf(tmp_path)
+    a = MemoryBook(tmp_path / "state", repack=frozenset())
+    b = MemoryBook(tmp_path / "state", repack=frozenset())
+    small = ModelConfig(name="s", path=path, ctx_size=1024)
+    big = ModelConfig(name="b", path=path, ctx_size=8192)
+    assert a.figure(small).source == b.figure(big).source == "estimate"  # both have read
+    a.learn(small, parse_report(LINES))
+    b.learn(big, parse_report(LINES))  # b reads a's write before writing its own
+    assert a.figure(big).source == "learned"
+    assert b.figure(small).source == "learned"

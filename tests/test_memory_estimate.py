@@ -4,6 +4,7 @@ named beside it), not by the code under test."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import gguf
@@ -253,3 +254,24 @@ def test_cells_follow_llama_context(ctx: int, parallel: int, unified: bool) -> N
 )
 def test_parse_launch(argv: list[str], expected: Launch) -> None:
     assert parse_launch(argv) == expected
+
+
+def test_header_skips_are_remembered(tmp_path: Path) -> None:
+    from llama_exporter.catalog.gguf_header import GGUFHeaderCache
+
+    meta: dict[str, MetaValue] = {
+        "general.architecture": "llama",
+        "tokenizer.ggml.tokens": [f"token{i}" for i in range(5000)],
+        "llama.block_count": 1,
+    }
+    path = write_minimal_gguf(tmp_path / "m.gguf", meta, tensors=[_t("blk.0.w", [32, 8], F16)])
+    skips = tmp_path / "skips.json"
+    first = GGUFHeaderCache(skips).get(path)
+    assert skips.exists()  # where the 5000 strings end
+    again = GGUFHeaderCache(skips).get(path)  # a new process: one seek over them
+    assert again == first == read_gguf_header(path)
+    # a wrong remembered end (a hand-edited file) falls back to reading everything
+    key = next(iter(json.loads(skips.read_text())))
+    start = int(next(iter(json.loads(skips.read_text())[key])))
+    skips.write_text(json.dumps({key: {str(start): start + 8 * 5000 + 3}}))
+    assert GGUFHeaderCache(skips).get(path) == first

@@ -54,6 +54,8 @@ def test_build_argv_passes_the_flags_the_service_needs() -> None:
         "2048",
         "-np",
         "2",
+        "-lv",
+        "4",
         "-t",
         "2",
     ]
@@ -316,4 +318,5 @@ async def test_log_is_rotated_by_size_while_the_instance_runs(
     go.touch()
     assert await proc.wait() == 0
     assert proc.tail(2) == ["line 299, long enough to fill a small log quickly", "last line"]
+    await proc.log_flushed()
     assert log_file.read_text().endswith("last line\n")

@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from test_gateway_scheduler import setup as gateway_setup
 from test_supervisor import FakeSpawner, fake_supervisor, transitions_are_legal, until
 
 from llama_exporter.config.settings import ModelConfig
@@ -90,3 +91,29 @@ async def test_restart_during_shutdown_ends_stopped(tmp_path: Path) -> None:
     await sup.shutdown()
     assert (await restart).state is State.STOPPED
     assert len(spawner.by_model["m0"]) == 1
+
+
+async def test_a_request_during_a_restart_waits_like_a_load(tmp_path: Path) -> None:
+    gw, sup, _, _ = gateway_setup(tmp_path, "a", cap=1)
+    drained = asyncio.Event()
+    first = await gw.scheduler.acquire("a")
+    old = first.status.pid
+
+    async def drain(model: str, seconds: float, reason: str) -> None:
+        await drained.wait()
+
+    sup.set_drain(drain)
+    restart = asyncio.ensure_future(sup.restart("a"))
+    await until(sup, "a", lambda s: s.state is State.STOPPING)
+    assert sup.restarting("a")
+    late = asyncio.ensure_future(gw.scheduler.acquire("a"))
+    await asyncio.sleep(0)
+    assert gw.scheduler._usage.load_waiters.get("a") == 1  # counted as waiting for a load
+    first.release()
+    drained.set()
+    lease = await asyncio.wait_for(late, 10)
+    await restart
+    assert lease.status.pid != old and lease.status.state is State.READY
+    assert gw.metrics.load_wait.count(("a",)) == 2  # the first (0 s) and the late one
+    assert not sup.restarting("a")
+    lease.release()

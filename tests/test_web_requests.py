@@ -204,10 +204,24 @@ def open_detail(view: View, request_id: str) -> dict[str, Any]:
     return found
 
 
-def test_a_reload_keeps_the_log_and_the_console_stays_clean(view: View) -> None:
+def test_a_reload_keeps_the_log_a_phone_fits_and_the_console_stays_clean(view: View) -> None:
     before = {r["id"] for r in view.rows()}
     view.browser.driver.refresh()
     view.wait_rows("the same requests after a reload", lambda rs: {r["id"] for r in rs} == before)
     # The detail opens from its address too (a link to one request).
     assert view.browser.js("return document.getElementById('req-detail').hidden") is False
+    # A phone: the page fits, and each row still says when, which model, how it ended.
+    view.browser.viewport(390, 844, mobile=True)
+    shown = view.browser.wait(
+        "the narrow layout",
+        lambda: view.browser.js(
+            "const th = [...document.querySelectorAll('.req-table th')]"
+            "  .filter((x) => x.offsetParent !== null).map((x) => x.dataset.col);"
+            "const box = document.querySelector('.req-scroll');"
+            "return document.documentElement.scrollWidth <= 390 && th.length < 9"
+            "  && box.scrollWidth <= box.clientWidth ? th : null;"
+        ),
+    )
+    assert shown == ["arrived", "model", "status", "duration"]
+    view.browser.screenshot("page-requests-phone")
     assert severe(view.browser.drain_console()) == []

@@ -8,6 +8,7 @@ header reads in a few milliseconds (``gguf.GGUFReader`` takes seconds: bench/mem
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import threading
@@ -19,6 +20,7 @@ from typing import BinaryIO
 
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from llama_exporter.atomic import write_atomic
 from llama_exporter.catalog.gguf_meta import (
     _ARRAY,
     _FIXED_SIZES,
@@ -36,6 +38,10 @@ from llama_exporter.catalog.gguf_meta import (
 _MAX_NUMERIC_ARRAY = 1 << 16  # longer numeric arrays are not per-layer values: skipped
 _MAX_DIMS = 8  # GGML_MAX_DIMS is 4; a bigger count is a corrupt file
 _MAX_TENSORS = 1 << 22
+# String arrays this long (the tokenizer's) cost most of a read, one length at a time:
+# where each one ends is remembered (``skips``) so the next read of the same file
+# version jumps over it in one seek.
+_REMEMBER_SKIP = 4096
 
 NumericArray = tuple[int | float | bool, ...]
 
@@ -78,8 +84,13 @@ def _numeric_array(stream: _Stream, item_type: int, count: int) -> NumericArray:
     return tuple(struct.unpack(f"{stream.endian}{count}{_FORMATS[item_type]}", raw))
 
 
+def _position(stream: _Stream) -> int:
+    """The stream's offset in the file."""
+    return stream._size - stream.remaining()
+
+
 def _read_kv(
-    stream: _Stream, kv_count: int
+    stream: _Stream, kv_count: int, skips: dict[int, int]
 ) -> tuple[dict[str, Scalar], dict[str, NumericArray], dict[str, int]]:
     values: dict[str, Scalar] = {}
     arrays: dict[str, NumericArray] = {}
@@ -103,7 +114,14 @@ def _read_kv(
         elif item_type in _FIXED_SIZES:
             stream.skip(count * _FIXED_SIZES[item_type], f"an array of {count} values")
         elif item_type == _STRING:
-            stream.skip_strings(count)
+            start = _position(stream)
+            end = skips.get(start)
+            if end is not None and end >= start + 8 * count:
+                stream.skip(end - start, f"an array of {count} strings")
+            else:
+                stream.skip_strings(count)
+                if count >= _REMEMBER_SKIP:
+                    skips[start] = _position(stream)
         else:
             stream._check(count * 12, f"an array of {count} arrays")
             for _ in range(count):
@@ -135,8 +153,12 @@ def _read_tensor_table(stream: _Stream, count: int) -> tuple[TensorInfo, ...]:
     return tuple(tensors)
 
 
-def read_header(handle: BinaryIO, *, size: int) -> GGUFHeader:
-    """Read every metadata entry and the tensor table from an open GGUF file."""
+def read_header(handle: BinaryIO, *, size: int, skips: dict[int, int] | None = None) -> GGUFHeader:
+    """Read every metadata entry and the tensor table from an open GGUF file.
+
+    skips maps where a long string array's items start to where they end, from an earlier
+    read of the same file version; the ones found here are added to it.
+    """
     magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ValueError(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
@@ -155,7 +177,7 @@ def read_header(handle: BinaryIO, *, size: int) -> GGUFHeader:
     kv_count = stream.u64()
     if kv_count > size or tensor_count > min(size, _MAX_TENSORS):
         raise ValueError(f"corrupt header: {kv_count} entries, {tensor_count} tensors")
-    values, arrays, counts = _read_kv(stream, kv_count)
+    values, arrays, counts = _read_kv(stream, kv_count, {} if skips is None else skips)
     tensors = _read_tensor_table(stream, tensor_count)
     if handle.tell() > size:
         raise _Truncated
@@ -168,13 +190,13 @@ def read_header(handle: BinaryIO, *, size: int) -> GGUFHeader:
     )
 
 
-def read_gguf_header(path: Path | str) -> GGUFHeader:
+def read_gguf_header(path: Path | str, skips: dict[int, int] | None = None) -> GGUFHeader:
     """Read a GGUF file's full header (metadata and tensor table, no tensor data)."""
     path = Path(path)
     try:
         with open(path, "rb", buffering=0) as handle:
             size = os.fstat(handle.fileno()).st_size
-            return read_header(handle, size=size)
+            return read_header(handle, size=size, skips=skips)
     except _Truncated as exc:
         detail = f": {exc}" if str(exc) else ""
         raise GGUFError(f"{path}: truncated GGUF file (the header ends early{detail})") from None
@@ -183,11 +205,50 @@ def read_gguf_header(path: Path | str) -> GGUFHeader:
 
 
 class GGUFHeaderCache:
-    """read_gguf_header results keyed by (resolved path, size, mtime_ns); thread-safe."""
+    """read_gguf_header results keyed by (resolved path, size, mtime_ns); thread-safe.
 
-    def __init__(self) -> None:
+    With a skips_file, where each file version's long string arrays end is kept on disk
+    (JSON, written atomically), so even the first read after a restart is a few seeks.
+    """
+
+    def __init__(self, skips_file: Path | None = None) -> None:
         self._entries: dict[Path, tuple[tuple[int, int], GGUFHeader]] = {}
         self._lock = threading.Lock()
+        self._skips_file = skips_file
+        self._skips: dict[str, dict[int, int]] | None = None
+
+    def _load_skips(self) -> dict[str, dict[int, int]]:
+        if self._skips is None:
+            self._skips = {}
+            if self._skips_file is not None:
+                try:
+                    raw = json.loads(self._skips_file.read_text(encoding="utf-8"))
+                    self._skips = {
+                        str(k): {int(a): int(b) for a, b in v.items()} for k, v in raw.items()
+                    }
+                except (OSError, ValueError, AttributeError, TypeError):
+                    pass  # missing or unreadable: the next read rebuilds it
+        return self._skips
+
+    def _read(self, path: Path, stamp: tuple[int, int]) -> GGUFHeader:
+        key = f"{path}|{stamp[0]}|{stamp[1]}"
+        with self._lock:
+            known = dict(self._load_skips().get(key, {}))
+        found = dict(known)
+        try:
+            header = read_gguf_header(path, found)
+        except GGUFError:
+            if not known:
+                raise
+            found = {}
+            header = read_gguf_header(path, found)  # a stale skip: read it all
+        if found != known and self._skips_file is not None:
+            with self._lock:
+                skips = self._load_skips()
+                skips[key] = found
+                text = json.dumps({k: {str(a): b for a, b in v.items()} for k, v in skips.items()})
+                write_atomic(self._skips_file, text)
+        return header
 
     def get(self, path: Path) -> GGUFHeader:
         """The file's header, read again only when the file changed."""
@@ -198,7 +259,7 @@ class GGUFHeaderCache:
             entry = self._entries.get(resolved)
             if entry is not None and entry[0] == stamp:
                 return entry[1]
-        header = read_gguf_header(resolved)
+        header = self._read(resolved, stamp)
         with self._lock:
             self._entries[resolved] = (stamp, header)
         return header

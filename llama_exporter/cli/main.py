@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from llama_exporter import __version__
+from llama_exporter.cli import requests_cmd
 from llama_exporter.cli.client import Client, ClientError, ServiceUnreachable
 from llama_exporter.cli.serve import ServeError, cmd_serve
 from llama_exporter.config.loader import load_config
@@ -369,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     rm = client_cmd("rm", cmd_remove, "forget a model registered with `add`")
     rm.add_argument("name")
     client_cmd("reload", cmd_reload, "reload the service's config file (as SIGHUP does)")
+    requests_cmd.add_parser(client_cmd)
     return parser
 
 

@@ -6,21 +6,15 @@ does no I/O; observations are plain method calls on the event loop.
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
+from llama_exporter.metrics.kinds import Counter, Histogram
 from llama_exporter.states import LOAD_TRIGGERS, UNLOAD_REASONS
 
 PREFIX = "llama_exporter_"
@@ -33,62 +27,6 @@ WAIT_BUCKETS = (0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144)
 REJECT_REASONS = ("queue_full", "timeout", "cancelled")
 WINDOW_SECONDS = 60.0
-_go_float: Callable[[float], str] = floatToGoString  # the bucket format generate_latest uses
-
-Labels = tuple[str, ...]
-
-
-class Histograms:
-    """One histogram family, a series per label tuple; no _created series."""
-
-    def __init__(self, name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]):
-        self.name, self.doc, self.labels = PREFIX + name, doc, list(labels)
-        self._bounds = sorted(float(b) for b in buckets if math.isfinite(b))
-        self._counts: dict[Labels, list[int]] = {}  # per bucket, not cumulative; last is +Inf
-        self._sums: dict[Labels, float] = {}
-
-    def observe(self, labels: Labels, value: float) -> None:
-        """Record one value (negative values count as 0)."""
-        value = max(0.0, value)
-        counts = self._counts.get(labels)
-        if counts is None:
-            counts = self._counts[labels] = [0] * (len(self._bounds) + 1)
-        counts[bisect.bisect_left(self._bounds, value)] += 1
-        self._sums[labels] = self._sums.get(labels, 0.0) + value
-
-    def family(self) -> HistogramMetricFamily:
-        """The family with every series seen so far."""
-        fam = HistogramMetricFamily(self.name, self.doc, labels=self.labels)
-        for labels, counts in self._counts.items():
-            cumulative, running = [], 0
-            for bound, n in zip([*self._bounds, math.inf], counts, strict=True):
-                running += n
-                cumulative.append((_go_float(bound), running))
-            fam.add_metric(list(labels), cumulative, self._sums[labels])
-        return fam
-
-    def count(self, labels: Labels) -> int:
-        """How many values were observed for labels."""
-        return sum(self._counts.get(labels, ()))
-
-
-class Counters:
-    """One counter family, a value per label tuple."""
-
-    def __init__(self, name: str, doc: str, labels: Sequence[str]) -> None:
-        self.name, self.doc, self.labels = PREFIX + name, doc, list(labels)
-        self.values: dict[Labels, float] = {}
-
-    def inc(self, labels: Labels, by: float = 1.0) -> None:
-        """Add to the series of labels."""
-        self.values[labels] = self.values.get(labels, 0.0) + by
-
-    def family(self) -> CounterMetricFamily:
-        """The family with every series seen so far."""
-        fam = CounterMetricFamily(self.name, self.doc, labels=self.labels)
-        for labels, value in self.values.items():
-            fam.add_metric(list(labels), value)
-        return fam
 
 
 @dataclass(frozen=True)
@@ -126,48 +64,48 @@ class RequestMetrics(Collector):
         self._queue_length = queue_length
         self._models = models
         self._lifecycle = lifecycle
-        m, e = ("model",), ("model", "endpoint")
-        self.requests = Counters(
-            "gateway_requests_total", "Gateway requests by model, endpoint and status code.",
+        g, m, e = PREFIX + "gateway_", ("model",), ("model", "endpoint")
+        self.requests = Counter(
+            g + "requests_total", "Gateway requests by model, endpoint and status code.",
             ("model", "endpoint", "code"),
         )  # fmt: skip
-        self.duration = Histograms(
-            "gateway_request_duration_seconds", "Gateway request arrival to last byte.", e,
+        self.duration = Histogram(
+            g + "request_duration_seconds", "Gateway request arrival to last byte.", e,
             LATENCY_BUCKETS,
         )  # fmt: skip
-        self.ttft = Histograms(
-            "gateway_time_to_first_token_seconds",
+        self.ttft = Histogram(
+            g + "time_to_first_token_seconds",
             "Streamed requests: arrival to the first event carrying generated text.", m,
             LATENCY_BUCKETS,
         )  # fmt: skip
-        self.inter_token = Histograms(
-            "gateway_inter_token_seconds", "Gaps between streamed events carrying text.", m,
+        self.inter_token = Histogram(
+            g + "inter_token_seconds", "Gaps between streamed events carrying text.", m,
             GAP_BUCKETS,
         )  # fmt: skip
-        self.queue_wait = Histograms(
-            "gateway_queue_wait_seconds",
+        self.queue_wait = Histogram(
+            g + "queue_wait_seconds",
             "Time queued for a place under the cap (every admitted request, 0 if none).", m,
             WAIT_BUCKETS,
         )  # fmt: skip
-        self.load_wait = Histograms(
-            "gateway_load_wait_seconds",
+        self.load_wait = Histogram(
+            g + "load_wait_seconds",
             "Time waiting for the model to load (every admitted request, 0 if none).", m,
             WAIT_BUCKETS,
         )  # fmt: skip
-        self.prompt_tokens = Histograms(
-            "gateway_prompt_tokens", "Prompt tokens per request (usage/timings).", m,
+        self.prompt_tokens = Histogram(
+            g + "prompt_tokens", "Prompt tokens per request (usage/timings).", m,
             TOKEN_BUCKETS,
         )  # fmt: skip
-        self.completion_tokens = Histograms(
-            "gateway_completion_tokens", "Completion tokens per request (usage/timings).", m,
+        self.completion_tokens = Histogram(
+            g + "completion_tokens", "Completion tokens per request (usage/timings).", m,
             TOKEN_BUCKETS,
         )  # fmt: skip
-        self.rejected = Counters(
-            "gateway_rejected_total", "Requests refused or dropped while queued, by reason.",
+        self.rejected = Counter(
+            g + "rejected_total", "Requests refused or dropped while queued, by reason.",
             ("model", "reason"),
         )  # fmt: skip
-        self.cut_off = Counters(
-            "gateway_requests_cut_off_total",
+        self.cut_off = Counter(
+            g + "requests_cut_off_total",
             "Requests still running when a stop's drain time ran out, by unload reason.",
             ("model", "reason"),
         )  # fmt: skip

@@ -26,6 +26,12 @@ def wants_stream(body: bytes) -> bool:
     return isinstance(data, dict) and data.get("stream") is True
 
 
+def admitted(record: Record, admission: Admission) -> None:
+    """The request got its model: what admission did shows while it runs."""
+    record.queue_wait_s, record.load_wait_s = admission.queue_wait, admission.load_wait
+    record.triggered_load, record.evicted = admission.triggered_load, admission.evicted
+
+
 def fill(
     record: Record,
     code: int,
@@ -38,8 +44,7 @@ def fill(
     """Fill in the record of a request that ended with code after duration seconds."""
     record.status = code
     record.duration_s = duration
-    record.queue_wait_s, record.load_wait_s = admission.queue_wait, admission.load_wait
-    record.triggered_load, record.evicted = admission.triggered_load, admission.evicted
+    admitted(record, admission)
     record.ttft_s = watch.ttft
     if failure is not None:
         record.error_type, record.error_message = failure.kind, failure.message

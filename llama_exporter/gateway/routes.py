@@ -20,7 +20,7 @@ from llama_exporter.config.settings import Config, ModelConfig, serves_embedding
 from llama_exporter.gateway import proxy
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
-from llama_exporter.gateway.recording import fill, wants_stream
+from llama_exporter.gateway.recording import admitted, fill, wants_stream
 from llama_exporter.gateway.scheduler import Admission, GatewayError, Scheduler
 from llama_exporter.gateway.sse import StreamWatch, Usage
 from llama_exporter.requestlog.log import RequestLog
@@ -227,6 +227,8 @@ class Gateway:
         failure: GatewayError | None = None
         try:
             lease = await self.scheduler.acquire(model, admission)
+            if record is not None:
+                admitted(record, admission)
             if self._session is None:
                 raise GatewayError(503, "the gateway is not running", "server_error", "stopped")
             url = f"{lease.status.base_url}{upstream_path}"

@@ -167,7 +167,9 @@ class Scheduler:
                     self.metrics.load_wait.observe((model,), loading)
                 note.queue_wait, note.load_wait = queued, loading  # the figures observed
                 return Lease(self, model, status, queue_wait=queued, load_wait=loading)
-            if state is State.STARTING:
+            if state is State.STARTING or (
+                state is State.STOPPING and self._sup.restarting(model)
+            ):  # a reload's restart is waited on like a load: it ends with the new instance
                 loading += await self._wait_load(model, note)
             elif state is State.STOPPING:
                 await self._sup.wait_settled(model)

@@ -22,6 +22,7 @@ from llama_exporter.http.ws import (
     WebSocketHub,
     make_event,
 )
+from llama_exporter.memory.book import MemoryBook
 from llama_exporter.metrics.collector import StartDurationHistogram, WithHost, build_registry
 from llama_exporter.metrics.targets import TargetsWriter
 from llama_exporter.monitoring.derive import ModelSnapshot
@@ -79,6 +80,8 @@ def create_app(
         spawn=spawn,
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
+        # every ready load's buffer sizes become the model's learned figure (in a thread)
+        learn=MemoryBook(config.state_dir).learn_lines,
     )
     store = MetricsStore(config.poll.history)
     request_log = (

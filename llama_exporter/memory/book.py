@@ -8,6 +8,7 @@ llama-server allocated, kept by learned.py under the file and the memory setting
 from __future__ import annotations
 
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 from llama_exporter.catalog.gguf_header import GGUFHeaderCache
@@ -16,7 +17,7 @@ from llama_exporter.memory.estimate import cpu_repack_types, estimate
 from llama_exporter.memory.figure import DeviceNeed, MemoryFigure
 from llama_exporter.memory.launch import model_launch
 from llama_exporter.memory.learned import LearnedFigures, file_key
-from llama_exporter.memory.report import LoadReport
+from llama_exporter.memory.report import LoadReport, parse_report
 
 # A load that died out of memory needed more than its figure said, by an amount nobody
 # logged. The next figure is the last one plus a quarter on every device: enough that
@@ -24,6 +25,7 @@ from llama_exporter.memory.report import LoadReport
 # small enough that one failure does not lock a model out of a budget it fits. A load
 # that succeeds afterwards replaces it with the exact figure.
 OOM_RAISE = 1.25
+SKIPS_FILE = "gguf-skips.json"  # where long header arrays end, per file version
 
 
 def _cpu_flags() -> frozenset[str]:
@@ -63,14 +65,16 @@ class MemoryBook:
         repack: frozenset[int] | None = None,
     ) -> None:
         self.learned = LearnedFigures(state_dir)
-        self.headers = headers or GGUFHeaderCache()
+        self.headers = headers or GGUFHeaderCache(Path(state_dir) / SKIPS_FILE)
         self.gpus = gpus  # device names llama-server offloads to, e.g. ("cuda0",)
         self.repack = (
             cpu_repack_types(platform.machine(), _cpu_flags()) if repack is None else repack
         )
 
-    def _key(self, model: ModelConfig) -> str:
-        return file_key(model.path, model_launch(model).key() + f"|gpus={','.join(self.gpus)}")
+    def key(self, model: ModelConfig) -> str:
+        """Where the learned figure of this model (file and memory settings) is kept."""
+        # not the GPU list: a load's report is what that load did, whatever we assumed
+        return file_key(model.path, model_launch(model).key())
 
     def estimate(self, model: ModelConfig) -> MemoryFigure:
         """The figure before any load: from the GGUF header and the launch settings."""
@@ -85,7 +89,7 @@ class MemoryBook:
 
     def figure(self, model: ModelConfig) -> MemoryFigure:
         """The learned figure if known, else the estimate (``source`` says which)."""
-        learned = self.learned.get(self._key(model))
+        learned = self.learned.get(self.key(model))
         return learned if learned is not None else self.estimate(model)
 
     def learn(self, model: ModelConfig, report: LoadReport) -> None:
@@ -93,8 +97,12 @@ class MemoryBook:
         if not report.buffers:
             return  # nothing was logged (verbosity below 4): keep what we had
         shared = str(Path(model.path).expanduser().resolve())
-        self.learned.put(self._key(model), report.figure(shared_weights_key=shared))
+        self.learned.put(self.key(model), report.figure(shared_weights_key=shared))
+
+    def learn_lines(self, model: ModelConfig, lines: Sequence[str]) -> None:
+        """learn() from the raw lines of a load (supervision hands them over as they came)."""
+        self.learn(model, parse_report(lines))
 
     def raise_after_oom(self, model: ModelConfig) -> None:
         """A load died out of memory: the next figure is this one raised by OOM_RAISE."""
-        self.learned.put(self._key(model), _raised(self.figure(model)))
+        self.learned.put(self.key(model), _raised(self.figure(model)))

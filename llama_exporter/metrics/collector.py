@@ -13,18 +13,15 @@ rows feed ``collect()``, so generate_latest writes the same bytes (a parity test
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from llama_exporter.metrics.exposition import OrderedRegistry, header, sample, value_text
+from llama_exporter.metrics.exposition import OrderedRegistry, header, sample
 from llama_exporter.metrics.families import (
     CAP,
     HOST,
@@ -47,6 +44,8 @@ from llama_exporter.metrics.families import (
     info_key,
     text_of,
 )
+from llama_exporter.metrics.kinds import Histogram
+from llama_exporter.metrics.kinds import Labels as SeriesLabels
 from llama_exporter.monitoring.derive import ModelSnapshot
 from llama_exporter.monitoring.store import MetricsStore
 from llama_exporter.states import InstanceStatus
@@ -72,58 +71,34 @@ class StartDurationHistogram(Collector):
     DOC = "Seconds from spawn to /health 200."
 
     def __init__(self, buckets: Sequence[float] = START_BUCKETS, host: str | None = None) -> None:
-        self._const = [] if host is None else [host]
-        self._bounds = sorted(float(b) for b in buckets if math.isfinite(b))
-        self._counts: dict[str, list[int]] = {}  # per bucket, not cumulative; last is +Inf
-        self._sums: dict[str, float] = {}
-        self._text: dict[str, str] = {}  # each model's sample lines, until it changes
+        self._const: SeriesLabels = () if host is None else (host,)
+        labels = [*(["host"] if host is not None else []), "model"]
+        self._histogram = Histogram(self.NAME, self.DOC, labels, buckets)
 
     def set_host(self, host: str) -> None:
         """A reloaded host_label: every series carries it from the next scrape."""
         if self._const:
-            self._const = [host]
-            self._text.clear()
+            self._const = (host,)
+            self._histogram.relabel(lambda labels: (host, *labels[1:]))
 
     def observe(self, model: str, seconds: float) -> None:
         """Record one start that reached ready."""
-        seconds = max(0.0, seconds)
-        counts = self._counts.setdefault(model, [0] * (len(self._bounds) + 1))
-        counts[bisect.bisect_left(self._bounds, seconds)] += 1
-        self._sums[model] = self._sums.get(model, 0.0) + seconds
-        self._text.pop(model, None)
+        self._histogram.observe((*self._const, model), seconds)
 
     def forget(self, model: str) -> None:
         """Remove a deleted model's observations."""
-        self._counts.pop(model, None)
-        self._sums.pop(model, None)
-        self._text.pop(model, None)
+        self._histogram.drop(lambda labels: labels[-1] == model)
 
-    def _family(self, models: Iterable[str]) -> HistogramMetricFamily:
-        names = [*(["host"] if self._const else []), "model"]
-        family = HistogramMetricFamily(self.NAME, self.DOC, labels=names)
-        for model in models:
-            cumulative = list(itertools.accumulate(self._counts[model]))
-            bounds = [*map(value_text, self._bounds), "+Inf"]
-            family.add_metric(
-                [*self._const, model], list(zip(bounds, cumulative, strict=True)), self._sums[model]
-            )
-        return family
+    def _order(self) -> list[SeriesLabels]:
+        return sorted(self._histogram.series(), key=lambda labels: labels[-1])
 
     def collect(self) -> Iterable[Metric]:
-        """The histogram family."""
-        yield self._family(sorted(self._counts))
+        """The histogram family (models sorted by name)."""
+        yield self._histogram.family(self._order())
 
     def exposition(self) -> str:
         """The family as text; each model's lines are kept until its next observation."""
-        out = [header(self.NAME, "histogram", self.DOC)]
-        for model in sorted(self._counts):
-            text = self._text.get(model)
-            if text is None:
-                samples = self._family([model]).samples
-                text = "".join(sample(s.name, tuple(s.labels.items()), s.value) for s in samples)
-                self._text[model] = text
-            out.append(text)
-        return "".join(out)
+        return self._histogram.exposition(self._order())
 
 
 @dataclass

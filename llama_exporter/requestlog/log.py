@@ -59,7 +59,7 @@ class RequestLog:
         self, model: str, endpoint: str, *, arrived: float, stream: bool, client: str
     ) -> Record:
         """A request came in: visible in flight from now on."""
-        record = Record(new_id(), arrived, model, endpoint, stream=stream, client=client)
+        record = Record(new_id(arrived), arrived, model, endpoint, stream=stream, client=client)
         self._live[record.id] = record
         self._publish(record)
         return record
@@ -111,7 +111,7 @@ class RequestLog:
         if not first:
             return
         yield first
-        after = Cursor(first[-1].arrived, first[-1].id)
+        after = Cursor(int(first[-1].id))
         rows = self.store.iter_all(Query(query.filter, 1000, after))
         while True:
             batch = await asyncio.to_thread(next, rows, None)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -44,9 +43,28 @@ FIELDS = (
 )
 
 
-def new_id() -> str:
-    """A random request id (16 hex digits)."""
-    return os.urandom(8).hex()
+_ID_SHIFT = 8  # ids are the arrival in microseconds, shifted, plus a counter
+_last_id = [0]
+
+
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
+def id_at(arrived: float) -> int:
+    """The smallest id a request arriving at unix time arrived can have (0..MAX_ID)."""
+    seconds = min(max(0.0, arrived), 3e10)  # (the year 2920: ids stay below MAX_ID)
+    return min(MAX_ID, int(seconds * 1_000_000) << _ID_SHIFT)
+
+
+def new_id(arrived: float) -> str:
+    """A request id: its arrival in microseconds and a counter, increasing in this process.
+
+    Ids sort as arrivals do, so the table's key is the log's order (newest first needs
+    no index of its own) and a time range is an id range.
+    """
+    number = max(_last_id[0] + 1, id_at(arrived))
+    _last_id[0] = number
+    return str(number)
 
 
 @dataclass
@@ -141,35 +159,36 @@ class BadQuery(ValueError):
         self.param = param
 
 
+def id_number(rid: str) -> int | None:
+    """The number of an id this log handed out, None for anything else."""
+    return int(rid) if rid.isdigit() and len(rid) < 20 else None
+
+
 @dataclass(frozen=True)
 class Cursor:
-    """Where a page ended: the last record's arrival and id (the next page is older)."""
+    """Where a page ended: the last record's id (the next page is older)."""
 
-    arrived: float
-    id: str
+    id: int
 
     def encode(self) -> str:
         """The opaque text handed to clients."""
-        raw = json.dumps([self.arrived, self.id], separators=(",", ":")).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+        return base64.urlsafe_b64encode(str(self.id).encode()).decode().rstrip("=")
 
     @staticmethod
     def decode(text: str) -> Cursor:
         """Back from encode(); BadQuery when it is not one of ours."""
         try:
-            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            arrived, rid = json.loads(raw)
-            if isinstance(arrived, bool) or not isinstance(arrived, int | float):
-                raise ValueError("arrived")
-            if not isinstance(rid, str):
-                raise ValueError("id")
-        except (ValueError, TypeError, binascii.Error):
-            raise BadQuery("cursor", "cursor is not one this service handed out") from None
-        return Cursor(float(arrived), rid)
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+        except (ValueError, binascii.Error):
+            raw = ""
+        number = id_number(raw)
+        if number is None:
+            raise BadQuery("cursor", "cursor is not one this service handed out")
+        return Cursor(number)
 
-    def before(self, arrived: float, rid: str) -> bool:
-        """Does (arrived, rid) come after the cursor in newest-first order?"""
-        return (arrived, rid) < (self.arrived, self.id)
+    def before(self, rid: str) -> bool:
+        """Does the record with id rid come after the cursor in newest-first order?"""
+        return int(rid) < self.id
 
 
 @dataclass(frozen=True)
@@ -265,8 +284,8 @@ def parse_query(query: Mapping[str, str]) -> Query:
 
 
 def newest_first(records: Iterable[Record]) -> list[Record]:
-    """Records sorted newest first by (arrival, id), as every page is."""
-    return sorted(records, key=lambda r: (r.arrived, r.id), reverse=True)
+    """Records sorted newest first (by id, which is by arrival), as every page is."""
+    return sorted(records, key=lambda r: int(r.id), reverse=True)
 
 
 def merge_page(
@@ -281,7 +300,7 @@ def merge_page(
     by_id: dict[str, Record] = {}
     for record in live:
         if query.filter.matches(record) and (
-            query.cursor is None or query.cursor.before(record.arrived, record.id)
+            query.cursor is None or query.cursor.before(record.id)
         ):
             known = by_id.get(record.id)
             if known is None or known.state == IN_FLIGHT:
@@ -291,7 +310,7 @@ def merge_page(
     page = newest_first(by_id.values())
     more = len(page) > query.limit or len(stored) >= query.limit
     page = page[: query.limit]
-    cursor = Cursor(page[-1].arrived, page[-1].id) if more and page else None
+    cursor = Cursor(int(page[-1].id)) if more and page else None
     return page, cursor
 
 

@@ -19,11 +19,11 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from llama_exporter.requestlog.record import DONE, Filter, Query, Record
+from llama_exporter.requestlog.record import DONE, Filter, Query, Record, id_at, id_number
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: text ids (a day of development; dropped, not converted)
 BATCH_WINDOW = 0.1  # seconds the writer lets records gather before a transaction
 AGE_TRIM_INTERVAL = 60.0  # seconds between trims by age
 _COLUMNS = (
@@ -31,20 +31,20 @@ _COLUMNS = (
     "finish_reason, prompt_tokens, completion_tokens, queue_wait_s, load_wait_s, "
     "triggered_load, evicted, ttft_s, duration_s, tokens_per_second"
 )
+# The id is the table's key and sorts as arrivals do (record.new_id): newest first is the
+# table's own order, a time range an id range; the indexes end with it for the same.
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS requests (
-    id TEXT NOT NULL, arrived REAL NOT NULL, model TEXT NOT NULL, endpoint TEXT NOT NULL,
+    id INTEGER PRIMARY KEY, arrived REAL NOT NULL, model TEXT NOT NULL, endpoint TEXT NOT NULL,
     stream INTEGER NOT NULL, client TEXT NOT NULL, status INTEGER, error_type TEXT,
     error_message TEXT, finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
     queue_wait_s REAL, load_wait_s REAL, triggered_load INTEGER NOT NULL, evicted TEXT,
     ttft_s REAL, duration_s REAL, tokens_per_second REAL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS requests_by_arrival ON requests (arrived, id);
-CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model, arrived, id);
-CREATE INDEX IF NOT EXISTS requests_by_status ON requests (status, arrived, id);
-CREATE TABLE IF NOT EXISTS bodies (
-    id TEXT PRIMARY KEY, request BLOB, response BLOB
-) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model, id);
+-- By class (2xx..5xx): a class or a code is one equal key, then newest first.
+CREATE INDEX IF NOT EXISTS requests_by_class ON requests (status / 100, id);
+CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, request BLOB, response BLOB);
 CREATE TRIGGER IF NOT EXISTS requests_drop_bodies AFTER DELETE ON requests
     BEGIN DELETE FROM bodies WHERE id = old.id; END;
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -55,7 +55,7 @@ _INSERT = f"INSERT OR REPLACE INTO requests ({_COLUMNS}) VALUES ({', '.join('?' 
 def _row(r: Record) -> tuple[object, ...]:
     evicted = json.dumps(r.evicted) if r.evicted else None
     return (
-        r.id, r.arrived, r.model, r.endpoint, int(r.stream), r.client, r.status, r.error_type,
+        int(r.id), r.arrived, r.model, r.endpoint, int(r.stream), r.client, r.status, r.error_type,
         r.error_message, r.finish_reason, r.prompt_tokens, r.completion_tokens, r.queue_wait_s,
         r.load_wait_s, int(r.triggered_load), evicted, r.ttft_s, r.duration_s,
         r.tokens_per_second,
@@ -66,7 +66,7 @@ def _record(row: tuple[Any, ...]) -> Record:
     """A record from a row in _COLUMNS order."""
     evicted = row[15]
     return Record(
-        id=row[0],
+        id=str(row[0]),
         arrived=row[1],
         model=row[2],
         endpoint=row[3],
@@ -89,7 +89,7 @@ def _record(row: tuple[Any, ...]) -> Record:
     )
 
 
-def where_clause(f: Filter, cursor: tuple[float, str] | None) -> tuple[str, list[object]]:
+def where_clause(f: Filter, cursor: int | None) -> tuple[str, list[object]]:
     """The SQL condition and its parameters for a filter and a cursor (newest first)."""
     terms: list[str] = []
     params: list[object] = []
@@ -97,17 +97,19 @@ def where_clause(f: Filter, cursor: tuple[float, str] | None) -> tuple[str, list
         terms.append("model = ?")
         params.append(f.model)
     if f.status_min is not None:
-        terms.append("status BETWEEN ? AND ?")
-        params += [f.status_min, f.status_max if f.status_max is not None else f.status_min]
-    if f.since is not None:
-        terms.append("arrived >= ?")
-        params.append(f.since)
+        # status / 100 as in the index (a filter is one class, or one code in it).
+        terms.append("status / 100 = ? AND status BETWEEN ? AND ?")
+        high = f.status_max if f.status_max is not None else f.status_min
+        params += [f.status_min // 100, f.status_min, high]
+    if f.since is not None:  # as id ranges: the key, or the end of every index
+        terms.append("id >= ?")
+        params.append(id_at(f.since))
     if f.until is not None:
-        terms.append("arrived <= ?")
-        params.append(f.until)
+        terms.append("id < ?")
+        params.append(id_at(f.until + 1e-6))
     if cursor is not None:
-        terms.append("(arrived, id) < (?, ?)")
-        params += list(cursor)
+        terms.append("id < ?")
+        params.append(cursor)
     return (" WHERE " + " AND ".join(terms)) if terms else "", params
 
 
@@ -115,6 +117,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
     return conn
+
+
+class StoreUnreadable(Exception):
+    """The database could not be read for a query (busy past the timeout, or damaged)."""
 
 
 class RequestStore:
@@ -138,6 +144,7 @@ class RequestStore:
         self._queue: list[Record] = []
         self._pending: dict[str, Record] = {}  # put, not committed yet (queries merge them)
         self._stopping = False
+        self._recheck = False  # a query found the file damaged: the writer opens it again
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._rows = 0
@@ -177,32 +184,34 @@ class RequestStore:
         """Up to q.limit stored records matching q, newest first (in flight: none)."""
         if q.filter.in_flight:
             return []
-        cursor = (q.cursor.arrived, q.cursor.id) if q.cursor else None
-        where, params = where_clause(q.filter, cursor)
-        sql = f"SELECT {_COLUMNS} FROM requests{where} ORDER BY arrived DESC, id DESC LIMIT ?"
+        where, params = where_clause(q.filter, q.cursor.id if q.cursor else None)
+        sql = f"SELECT {_COLUMNS} FROM requests{where} ORDER BY id DESC LIMIT ?"
         return [_record(row) for row in self._read(sql, [*params, q.limit])]
 
     def iter_all(self, q: Query, batch: int = 1000) -> Iterator[list[Record]]:
         """Every stored record matching q's filter, newest first, in batches (for export)."""
-        cursor = (q.cursor.arrived, q.cursor.id) if q.cursor else None
+        cursor = q.cursor.id if q.cursor else None
         if q.filter.in_flight:
             return
         while True:
             where, params = where_clause(q.filter, cursor)
-            sql = f"SELECT {_COLUMNS} FROM requests{where} ORDER BY arrived DESC, id DESC LIMIT ?"
+            sql = f"SELECT {_COLUMNS} FROM requests{where} ORDER BY id DESC LIMIT ?"
             rows = [_record(row) for row in self._read(sql, [*params, batch])]
             if not rows:
                 return
             yield rows
-            cursor = (rows[-1].arrived, rows[-1].id)
+            cursor = int(rows[-1].id)
 
     def get(self, rid: str) -> Record | None:
         """One stored record by id, with its captured bodies."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM requests WHERE id = ?", [rid])
+        number = id_number(rid)
+        if number is None:
+            return None
+        rows = self._read(f"SELECT {_COLUMNS} FROM requests WHERE id = ?", [number])
         if not rows:
             return None
         record = _record(rows[0])
-        bodies = self._read("SELECT request, response FROM bodies WHERE id = ?", [rid])
+        bodies = self._read("SELECT request, response FROM bodies WHERE id = ?", [number])
         if bodies:
             record.request_body, record.response_body = bodies[0]
         return record
@@ -219,10 +228,15 @@ class RequestStore:
             with closing(_connect(self.path)) as conn:
                 conn.execute("PRAGMA query_only = 1")
                 return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):  # being replaced, or not created yet
                 return []
-            raise
+            log.warning("request log: reading %s failed: %s", self.path, exc)
+            if self._damaged(exc):
+                with self._lock:
+                    self._recheck = True
+                    self._lock.notify_all()
+            raise StoreUnreadable(f"the request log {self.path} cannot be read: {exc}") from exc
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -250,11 +264,14 @@ class RequestStore:
         self._open()
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and not self._recheck:
                     self._lock.wait(self._age_wait())
                     if not self._queue and self._clock() >= self._next_age_trim:
                         break
                 stopping = self._stopping
+                recheck, self._recheck = self._recheck, False
+            if recheck:
+                self._reopen()
             if self._queue and not stopping and self._batch_window > 0:
                 time.sleep(self._batch_window)  # let a burst gather into one transaction
             with self._lock:
@@ -301,7 +318,7 @@ class RequestStore:
             conn.execute("BEGIN")
             conn.executemany(_INSERT, [_row(r) for r in batch])
             bodies = [
-                (r.id, r.request_body, r.response_body)
+                (int(r.id), r.request_body, r.response_body)
                 for r in batch
                 if r.request_body is not None or r.response_body is not None
             ]
@@ -318,8 +335,8 @@ class RequestStore:
             self._next_age_trim = now + AGE_TRIM_INTERVAL
             with conn:
                 conn.execute("BEGIN")
-                cutoff = (now - self.retention,)
-                cur = conn.execute("DELETE FROM requests WHERE arrived < ?", cutoff)
+                cutoff = (id_at(max(0.0, now - self.retention)),)
+                cur = conn.execute("DELETE FROM requests WHERE id < ?", cutoff)
             if cur.rowcount > 0:
                 self._rows = self._count()
         if self._rows > self.max_rows:
@@ -327,8 +344,8 @@ class RequestStore:
             with conn:
                 conn.execute("BEGIN")
                 conn.execute(
-                    "DELETE FROM requests WHERE rowid IN "
-                    "(SELECT rowid FROM requests ORDER BY arrived, id LIMIT ?)",
+                    "DELETE FROM requests WHERE id IN "
+                    "(SELECT id FROM requests ORDER BY id LIMIT ?)",
                     (excess,),
                 )
             self._rows = self._count()
@@ -346,6 +363,14 @@ class RequestStore:
                 try:
                     conn.execute("PRAGMA journal_mode = WAL")
                     conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable but for power loss
+                    version = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if 0 < version < SCHEMA_VERSION:
+                        log.warning(
+                            "request log: %s is of an older layout; started anew", self.path
+                        )
+                        conn.executescript(
+                            "DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS bodies;"
+                        )
                     conn.executescript(_SCHEMA)
                     self._conn = conn
                     self._rows = self._count()
@@ -372,6 +397,13 @@ class RequestStore:
             return True
         text = str(exc)
         return any(s in text for s in ("malformed", "readonly", "no such table", "disk I/O"))
+
+    def _reopen(self) -> None:
+        """Open the file anew (a query found it damaged): moved aside if it cannot be read."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._open()
 
     def _replace(self, exc: Exception) -> None:
         if self._conn is not None:

@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,7 @@ class Entry:
     task: asyncio.Task[None] | None = None
     launched: ModelConfig | None = None  # the settings the current process was started with
     stop_asked: bool = False  # a stop() came during a restart's STOPPING: do not start again
+    restarting: bool = False  # Supervisor.restart() is stopping it to start it again
     changed: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
     loads: dict[str, int] = dataclasses.field(default_factory=dict)  # by trigger
     unloads: dict[str, int] = dataclasses.field(default_factory=dict)  # by reason
@@ -75,6 +76,9 @@ def restart_delay(
     return backoff_delay(retries, policy.backoff_initial, policy.backoff_max), retries
 
 
+LoadedFn = Callable[[ModelConfig, list[str]], Awaitable[None]]
+
+
 class Lifecycle:
     """Runs every instance's life task; each status change goes through set_state."""
 
@@ -90,8 +94,11 @@ class Lifecycle:
         clock: Callable[[], float],
         instance_host: str,
         watchdog_interval: float,
+        on_loaded: LoadedFn | None = None,
     ) -> None:
         self.config = config
+        self._on_loaded = on_loaded  # told each load's memory lines (memory learning)
+        self._loaded_tasks: set[asyncio.Task[None]] = set()
         self._entries = entries  # the Supervisor's, read here
         self._set_state = set_state
         self._count = count
@@ -206,8 +213,21 @@ class Lifecycle:
             if self._observe is not None:
                 self._observe(model.name, time.monotonic() - begun)
             self._set_state(entry, State.READY, ready_at=self._clock(), last_error=None)
+            if self._on_loaded is not None:
+                # off the start's path: learning writes a file (in a thread) and must
+                # never delay READY or fail the instance
+                task = asyncio.create_task(self._loaded(model, proc.load_lines()))
+                self._loaded_tasks.add(task)
+                task.add_done_callback(self._loaded_tasks.discard)
             return None
         return reason
+
+    async def _loaded(self, model: ModelConfig, lines: list[str]) -> None:
+        assert self._on_loaded is not None
+        try:
+            await self._on_loaded(model, lines)
+        except Exception:
+            log.exception("%s: cannot record the load's memory figure", model.name)
 
     async def _watch(self, entry: Entry) -> str:
         """Wait for the ready process to exit or hang; kill and reap it; return the reason."""

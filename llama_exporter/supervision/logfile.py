@@ -96,8 +96,13 @@ class InstanceLog:
         cls, path: Path, header: bytes, max_bytes: int = LOG_ROTATE_BYTES
     ) -> InstanceLog:
         """Open (and maybe rotate) the log in a thread, write header, start its writer."""
-        fd, size = await asyncio.to_thread(open_log_file, path, header, max_bytes)
-        return cls(path, fd, size, max_bytes)
+
+        def opened() -> InstanceLog:
+            fd, size = open_log_file(path, header, max_bytes)
+            # Started here: Thread.start waits until the new thread runs, not on the loop.
+            return cls(path, fd, size, max_bytes)
+
+        return await asyncio.to_thread(opened)
 
     def write(self, data: bytes) -> None:
         """Queue whole lines for the writer (never blocks; ignored once closing)."""

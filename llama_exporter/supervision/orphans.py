@@ -119,7 +119,7 @@ class InstancesFile:
 
     async def recover(self) -> list[int]:
         """Kill recorded children of a previous run that are still alive; returns their pids."""
-        records = read_records(self.path)
+        records = await asyncio.to_thread(read_records, self.path)  # not on the loop
         killed = await kill_recorded(records)
         for r in records:
             if r.pid in killed:

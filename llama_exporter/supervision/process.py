@@ -19,13 +19,16 @@ from typing import Protocol
 import psutil
 
 from llama_exporter.config.settings import ModelConfig
+from llama_exporter.memory.report import LOADED, is_report_line
 from llama_exporter.redact import MASK, redact_args, secret_values
+from llama_exporter.supervision.child import Child
 from llama_exporter.supervision.logfile import LOG_ROTATE_BYTES, InstanceLog
 
 log = logging.getLogger(__name__)
 
 READY_POLL_INTERVAL = 0.01  # seconds between /health probes while loading
 TAIL_LINES = 200
+MAX_LOAD_LINES = 1000  # a load logs a few dozen memory lines; this bounds a strange one
 _PR_SET_PDEATHSIG = 1
 
 CPU_HINT = (
@@ -51,6 +54,9 @@ def build_argv(binary: Path | str, model: ModelConfig, host: str, port: int) -> 
     argv = [str(binary), "-m", str(model.path), "--alias", model.name]
     argv += ["--host", host, "--port", str(port)]
     argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
+    # -lv 4: the load logs every buffer it allocates (memory/report.py learns the model's
+    # figure from them); about 2.4 KB more log per request. A -lv in args comes later: it wins.
+    argv += ["-lv", "4"]
     if model.api_key:
         argv += ["--api-key", model.api_key]
     return argv + list(model.args)
@@ -135,6 +141,7 @@ class Instance(Protocol):
     async def stop(self, grace: float) -> int: ...
     def kill(self) -> None: ...
     def tail(self, n: int) -> list[str]: ...
+    def load_lines(self) -> list[str]: ...  # what the load said of its memory (report.py)
 
 
 SpawnFn = Callable[[Path, ModelConfig, str, int, Path], Awaitable[Instance]]
@@ -151,7 +158,7 @@ class LlamaProcess:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: Child,
         host: str,
         port: int,
         log_file: InstanceLog,
@@ -165,6 +172,8 @@ class LlamaProcess:
         self.port = port
         self.pid: int = proc.pid
         self._tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self._load_lines: list[str] = []  # the load's memory lines, until "model loaded"
+        self._loading = True
         self._log = log_file  # written and rotated by its own thread
         self._exited: asyncio.Task[int] = asyncio.ensure_future(proc.wait())
         self._reader = asyncio.ensure_future(self._read_output())
@@ -190,15 +199,9 @@ class LlamaProcess:
         env = {**os.environ, **model.env} if model.env else None
         parent = os.getpid()
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                process_group=0,
-                preexec_fn=lambda: _pdeathsig_preexec(parent),
-            )
+            # Forked and exec'd in a thread: a fork of the service with a preexec_fn
+            # blocks until the child has exec'd (see child.py).
+            proc = await Child.start(argv, env=env, preexec_fn=lambda: _pdeathsig_preexec(parent))
         except BaseException:
             await out.aclose()
             raise
@@ -219,7 +222,10 @@ class LlamaProcess:
                 for secret in self._secrets:
                     raw = raw.replace(secret, MASK.encode())
                 self._log.write(raw)
-                self._tail.append(raw.decode(errors="replace").rstrip("\r\n"))
+                text = raw.decode(errors="replace").rstrip("\r\n")
+                self._tail.append(text)
+                if self._loading:
+                    self._keep_load_line(text)
         except OSError as exc:
             log.warning("reading llama-server output (pid %d): %s", self.pid, exc)
         finally:
@@ -229,7 +235,9 @@ class LlamaProcess:
             await asyncio.shield(self._log.aclose())
 
     async def log_flushed(self) -> None:
-        """Wait until the output read so far is in the log file."""
+        """Wait until the output read so far (all of it, once exited) is in the log file."""
+        if self.returncode is not None:
+            await asyncio.shield(self._reader)  # its end writes and closes the log
         await self._log.flushed()
 
     @property
@@ -312,6 +320,16 @@ class LlamaProcess:
     def tail(self, n: int) -> list[str]:
         """The last n lines the process wrote."""
         return list(self._tail)[-n:] if n > 0 else []
+
+    def _keep_load_line(self, text: str) -> None:
+        if is_report_line(text) and len(self._load_lines) < MAX_LOAD_LINES:
+            self._load_lines.append(text)
+        if LOADED in text:
+            self._loading = False
+
+    def load_lines(self) -> list[str]:
+        """The lines of the load that report.parse_report reads (buffer sizes, context)."""
+        return list(self._load_lines)
 
 
 async def hang_watch(

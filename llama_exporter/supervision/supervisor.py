@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 from llama_exporter.config.settings import Config, ModelConfig
@@ -83,8 +83,10 @@ class Supervisor:
         clock: Callable[[], float] = time.time,
         instance_host: str = "127.0.0.1",
         watchdog_interval: float = WATCHDOG_INTERVAL,
+        learn: Callable[[ModelConfig, Sequence[str]], None] | None = None,
     ) -> None:
         self.config = config
+        self._learn = learn  # memory.book.MemoryBook.learn_lines: blocking, run in a thread
         self.models = models
         self._clock = clock
         self._entries: dict[str, Entry] = {}
@@ -102,12 +104,23 @@ class Supervisor:
             clock=clock,
             instance_host=instance_host,
             watchdog_interval=watchdog_interval,
+            on_loaded=self._learned if learn is not None else None,
         )
         self._host = instance_host  # readers connect to it (see _launch)
+
+    async def _learned(self, model: ModelConfig, lines: list[str]) -> None:
+        """A load is ready: record what it allocated (file write: in a thread)."""
+        assert self._learn is not None
+        await asyncio.to_thread(self._learn, model, lines)
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config: the cap, timeouts and restart policy apply from now on."""
         self.config = self._lifecycle.config = config
+
+    def restarting(self, name: str) -> bool:
+        """True while restart() stops the model to start it again (STOPPING, then STARTING)."""
+        entry = self._entries.get(name)
+        return entry is not None and entry.restarting and not entry.stop_asked
 
     def launched(self, name: str) -> ModelConfig | None:
         """The settings the model's current (or last) process was started with."""
@@ -347,7 +360,11 @@ class Supervisor:
             return self.status(name)
         if state is State.BACKOFF:
             return self.launch(name, trigger=reason)
-        await self._drain_and_stop(entry, name, reason, None)
+        entry.restarting = True
+        try:
+            await self._drain_and_stop(entry, name, reason, None)
+        finally:
+            entry.restarting = False
         if self._shutting_down or entry.stop_asked or entry.status.state is not State.STOPPING:
             # stop() or shutdown() came meanwhile and waits for this stop to settle
             return self._set_state(entry, State.STOPPED, pid=None, port=None, ready_at=None)

@@ -37,6 +37,7 @@ class FakeOptions:
     tokens_per_second: float = 50.0
     prompt_tokens_per_second: float = 1000.0
     embeddings: bool = False
+    verbosity: int = 3  # -lv: at 4 the load logs its buffer sizes
 
 
 @dataclass
