@@ -309,7 +309,7 @@ async def test_api_models_stay_unless_the_file_now_defines_them(
         now = await pids(client)
         return ms["x"]["source"] == "config" and now.get("x") not in (None, before["x"])
 
-    await async_wait_until_async(x_from_the_file, "x defined by the file, restarted")
+    await async_wait_until(x_from_the_file, "x defined by the file, restarted")
 
 
 async def test_cap_lowered_stops_nothing_and_raised_lets_the_queue_go(
@@ -330,7 +330,7 @@ async def test_cap_lowered_stops_nothing_and_raised_lets_the_queue_go(
     async def in_queue() -> bool:
         return bool((await (await client.get(f"{API}/gateway")).json())["queue_length"] == 1)
 
-    await async_wait_until_async(in_queue, "c's request queued for the cap")
+    await async_wait_until(in_queue, "c's request queued for the cap")
     data["max_parallel"] = 3
     write(config_file, data)
     assert (await client.post(f"{API}/reload")).status == 200
