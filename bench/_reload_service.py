@@ -66,6 +66,9 @@ class InProcessFake:
     def tail(self, n: int) -> list[str]:
         return []
 
+    def load_lines(self) -> list[str]:
+        return []
+
 
 async def spawn(binary: Path, model: ModelConfig, host: str, port: int, log: Path) -> Instance:
     """Serve a fake llama-server app for model on host:port."""

@@ -95,3 +95,32 @@ def test_corrupt_file_is_moved_aside(tmp_path: Path) -> None:
     assert (state / "memory-figures.json.corrupt").exists()
     book.learn(model, parse_report(LINES))
     assert MemoryBook(state, repack=frozenset()).figure(model).source == "learned"
+
+
+def test_two_books_on_one_folder_keep_both_figures(tmp_path: Path) -> None:
+    path = _gguf(tmp_path)
+    a = MemoryBook(tmp_path / "state", repack=frozenset())
+    b = MemoryBook(tmp_path / "state", repack=frozenset())
+    small = ModelConfig(name="s", path=path, ctx_size=1024)
+    big = ModelConfig(name="b", path=path, ctx_size=8192)
+    assert a.figure(small).source == b.figure(big).source == "estimate"  # both have read
+    a.learn(small, parse_report(LINES))
+    b.learn(big, parse_report(LINES))  # b reads a's write before writing its own
+    assert a.figure(big).source == "learned"
+    assert b.figure(small).source == "learned"
+
+
+def test_context_lowered_by_fit_is_said(tmp_path: Path) -> None:
+    from llama_exporter.memory.book import context_note
+
+    model = ModelConfig(name="m", path=tmp_path / "m.gguf", ctx_size=32768, parallel=3)
+    full = parse_report(["llama_context: n_ctx                 = 32256"])  # 3 x 10752
+    assert context_note(model, full) is None
+    fitted = parse_report(
+        [
+            "llama_context: n_ctx                 = 4096",
+            "srv    load_model: initializing, n_slots = 3, n_ctx_slot = 1280",
+        ]
+    )
+    note = context_note(model, fitted)
+    assert note is not None and "model m" in note and "4096" in note and "--fit" in note

@@ -7,18 +7,23 @@ is one real load at -lv 4 (memory/probe.py), parsed by memory/report.py.
 
 from __future__ import annotations
 
+import asyncio
+import random
 from pathlib import Path
 
 import pytest
 from promstack import free_port
+from waiting import async_wait_until
 
 from llama_exporter.catalog.gguf_header import read_gguf_header
-from llama_exporter.config.settings import ModelConfig
+from llama_exporter.config.settings import Config, ModelConfig, PortRange
 from llama_exporter.memory.book import MemoryBook
 from llama_exporter.memory.estimate import REPACK_X86_AVX2, estimate
 from llama_exporter.memory.figure import HOST
 from llama_exporter.memory.launch import parse_launch
 from llama_exporter.memory.probe import QUICK, probe
+from llama_exporter.states import State
+from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 pytestmark = pytest.mark.real
 
@@ -76,3 +81,32 @@ def test_learned_figure_is_the_report(
     assert learned.source == "learned"
     assert dict(learned.devices) == dict(report.figure().devices)
     assert learned.shared_weights_key == str(gemma_gguf.resolve())
+
+
+async def test_the_service_learns_a_real_load(
+    llama_server_bin: Path, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    """Through the real path: Supervisor -> llama-server at -lv 4 -> its output captured
+    -> MemoryBook.learn_lines; the learned figure is exactly what a probe of the same
+    settings reports."""
+    model = ModelConfig(name="gemma", path=gemma_gguf, ctx_size=8192, parallel=2)
+    book = MemoryBook(tmp_path / "state", repack=REPACK_X86_AVX2)
+    first = random.randrange(20000, 60000)
+    config = Config(
+        source=None,
+        llama_server=llama_server_bin,
+        state_dir=tmp_path / "state",
+        ports=PortRange(first, first + 20),
+    )
+    sup = Supervisor(config, StaticModels([model]), learn=book.learn_lines)
+    try:
+        await sup.start("gemma")
+        assert (await sup.wait_settled("gemma", timeout=120)).state is State.READY
+        await async_wait_until(lambda: book.learned.get(book.key(model)), "the learned figure")
+    finally:
+        await sup.shutdown()
+    learned = await asyncio.to_thread(book.figure, model)
+    assert learned.source == "learned"
+    args = ["-c", "8192", "-np", "2", *QUICK]
+    report = await asyncio.to_thread(probe, llama_server_bin, gemma_gguf, args, port=free_port())
+    assert dict(learned.devices) == dict(report.figure().devices)

@@ -298,3 +298,62 @@ async def test_requests_during_a_restart_wait_for_the_new_instance(
 async def _state(client: Client, model: str, state: str) -> bool:
     status = await (await client.get(f"{API}/status")).json()
     return any(m["model"] == model and m["state"] == state for m in status["models"])
+
+
+async def test_api_models_stay_unless_the_file_now_defines_them(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path, config_file: Path
+) -> None:
+    data = base_config(tmp_path, fake_server_bin, ["a"])
+    write(config_file, data)
+    client = await app_client(aiohttp_client, config_file)
+    extra = base_config(tmp_path, fake_server_bin, ["x"])["models"][0]
+    body = {k: extra[k] for k in ("name", "path", "ctx_size", "parallel")}  # API: no --fake-*
+    resp = await client.post(f"{API}/models", json=body)
+    assert resp.status == 201, await resp.text()
+    before = await start_all(client, ["x"])
+    data["max_parallel"] = 5  # a reload that does not mention x
+    write(config_file, data)
+    reloaded = await (await client.post(f"{API}/reload")).json()
+    assert "x" not in reloaded["removed"] + reloaded["restarted"] + reloaded["changed_live"]
+    assert (await pids(client))["x"] == before["x"]
+    models = {m["name"]: m for m in (await (await client.get(f"{API}/models")).json())["models"]}
+    assert models["x"]["source"] == "api"
+
+    data["models"].append({**extra, "ctx_size": 2048})  # now the file defines x, differently
+    write(config_file, data)
+    reloaded = await (await client.post(f"{API}/reload")).json()
+    assert reloaded["restarted"] == ["x"], reloaded
+
+    async def x_from_the_file() -> bool:
+        ms = {m["name"]: m for m in (await (await client.get(f"{API}/models")).json())["models"]}
+        now = await pids(client)
+        return ms["x"]["source"] == "config" and now.get("x") not in (None, before["x"])
+
+    await async_wait_until_async(x_from_the_file, "x defined by the file, restarted")
+
+
+async def test_cap_lowered_stops_nothing_and_raised_lets_the_queue_go(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path, config_file: Path
+) -> None:
+    data = base_config(tmp_path, fake_server_bin, ["a", "b", "c"], max_parallel=2)
+    data["gateway"] = {"when_full": "queue"}
+    write(config_file, data)
+    client = await app_client(aiohttp_client, config_file)
+    before = await start_all(client, ["a", "b"])
+    data["max_parallel"] = 1
+    write(config_file, data)
+    assert (await client.post(f"{API}/reload")).status == 200
+    assert await pids(client) == before  # lowering the cap stopped nothing
+    chat = {"model": "c", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+    queued = asyncio.ensure_future(client.post("/v1/chat/completions", json=chat))
+
+    async def in_queue() -> bool:
+        return bool((await (await client.get(f"{API}/gateway")).json())["queue_length"] == 1)
+
+    await async_wait_until_async(in_queue, "c's request queued for the cap")
+    data["max_parallel"] = 3
+    write(config_file, data)
+    assert (await client.post(f"{API}/reload")).status == 200
+    answer = await asyncio.wait_for(queued, 60)
+    assert answer.status == 200, await answer.text()
+    assert set(await pids(client)) == {"a", "b", "c"}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -213,3 +214,33 @@ def test_plans_compose(
 def test_gateway_only_fields_exist() -> None:
     fields = {f.name for f in dataclasses.fields(ModelConfig)}
     assert fields >= GATEWAY_ONLY
+
+
+CHANGES: dict[str, tuple[str, object]] = {  # YAML key -> (Config field, a different value)
+    "listen.host": ("host", "127.0.0.2"),
+    "listen.port": ("port", 9000),
+    "state_dir": ("state_dir", Path("/other")),
+    "max_parallel": ("max_parallel", 9),
+    "hang_timeout": ("hang_timeout", 3.0),
+    "api_token": ("api_token", "t"),
+    "allowed_hosts": ("allowed_hosts", ("box",)),
+    "host_label": ("host_label", "other"),
+    "websocket_max_clients": ("websocket_max_clients", 2),
+    "instance_host": ("instance_host", "0.0.0.0"),
+}
+
+
+@given(st.sets(st.sampled_from(sorted(CHANGES))))
+def test_refused_exactly_the_keys_that_need_a_restart(keys: set[str]) -> None:
+    old = config(model("a"))
+    changes: dict[str, Any] = {CHANGES[k][0]: CHANGES[k][1] for k in keys}
+    new = dataclasses.replace(old, **changes)
+    p = plan(old, new)
+    changed = set(changed_keys(old, new))  # a new state_dir moves the default targets too
+    assert keys <= changed
+    assert set(p.refused) == {k for k in changed if key_rule(k) is Rule.SERVICE}
+    assert set(p.live) == {k for k in changed if key_rule(k) is Rule.LIVE}
+    error = p.refusal()
+    assert (error is None) == (not p.refused)
+    if error is not None:
+        assert all(k in str(error) for k in p.refused)

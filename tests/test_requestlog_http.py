@@ -5,10 +5,12 @@ capture, and the log turned off."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import io
 import json
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +185,39 @@ async def test_the_log_turned_off(
     resp = await client.get(REQUESTS)
     assert resp.status == 404 and "request_log.enabled" in (await resp.json())["error"]["message"]
     assert not (tmp_path / "state" / "requests.db").exists()
+
+
+async def test_token_protected_and_odd_queries_answer_4xx_not_5xx(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    cfg = dataclasses.replace(gw_config(tmp_path, fake_server_bin, models=1), api_token="s3cret")
+    client = await aiohttp_client(create_app(cfg))
+    assert (await client.get(REQUESTS)).status == 401
+    assert (await client.get(f"{REQUESTS}/1")).status == 401
+    auth = {"Authorization": "Bearer s3cret"}
+    for params in ({"since": "1e300"}, {"until": "-5"}, {"since": "0", "until": "1e308"}):
+        resp = await client.get(REQUESTS, params=params, headers=auth)
+        assert resp.status == 200, (params, await resp.text())
+    assert (await client.get(f"{REQUESTS}/99999999999999999999999", headers=auth)).status == 404
+    resp = await client.get(REQUESTS, params={"format": "xml"}, headers=auth)
+    assert resp.status == 400 and (await resp.json())["error"]["field"] == "format"
+
+
+async def test_an_unreadable_database_answers_503_naming_it(
+    aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
+) -> None:
+    client = await aiohttp_client(create_app(gw_config(tmp_path, fake_server_bin, models=1)))
+    assert (await client.post(CHAT, json=chat("m0", max_tokens=1))).status == 200
+    log = client.app[REQUEST_LOG]
+    await asyncio.to_thread(log.store.flush)
+    db = tmp_path / "state" / "requests.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # everything into the file
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    db.write_bytes(b"not a database at all " * 300)
+    resp = await client.get(REQUESTS)
+    assert resp.status == 503 and str(db) in (await resp.json())["error"]["message"]
+    # The next record the writer writes finds it damaged and starts a new file.
+    assert (await client.post(CHAT, json=chat("m0", max_tokens=1))).status == 200
+    await asyncio.to_thread(log.store.flush)
+    assert len(await records(client)) == 1
+    assert len(list((tmp_path / "state").glob("requests.db.corrupt-*"))) == 1

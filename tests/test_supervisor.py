@@ -158,6 +158,9 @@ class FakeInstance:
     def tail(self, n: int) -> list[str]:
         return ["fake log"][-n:]
 
+    def load_lines(self) -> list[str]:
+        return []
+
 
 class FakeSpawner:
     """The spawn seam: records instances; each is ready at once unless told otherwise."""

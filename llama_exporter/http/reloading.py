@@ -35,11 +35,17 @@ class Live:
     config: Config
     tokens: auth.Tokens
     policy: guard.GuardPolicy
+    machine_names: tuple[str, ...] = ()  # looked up once (getfqdn may wait on DNS)
 
 
-def live_settings(config: Config, listen_host: str) -> Live:
+def live_settings(config: Config, listen_host: str, previous: Live | None = None) -> Live:
     """The tokens and the Host/Origin policy of config for a service on listen_host."""
-    wildcard = listen_host in guard.WILDCARD_HOSTS
+    if previous is not None:
+        names = previous.machine_names
+    elif listen_host in guard.WILDCARD_HOSTS:
+        names = tuple(sorted(guard.machine_names()))
+    else:
+        names = ()
     return Live(
         config,
         auth.Tokens(config.api_token, config.scrape_token),
@@ -47,8 +53,9 @@ def live_settings(config: Config, listen_host: str) -> Live:
             listen_host,
             allowed_hosts=config.allowed_hosts,
             allowed_origins=config.allowed_origins,
-            machine_names=guard.machine_names() if wildcard else (),
+            machine_names=names,
         ),
+        names,
     )
 
 
@@ -87,7 +94,7 @@ def connect(
     """Who takes a reloaded Config, and the event every outcome publishes."""
 
     def take_http(config: Config) -> None:
-        fresh = live_settings(config, listen_host)
+        fresh = live_settings(config, listen_host, live)
         live.config, live.tokens, live.policy = fresh.config, fresh.tokens, fresh.policy
         hub.set_max_clients(config.websocket_max_clients)
         targets.reconfigure(config.targets_dir, config.target_labels, _address(config))

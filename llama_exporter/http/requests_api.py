@@ -15,7 +15,15 @@ from aiohttp import web
 from llama_exporter.http.api_json import ApiError
 from llama_exporter.http.keys import REQUEST_LOG
 from llama_exporter.requestlog.log import RequestLog
-from llama_exporter.requestlog.record import CSV_FIELDS, BadQuery, Query, csv_row, parse_query
+from llama_exporter.requestlog.record import (
+    CSV_FIELDS,
+    BadQuery,
+    Query,
+    Record,
+    csv_row,
+    parse_query,
+)
+from llama_exporter.requestlog.store import StoreUnreadable
 
 PATH = "/api/v1/llama/requests"
 FORMATS = ("json", "jsonl", "csv")
@@ -31,6 +39,10 @@ def _log(request: web.Request) -> RequestLog:
             "set it to true and restart to keep requests",
         )
     return log
+
+
+def _unreadable(exc: StoreUnreadable) -> ApiError:
+    return ApiError(503, f"{exc}; try again shortly (a damaged file is replaced)")
 
 
 def _query(request: web.Request) -> Query:
@@ -51,7 +63,10 @@ async def list_requests(request: web.Request) -> web.StreamResponse:
     query = _query(request)
     if fmt != "json":
         return await _export(request, log, query, fmt)
-    page, cursor = await log.page(query)
+    try:
+        page, cursor = await log.page(query)
+    except StoreUnreadable as exc:
+        raise _unreadable(exc) from None
     body: dict[str, Any] = {
         "requests": [r.to_json() for r in page],
         "next_cursor": None if cursor is None else cursor.encode(),
@@ -71,14 +86,23 @@ async def _export(
     await response.prepare(request)
     if fmt == "csv":
         await response.write(_csv([list(CSV_FIELDS)]))
-    async for batch in log.export(query):
-        if fmt == "csv":
-            await response.write(_csv([csv_row(r) for r in batch]))
-        else:
-            lines = "".join(json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in batch)
-            await response.write(lines.encode())
+    try:
+        async for batch in log.export(query):
+            if fmt == "csv":
+                await response.write(_csv([csv_row(r) for r in batch]))
+            else:
+                lines = "".join(
+                    json.dumps(r.to_json(), separators=(",", ":")) + "\n" for r in batch
+                )
+                await response.write(lines.encode())
+    except StoreUnreadable:
+        return response  # the status is sent: the export ends short (the log says why)
     await response.write_eof()
     return response
+
+
+def _jsonl(record: Record) -> str:
+    return json.dumps(record.to_json(), separators=(",", ":")) + "\n"
 
 
 def _csv(rows: list[list[str]]) -> bytes:
@@ -90,7 +114,10 @@ def _csv(rows: list[list[str]]) -> bytes:
 async def get_request(request: web.Request) -> web.Response:
     """One request by id, with its captured bodies (null when not captured)."""
     rid = request.match_info["id"]
-    record = await _log(request).get(rid)
+    try:
+        record = await _log(request).get(rid)
+    except StoreUnreadable as exc:
+        raise _unreadable(exc) from None
     if record is None:
         raise ApiError(404, f"no request {rid!r} in the log (too old, or never logged)")
     return web.json_response(record.to_json(bodies=True))

@@ -16,6 +16,7 @@ _ERROR_TEXT = {
     "403": "the request came from a web page on another origin",
     "404": "the request log is off (request_log.enabled: false), or no such request",
     "421": "the Host header is not a name of this service (DNS rebinding)",
+    "503": "the log's database cannot be read now (busy, or damaged and being replaced)",
 }
 
 
@@ -144,7 +145,7 @@ def paths() -> dict[str, Schema]:
                             "text/csv": {"schema": {"type": "string"}},
                         },
                     },
-                    **_errors("400"),
+                    **_errors("400", "503"),
                 },
             }
         },
@@ -159,7 +160,7 @@ def paths() -> dict[str, Schema]:
                         "description": "the request",
                         "content": {"application/json": {"schema": RECORD_WITH_BODIES}},
                     },
-                    **_errors(),
+                    **_errors("503"),
                 },
             },
         },

@@ -7,7 +7,9 @@ llama-server allocated, kept by learned.py under the file and the memory setting
 
 from __future__ import annotations
 
+import logging
 import platform
+from collections.abc import Sequence
 from pathlib import Path
 
 from llama_exporter.catalog.gguf_header import GGUFHeaderCache
@@ -16,7 +18,9 @@ from llama_exporter.memory.estimate import cpu_repack_types, estimate
 from llama_exporter.memory.figure import DeviceNeed, MemoryFigure
 from llama_exporter.memory.launch import model_launch
 from llama_exporter.memory.learned import LearnedFigures, file_key
-from llama_exporter.memory.report import LoadReport
+from llama_exporter.memory.report import LoadReport, parse_report
+
+log = logging.getLogger(__name__)
 
 # A load that died out of memory needed more than its figure said, by an amount nobody
 # logged. The next figure is the last one plus a quarter on every device: enough that
@@ -25,6 +29,20 @@ from llama_exporter.memory.report import LoadReport
 # that succeeds afterwards replaces it with the exact figure.
 OOM_RAISE = 1.25
 SKIPS_FILE = "gguf-skips.json"  # where long header arrays end, per file version
+
+
+def context_note(model: ModelConfig, report: LoadReport) -> str | None:
+    """A warning when the instance got less context than configured (--fit, on by default
+    in this llama.cpp, may lower settings to fit free memory), else None."""
+    wanted = -(-model_launch(model).ctx_size // 256) * 256  # llama_context pads to 256
+    if report.n_ctx is None or report.n_ctx >= wanted - 256 * max(1, model.parallel):
+        return None  # equal, up to the rounding to a multiple of parallel x 256
+    return (
+        f"model {model.name}: llama-server runs with n_ctx = {report.n_ctx} "
+        f"({report.n_ctx_slot} per slot), not the configured ctx_size {model.ctx_size}: "
+        "its --fit lowered it to fit free memory; lower ctx_size, or pass --fit off in args "
+        "to fail instead"
+    )
 
 
 def _cpu_flags() -> frozenset[str]:
@@ -70,8 +88,10 @@ class MemoryBook:
             cpu_repack_types(platform.machine(), _cpu_flags()) if repack is None else repack
         )
 
-    def _key(self, model: ModelConfig) -> str:
-        return file_key(model.path, model_launch(model).key() + f"|gpus={','.join(self.gpus)}")
+    def key(self, model: ModelConfig) -> str:
+        """Where the learned figure of this model (file and memory settings) is kept."""
+        # not the GPU list: a load's report is what that load did, whatever we assumed
+        return file_key(model.path, model_launch(model).key())
 
     def estimate(self, model: ModelConfig) -> MemoryFigure:
         """The figure before any load: from the GGUF header and the launch settings."""
@@ -86,7 +106,7 @@ class MemoryBook:
 
     def figure(self, model: ModelConfig) -> MemoryFigure:
         """The learned figure if known, else the estimate (``source`` says which)."""
-        learned = self.learned.get(self._key(model))
+        learned = self.learned.get(self.key(model))
         return learned if learned is not None else self.estimate(model)
 
     def learn(self, model: ModelConfig, report: LoadReport) -> None:
@@ -94,8 +114,15 @@ class MemoryBook:
         if not report.buffers:
             return  # nothing was logged (verbosity below 4): keep what we had
         shared = str(Path(model.path).expanduser().resolve())
-        self.learned.put(self._key(model), report.figure(shared_weights_key=shared))
+        self.learned.put(self.key(model), report.figure(shared_weights_key=shared))
+        note = context_note(model, report)
+        if note:
+            log.warning("%s", note)
+
+    def learn_lines(self, model: ModelConfig, lines: Sequence[str]) -> None:
+        """learn() from the raw lines of a load (supervision hands them over as they came)."""
+        self.learn(model, parse_report(lines))
 
     def raise_after_oom(self, model: ModelConfig) -> None:
         """A load died out of memory: the next figure is this one raised by OOM_RAISE."""
-        self.learned.put(self._key(model), _raised(self.figure(model)))
+        self.learned.put(self.key(model), _raised(self.figure(model)))

@@ -63,10 +63,22 @@ class LearnedFigures:
         self.path = Path(state_dir) / FILE_NAME
         self._lock = threading.Lock()
         self._figures: dict[str, MemoryFigure] | None = None
+        # the file's (inode, size, mtime_ns) when read: every atomic write is a new inode
+        self._stamp: tuple[int, int, int] | None = None
+
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _load(self) -> dict[str, MemoryFigure]:
-        if self._figures is not None:
+        # read again when another writer (a second book on this folder) changed the file
+        stamp = self._file_stamp()
+        if self._figures is not None and stamp == self._stamp:
             return self._figures
+        self._stamp = stamp
         figures: dict[str, MemoryFigure] = {}
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
@@ -99,3 +111,4 @@ class LearnedFigures:
             )
             self.path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.path, text)
+            self._stamp = self._file_stamp()

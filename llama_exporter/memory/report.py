@@ -36,7 +36,7 @@ _N_CTX_SEQ = re.compile(r"llama_context: n_ctx_seq\s*=\s*(\d+)")
 _N_SEQ = re.compile(r"llama_context: n_seq_max\s*=\s*(\d+)")
 _SLOT = re.compile(r"n_slots = (\d+), n_ctx_slot = (\d+)")
 _FLASH = re.compile(r"resolve_fused_ops: Flash Attention (enabled|disabled)")
-_LOADED = "model loaded"
+LOADED = "model loaded"
 # A new llama-server process in the same log (process.py's "--- <time> starting: ..."
 # line, then llama-server's first line); a draft model's load inside one process is not.
 _NEW_PROCESS = re.compile(r"^--- .* starting: |llama_server: initializing")
@@ -82,6 +82,14 @@ class LoadReport:
         )
 
 
+_REPORT_WORDS = ("buffer size", "llama_context: n_", "n_ctx_slot", "Flash Attention", LOADED)
+
+
+def is_report_line(line: str) -> bool:
+    """True for the lines parse_report reads (a cheap filter for keeping them)."""
+    return any(word in line for word in _REPORT_WORDS)
+
+
 def parse_report(lines: Iterable[str]) -> LoadReport:
     """Read the buffer lines of one load (the last load, if the text holds several)."""
     buffers: list[tuple[str, str, int]] = []
@@ -106,7 +114,7 @@ def parse_report(lines: Iterable[str]) -> LoadReport:
         flash = _FLASH.search(line)
         if flash:
             values["flash"] = flash.group(1) == "enabled"
-        if _LOADED in line:
+        if LOADED in line:
             complete = True
     return LoadReport(
         buffers=tuple(buffers),

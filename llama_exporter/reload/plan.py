@@ -62,7 +62,11 @@ TOP_RULES: Mapping[str, Rule] = {
     "allowed_hosts": Rule.LIVE,
     "gateway": Rule.LIVE,
     "host_label": Rule.LIVE,  # target files rewritten, series relabelled
+    # Fields other work adds (rules decided here so a merge does not refuse them blindly):
     "memory_budget": Rule.LIVE,  # the next start is admitted against it
+    "memory_headroom": Rule.LIVE,
+    # Instances started with and without their key would mix: all restart with the service.
+    "instance_auth": Rule.SERVICE,
     # The request log's store is opened with its settings when the service starts.
     "request_log": Rule.SERVICE,
 }

@@ -47,9 +47,13 @@ _ID_SHIFT = 8  # ids are the arrival in microseconds, shifted, plus a counter
 _last_id = [0]
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def id_at(arrived: float) -> int:
-    """The smallest id a request arriving at unix time arrived can have."""
-    return int(arrived * 1_000_000) << _ID_SHIFT
+    """The smallest id a request arriving at unix time arrived can have (0..MAX_ID)."""
+    seconds = min(max(0.0, arrived), 3e10)  # (the year 2920: ids stay below MAX_ID)
+    return min(MAX_ID, int(seconds * 1_000_000) << _ID_SHIFT)
 
 
 def new_id(arrived: float) -> str:

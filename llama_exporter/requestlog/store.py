@@ -103,10 +103,10 @@ def where_clause(f: Filter, cursor: int | None) -> tuple[str, list[object]]:
         params += [f.status_min // 100, f.status_min, high]
     if f.since is not None:  # as id ranges: the key, or the end of every index
         terms.append("id >= ?")
-        params.append(id_at(max(0.0, f.since)))
+        params.append(id_at(f.since))
     if f.until is not None:
         terms.append("id < ?")
-        params.append(id_at(max(0.0, f.until) + 1e-6))
+        params.append(id_at(f.until + 1e-6))
     if cursor is not None:
         terms.append("id < ?")
         params.append(cursor)
@@ -117,6 +117,10 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA busy_timeout = 10000")
     return conn
+
+
+class StoreUnreadable(Exception):
+    """The database could not be read for a query (busy past the timeout, or damaged)."""
 
 
 class RequestStore:
@@ -140,6 +144,7 @@ class RequestStore:
         self._queue: list[Record] = []
         self._pending: dict[str, Record] = {}  # put, not committed yet (queries merge them)
         self._stopping = False
+        self._recheck = False  # a query found the file damaged: the writer opens it again
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._rows = 0
@@ -223,10 +228,15 @@ class RequestStore:
             with closing(_connect(self.path)) as conn:
                 conn.execute("PRAGMA query_only = 1")
                 return conn.execute(sql, params).fetchall()
-        except sqlite3.OperationalError as exc:
+        except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):  # being replaced, or not created yet
                 return []
-            raise
+            log.warning("request log: reading %s failed: %s", self.path, exc)
+            if self._damaged(exc):
+                with self._lock:
+                    self._recheck = True
+                    self._lock.notify_all()
+            raise StoreUnreadable(f"the request log {self.path} cannot be read: {exc}") from exc
 
     # -- the writer thread ------------------------------------------------------------
 
@@ -254,11 +264,14 @@ class RequestStore:
         self._open()
         while True:
             with self._lock:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._stopping and not self._recheck:
                     self._lock.wait(self._age_wait())
                     if not self._queue and self._clock() >= self._next_age_trim:
                         break
                 stopping = self._stopping
+                recheck, self._recheck = self._recheck, False
+            if recheck:
+                self._reopen()
             if self._queue and not stopping and self._batch_window > 0:
                 time.sleep(self._batch_window)  # let a burst gather into one transaction
             with self._lock:
@@ -384,6 +397,13 @@ class RequestStore:
             return True
         text = str(exc)
         return any(s in text for s in ("malformed", "readonly", "no such table", "disk I/O"))
+
+    def _reopen(self) -> None:
+        """Open the file anew (a query found it damaged): moved aside if it cannot be read."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._open()
 
     def _replace(self, exc: Exception) -> None:
         if self._conn is not None:

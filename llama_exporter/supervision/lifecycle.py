@@ -12,7 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from llama_exporter.states import (
     State,
     backoff_delay,
 )
+from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.orphans import InstanceRecord, InstancesFile
 from llama_exporter.supervision.process import (
     Instance,
@@ -76,6 +77,9 @@ def restart_delay(
     return backoff_delay(retries, policy.backoff_initial, policy.backoff_max), retries
 
 
+LoadedFn = Callable[[ModelConfig, list[str]], Awaitable[None]]
+
+
 class Lifecycle:
     """Runs every instance's life task; each status change goes through set_state."""
 
@@ -91,8 +95,12 @@ class Lifecycle:
         clock: Callable[[], float],
         instance_host: str,
         watchdog_interval: float,
+        instance_key: InstanceKey | None = None,
+        on_loaded: LoadedFn | None = None,
     ) -> None:
         self.config = config
+        self._on_loaded = on_loaded  # told each load's memory lines (memory learning)
+        self._loaded_tasks: set[asyncio.Task[None]] = set()
         self._entries = entries  # the Supervisor's, read here
         self._set_state = set_state
         self._count = count
@@ -101,6 +109,7 @@ class Lifecycle:
         self._clock = clock
         self._host = instance_host
         self._watchdog_interval = watchdog_interval
+        self.instance_key = instance_key  # every instance requires it (None: no key)
         self._port_cursor = 0
         self.instances = InstancesFile(config.state_dir / "instances.json")
 
@@ -108,7 +117,13 @@ class Lifecycle:
         self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
     ) -> Instance:
         return await LlamaProcess.spawn(
-            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
+            binary,
+            model,
+            host,
+            port,
+            log_file,
+            log_max_bytes=self.config.log_max_bytes,
+            instance_key=self.instance_key,
         )
 
     async def run(self, entry: Entry, model: ModelConfig, automatic: bool) -> None:
@@ -207,8 +222,21 @@ class Lifecycle:
             if self._observe is not None:
                 self._observe(model.name, time.monotonic() - begun)
             self._set_state(entry, State.READY, ready_at=self._clock(), last_error=None)
+            if self._on_loaded is not None:
+                # off the start's path: learning writes a file (in a thread) and must
+                # never delay READY or fail the instance
+                task = asyncio.create_task(self._loaded(model, proc.load_lines()))
+                self._loaded_tasks.add(task)
+                task.add_done_callback(self._loaded_tasks.discard)
             return None
         return reason
+
+    async def _loaded(self, model: ModelConfig, lines: list[str]) -> None:
+        assert self._on_loaded is not None
+        try:
+            await self._on_loaded(model, lines)
+        except Exception:
+            log.exception("%s: cannot record the load's memory figure", model.name)
 
     async def _watch(self, entry: Entry) -> str:
         """Wait for the ready process to exit or hang; kill and reap it; return the reason."""

@@ -36,10 +36,14 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
     p.add_argument("-np", "--parallel", type=int, default=1)
     p.add_argument("--api-key")
+    p.add_argument("--api-key-file", dest="_api_key_file")
+    p.add_argument("--cors-origins", default="*")
+    p.add_argument("--no-cors-credentials", dest="cors_credentials", action="store_false")
     p.add_argument("--no-slots", dest="slots", action="store_false")
     p.add_argument("--embeddings", action="store_true")
     p.add_argument("--pooling", dest="_pooling")  # accepted, ignored
     p.add_argument("-t", "--threads", type=int, dest="_threads")  # accepted, ignored
+    p.add_argument("-lv", "--verbosity", "--log-verbosity", type=int, default=3)
     p.add_argument("-hft", "--hf-token", dest="_hf_token")  # accepted, ignored
     fake = {  # --fake-X -> FakeOptions field, type, default
         "load-delay": (float, 0.0),
@@ -65,7 +69,35 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
             if any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD")):
                 _log(f"env {name}={value}")
     values.pop("_pooling")
+    values["api_keys"] = _file_keys(values.pop("_api_key_file"))
+    if values["api_key"] is None:  # like llama.cpp: a flag's variable counts when it is absent
+        values["api_key"] = os.environ.get("LLAMA_API_KEY") or None
     return FakeOptions(**values)
+
+
+def _file_keys(path: str | None) -> tuple[str, ...]:
+    """The keys of an --api-key-file as llama-server reads it: one a line, '#' comments."""
+    if path is None:
+        return ()
+    lines = Path(path).read_text().splitlines()
+    return tuple(line for line in lines if line and not line.startswith("#"))
+
+
+def memory_lines(options: FakeOptions) -> list[str]:
+    """What the real llama-server logs of its buffers at -lv 4, with made-up sizes that
+    grow with the context (formats of llama.cpp b11434, as in memory/report.py)."""
+    n_ctx_seq = options.ctx_size // max(1, options.parallel)
+    return [
+        "load_tensors:   CPU_Mapped model buffer size =     1.50 MiB",
+        f"llama_context: n_seq_max             = {options.parallel}",
+        f"llama_context: n_ctx                 = {options.ctx_size}",
+        f"llama_context: n_ctx_seq             = {n_ctx_seq}",
+        f"llama_context:        CPU  output buffer size =     {0.25 * options.parallel:.2f} MiB",
+        f"llama_kv_cache:        CPU KV buffer size =    {options.ctx_size / 1024:.2f} MiB",
+        "sched_reserve:        CPU compute buffer size =     2.00 MiB",
+        f"srv    load_model: initializing, n_slots = {options.parallel}, "
+        f"n_ctx_slot = {n_ctx_seq}, kv_unified = 'false'",
+    ]
 
 
 def _log(line: str) -> None:
@@ -107,6 +139,9 @@ async def _serve(options: FakeOptions) -> int:
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(stop.wait(), timeout=loading)
     if not stop.is_set():
+        if options.verbosity >= 4:
+            for line in memory_lines(options):
+                _log(line)
         _log("main: model loaded")
         _log(f"main: server is listening on http://{options.host}:{options.port}")
 
