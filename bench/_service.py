@@ -43,6 +43,7 @@ class HttpService:
         self.port = free_port()
         first = random.randrange(20000, 60000)
         state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir = state_dir
         config = {
             "listen": {"host": "127.0.0.1", "port": self.port},
             "llama_server": str(binary),
@@ -65,6 +66,11 @@ class HttpService:
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: asyncio.subprocess.Process | None = None
         self.session: aiohttp.ClientSession | None = None
+
+    def instance_auth(self) -> dict[str, str]:
+        """The header for talking to this service's llama-servers (its instance key)."""
+        key = (self.state_dir / "instance.key").read_text().strip()
+        return {"Authorization": f"Bearer {key}"}
 
     async def __aenter__(self) -> HttpService:
         self.proc = await asyncio.create_subprocess_exec(

@@ -33,10 +33,13 @@ from llama_exporter.config.settings import ModelConfig
 PROMPT = "Write a long story about a lighthouse keeper and the sea. Once upon a time,"
 
 
-async def complete(session: aiohttp.ClientSession, port: int, n: int, prompt: str) -> Any:
-    """One completion; its JSON answer."""
+async def complete(
+    session: aiohttp.ClientSession, port: int, n: int, prompt: str, auth: dict[str, str]
+) -> Any:
+    """One completion straight to the instance (with the service's key); its JSON answer."""
     body = {"prompt": prompt, "n_predict": n, "ignore_eos": True, "temperature": 0}
-    async with session.post(f"http://127.0.0.1:{port}/completion", json=body) as resp:
+    url = f"http://127.0.0.1:{port}/completion"
+    async with session.post(url, json=body, headers=auth) as resp:
         return await resp.json()
 
 
@@ -54,14 +57,16 @@ async def counter(session: aiohttp.ClientSession, url: str, model: str) -> float
 class SlotsOnlyPoller:
     """The baseline: a 1 Hz /slots reader counting the largest n_decoded seen per task."""
 
-    def __init__(self, session: aiohttp.ClientSession, port: int) -> None:
+    def __init__(self, session: aiohttp.ClientSession, port: int, auth: dict[str, str]) -> None:
         self.session = session
         self.port = port
+        self.auth = auth
         self.seen: dict[tuple[int, int], int] = {}
 
     async def run(self) -> None:
         while True:
-            async with self.session.get(f"http://127.0.0.1:{self.port}/slots") as resp:
+            url = f"http://127.0.0.1:{self.port}/slots"
+            async with self.session.get(url, headers=self.auth) as resp:
                 slots = await resp.json()
             for slot in slots:
                 if not slot.get("is_processing"):
@@ -85,22 +90,24 @@ async def run(binary: Path, model_path: Path, rounds: int, tokens: int, state: P
         api = f"{service.url}/api/v1/llama"
         async with session.post(f"{api}/models/bench/start", params={"wait": "true"}) as resp:
             port = (await resp.json())["port"]
-        await complete(session, port, 4, "Hi")  # warm up
+        auth = service.instance_auth()
+        await complete(session, port, 4, "Hi", auth)  # warm up
         await asyncio.sleep(2)
         before = await counter(session, service.url, "bench")
-        baseline = SlotsOnlyPoller(session, port)
+        baseline = SlotsOnlyPoller(session, port, auth)
         poll_task = asyncio.create_task(baseline.run())
         began = time.time()
         answers: list[Any] = []
         long_answers: list[Any] = []
         for _ in range(rounds):
             pair = await asyncio.gather(
-                complete(session, port, tokens, PROMPT), complete(session, port, tokens, PROMPT)
+                complete(session, port, tokens, PROMPT, auth),
+                complete(session, port, tokens, PROMPT, auth),
             )
             long_answers += pair
             answers += pair
             for _ in range(2):
-                answers.append(await complete(session, port, 3, "Hi"))
+                answers.append(await complete(session, port, 3, "Hi", auth))
         await asyncio.sleep(2.5)
         poll_task.cancel()
         after = await counter(session, service.url, "bench")

@@ -12,6 +12,8 @@ Fake llama-server (llama_exporter.testing.fake_llama) behind the service:
     timing barely varies, so this is the gateway's own added latency);
   - 256 concurrent streams: errors, and the service's CPU per streamed token.
 Figures, not asserts: the machine's speed drifts, so compare only within one run.
+The direct baselines are keyed like the service's instances (the bare server starts with
+an instance key file and CORS off; direct requests send the key).
 
     .venv/bin/python bench/gateway.py [--rounds 15] [--ttft-pairs 200] [--binary PATH]
                                       [--model PATH]
@@ -41,7 +43,9 @@ from start_stop import DEFAULT_MODEL, default_binary
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.gateway.sse import event_text
-from llama_exporter.supervision.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.supervision.command import build_argv
+from llama_exporter.supervision.instance_key import InstanceKey, load_or_create_instance_key
+from llama_exporter.supervision.process import READY_POLL_INTERVAL, health_status
 from llama_exporter.testing.fake_llama import write_executable
 
 GOAL_TTFT_RATIO = 1.05
@@ -65,14 +69,18 @@ class Answer:
 
 
 async def request(
-    session: aiohttp.ClientSession, url: str, body: dict[str, object], stream: bool
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, object],
+    stream: bool,
+    headers: dict[str, str] | None = None,
 ) -> Answer:
     """POST body to url; time the first text event and the end."""
     began = time.monotonic()
     ttft: float | None = None
     tokens = 0
     done = False
-    async with session.post(url, json={**body, "stream": stream}) as resp:
+    async with session.post(url, json={**body, "stream": stream}, headers=headers) as resp:
         if not stream or resp.status != 200:
             await resp.read()
             return Answer(resp.status, None, time.monotonic() - began, 0, False)
@@ -105,21 +113,22 @@ def chat_body(model: str, max_tokens: int) -> dict[str, object]:
 
 
 class BareServer:
-    """A llama-server of our own, the baseline."""
+    """A llama-server of our own, the baseline: the service's flags, its own instance key."""
 
-    def __init__(self, binary: Path, model: ModelConfig) -> None:
-        self.binary, self.model = binary, model
+    def __init__(self, binary: Path, model: ModelConfig, key: InstanceKey) -> None:
+        self.binary, self.model, self.key = binary, model, key
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
+        self.auth = {"Authorization": f"Bearer {key.value}"}  # what its clients send
 
     async def start(self) -> float:
         """Spawn and poll /health to 200; returns the seconds it took."""
-        argv = build_argv(self.binary, self.model, "127.0.0.1", self.port)
+        argv = build_argv(self.binary, self.model, "127.0.0.1", self.port, self.key.path)
         began = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-        while await health_status("127.0.0.1", self.port, 1.0) != 200:
+        while await health_status("127.0.0.1", self.port, 1.0, api_key=self.key.value) != 200:
             if self.proc.returncode is not None:
                 raise RuntimeError(f"bare llama-server exited with {self.proc.returncode}")
             await asyncio.sleep(READY_POLL_INTERVAL)
@@ -165,7 +174,8 @@ async def real_part(
     binary: Path, model_path: Path, rounds: int, ttft_pairs: int, tmp: Path
 ) -> None:
     model = ModelConfig("gemma", model_path, ctx_size=2048, parallel=2, args=("--threads", "1"))
-    bare = BareServer(binary, model)
+    key = load_or_create_instance_key(tmp / "bare")
+    bare = BareServer(binary, model, key)
     async with HttpService(binary, [model], tmp / "real") as service:
         # A new connection per request on both sides (llama-server closes kept-alive
         # connections on its own schedule; the gateway keeps its upstream ones).
@@ -179,13 +189,13 @@ async def real_part(
             direct_url = f"http://127.0.0.1:{bare.port}/v1/chat/completions"
             warm = chat_body("gemma", 1)
             await request(session, gw_url, warm, True)  # the first load, not counted
-            await request(session, direct_url, warm, True)
+            await request(session, direct_url, warm, True, bare.auth)
 
             async def gw_stream() -> Answer:
                 return await request(session, gw_url, chat_body("gemma", 4), True)
 
             async def direct_stream() -> Answer:
-                return await request(session, direct_url, chat_body("gemma", 4), True)
+                return await request(session, direct_url, chat_body("gemma", 4), True, bare.auth)
 
             # Many cheap pairs: one pair's difference carries llama-server's own jitter
             # (several ms), so the median of few pairs says little about a 1 ms cost.
@@ -209,7 +219,8 @@ async def real_part(
                 return await request(session, gw_url, chat_body("gemma", 32), False)
 
             async def direct_total() -> Answer:
-                return await request(session, direct_url, chat_body("gemma", 32), False)
+                body = chat_body("gemma", 32)
+                return await request(session, direct_url, body, False, bare.auth)
 
             ours, base = await paired(rounds, gw_total, direct_total)
             o_total = statistics.median(a.total for a in ours)
@@ -250,7 +261,7 @@ async def real_part(
                 loads.append(await load_wait_sum() - before)
 
             async def bare_cold() -> None:
-                spare = BareServer(binary, model)
+                spare = BareServer(binary, model, key)
                 try:
                     spawns.append(await spare.start())
                     first = await request(
@@ -258,6 +269,7 @@ async def real_part(
                         f"http://127.0.0.1:{spare.port}/v1/chat/completions",
                         chat_body("gemma", 4),
                         True,
+                        spare.auth,
                     )
                     assert first.ttft is not None
                     firsts.append(first.ttft)
@@ -305,7 +317,12 @@ async def real_part(
 
 
 async def throughput(
-    session: aiohttp.ClientSession, url: str, body: dict[str, object], n: int, concurrency: int
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict[str, object],
+    n: int,
+    concurrency: int,
+    headers: dict[str, str] | None = None,
 ) -> tuple[float, int]:
     """n non-streaming requests with concurrency workers: (requests/s, errors)."""
     todo = iter(range(n))
@@ -314,7 +331,7 @@ async def throughput(
     async def worker() -> None:
         nonlocal errors
         for _ in todo:
-            async with session.post(url, json=body) as resp:
+            async with session.post(url, json=body, headers=headers) as resp:
                 await resp.read()
                 errors += resp.status != 200
 
@@ -342,6 +359,7 @@ async def fake_part(rounds: int, ttft_pairs: int, tmp: Path) -> None:
                     "port"
                 ]
             direct_url = f"http://127.0.0.1:{port}/v1/chat/completions"
+            auth = service.instance_auth()  # the fake instance requires the service's key
             body = chat_body("fake", 0)
             n, conc = 2000, 32
             ours: list[float] = []
@@ -353,7 +371,8 @@ async def fake_part(rounds: int, ttft_pairs: int, tmp: Path) -> None:
                 first, second = (gw_url, direct_url) if i % 2 else (direct_url, gw_url)
                 for url in (first, second):
                     cpu0 = sum(proc.cpu_times()[:2])
-                    rps, err = await throughput(session, url, body, n, conc)
+                    headers = None if url == gw_url else auth
+                    rps, err = await throughput(session, url, body, n, conc, headers)
                     if url == gw_url:
                         service_cpu += sum(proc.cpu_times()[:2]) - cpu0
                     errors += err
@@ -376,7 +395,7 @@ async def fake_part(rounds: int, ttft_pairs: int, tmp: Path) -> None:
                 return await request(session, gw_url, chat_body("fake", 1), True)
 
             async def direct_first() -> Answer:
-                return await request(session, direct_url, chat_body("fake", 1), True)
+                return await request(session, direct_url, chat_body("fake", 1), True, auth)
 
             pairs = max(50, ttft_pairs)
             ours_a, base_a = await paired(pairs, gw_first, direct_first)

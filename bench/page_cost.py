@@ -83,6 +83,7 @@ class Load(threading.Thread):
     def __init__(self, svc: ServiceProcess, count: int) -> None:
         super().__init__(daemon=True)
         self.ports = [int(svc.status(f"m{i}")["port"]) for i in range(count)]
+        self.auth = svc.instance_auth()  # the instances require the service's key
         self.halt = threading.Event()
         self.requests = 0
 
@@ -101,7 +102,8 @@ class Load(threading.Thread):
         body = {"prompt": "a b c d e f g h", "n_predict": 4 * FAKE_TOKENS_PER_SECOND}
         while not self.halt.is_set():
             with contextlib.suppress(OSError, urllib.error.URLError):
-                http_json("POST", f"http://127.0.0.1:{port}/completion", body, timeout=30)
+                url = f"http://127.0.0.1:{port}/completion"
+                http_json("POST", url, body, timeout=30, headers=self.auth)
                 self.requests += 1
 
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from _service import HttpService, Timing, free_port
 
 from llama_exporter.config.settings import Config, ModelConfig, PortRange
-from llama_exporter.supervision.process import READY_POLL_INTERVAL, build_argv, health_status
+from llama_exporter.supervision.command import build_argv
+from llama_exporter.supervision.instance_key import InstanceKey, load_or_create_instance_key
+from llama_exporter.supervision.process import READY_POLL_INTERVAL, health_status
 from llama_exporter.supervision.supervisor import StaticModels, Supervisor
 
 GOAL_START_RATIO = 1.03  # supervisor start within 3% of bare
@@ -32,16 +34,20 @@ GOAL_STOP_EXTRA_S = 0.010  # supervisor stop within 10 ms of bare
 DEFAULT_MODEL = Path.home() / ".cache" / "llama-exporter" / "models" / "gemma-3-270m-q4_k_m.gguf"
 
 
-async def bare_start_stop(binary: Path, model: ModelConfig) -> Timing:
-    """Spawn llama-server directly, poll /health to 200, then SIGTERM and wait for exit."""
+async def bare_start_stop(binary: Path, model: ModelConfig, key: InstanceKey) -> Timing:
+    """Spawn llama-server directly, poll /health to 200, then SIGTERM and wait for exit.
+
+    With the flags the service passes (an instance key file, CORS off), so the baseline
+    starts the same process.
+    """
     port = free_port()
-    argv = build_argv(binary, model, "127.0.0.1", port)
+    argv = build_argv(binary, model, "127.0.0.1", port, key.path)
     begun = time.monotonic()
     proc = await asyncio.create_subprocess_exec(
         *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
     )
     try:
-        while await health_status("127.0.0.1", port, 1.0) != 200:
+        while await health_status("127.0.0.1", port, 1.0, api_key=key.value) != 200:
             if proc.returncode is not None:
                 raise RuntimeError(f"bare llama-server exited with {proc.returncode}")
             await asyncio.sleep(READY_POLL_INTERVAL)
@@ -66,7 +72,8 @@ def make_supervisor(binary: Path, model: ModelConfig, state_dir: Path) -> Superv
         ports=PortRange(first, first + 50),
         ready_timeout=120,
     )
-    return Supervisor(config, StaticModels([model]))
+    key = load_or_create_instance_key(state_dir)  # as the service does
+    return Supervisor(config, StaticModels([model]), instance_key=key)
 
 
 async def supervisor_start_stop(supervisor: Supervisor, name: str) -> Timing:
@@ -87,13 +94,14 @@ async def run(binary: Path, model_path: Path, runs: int, state_dir: Path, via: s
     model = ModelConfig("bench", model_path, ctx_size=2048, parallel=2)
     bare: list[Timing] = []
     ours: list[Timing] = []
-    await bare_start_stop(binary, model)  # warm the page cache; not counted
+    key = load_or_create_instance_key(state_dir / "bare")
+    await bare_start_stop(binary, model, key)  # warm the page cache; not counted
     if via == "http":
         async with HttpService(binary, [model], state_dir) as service:
             await interleave(
                 runs,
                 lambda: service.start_stop(model.name),
-                lambda: bare_start_stop(binary, model),
+                lambda: bare_start_stop(binary, model, key),
                 ours,
                 bare,
             )
@@ -102,7 +110,7 @@ async def run(binary: Path, model_path: Path, runs: int, state_dir: Path, via: s
         await interleave(
             runs,
             lambda: supervisor_start_stop(supervisor, model.name),
-            lambda: bare_start_stop(binary, model),
+            lambda: bare_start_stop(binary, model, key),
             ours,
             bare,
         )

@@ -22,6 +22,9 @@ _FLAG_IN_TEXT = re.compile(
 )
 # Upper case only: llama-server's own lines say things like n_tokens=5.
 _ENV_IN_TEXT = re.compile(r"\b([A-Z_][A-Z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD)[A-Z0-9_]*)=(\S+)")
+# At -lv 4 llama-server logs the last 4 characters of its only API key: "api_keys: ****abcd".
+_KEY_TAIL = re.compile(r"(api_keys: )\*{4}\S+")
+_KEY_TAIL_BYTES = re.compile(rb"(api_keys: )\*{4}\S+")
 
 
 def is_secret_name(name: str) -> bool:
@@ -78,7 +81,15 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         if secret:
             text = text.replace(secret, MASK)
     text = _FLAG_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+    text = _KEY_TAIL.sub(lambda m: f"{m.group(1)}{MASK}", text)
     return _ENV_IN_TEXT.sub(lambda m: f"{m.group(1)}={MASK}", text)
+
+
+def redact_output(raw: bytes, secrets: Iterable[bytes]) -> bytes:
+    """One line of llama-server's output with each known secret and its key's tail hidden."""
+    for secret in secrets:
+        raw = raw.replace(secret, MASK.encode())
+    return _KEY_TAIL_BYTES.sub(rb"\1" + MASK.encode(), raw)
 
 
 def redact_lines(lines: Iterable[str], secrets: Iterable[str] = ()) -> list[str]:

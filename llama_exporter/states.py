@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 
@@ -61,7 +61,9 @@ class InstanceStatus:
     retries: int = 0  # consecutive restarts without a stable run
     last_error: str | None = None
     next_retry_at: float | None = None  # wall-clock time of the next restart (BACKOFF)
-    api_key: str | None = None  # llama-server --api-key, for readers of /slots and /metrics
+    # The key readers send to the instance (the model's api_key, else the service's
+    # instance key); kept out of repr so no log line or error message can show it.
+    api_key: str | None = field(default=None, repr=False)
 
     @property
     def base_url(self) -> str | None:

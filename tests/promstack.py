@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "prometheus"
 PROMETHEUS_CONFIG = PROMETHEUS_DIR / "prometheus.yml"
 RULES_DIR = PROMETHEUS_DIR / "rules"
+INSTANCE_KEY_FILE = "keys/instance.key"  # the llama-server job's credentials_file
 
 T = TypeVar("T")
 
@@ -293,12 +294,21 @@ class AMHandle(_Daemon):
             raise RuntimeError(f"post alert: HTTP {status}: {body!r}")
 
 
-def prometheus_config(targets_dir: Path, alertmanager_port: int | None) -> dict[str, Any]:
-    """The project's prometheus.yml, with file_sd files in targets_dir and the given AM."""
+def prometheus_config(
+    targets_dir: Path, alertmanager_port: int | None, instance_key: Path | None = None
+) -> dict[str, Any]:
+    """The project's prometheus.yml, with file_sd files in targets_dir and the given AM.
+
+    instance_key: the service's <state_dir>/instance.key, which the llama-server job's
+    credentials_file then names (Prometheus runs as our user here: no copy is needed).
+    """
     config: dict[str, Any] = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     for job in config["scrape_configs"]:
         for sd in job.get("file_sd_configs", []):
             sd["files"] = [str(targets_dir / Path(name).name) for name in sd["files"]]
+        auth = job.get("authorization", {})
+        if instance_key is not None and auth.get("credentials_file") == INSTANCE_KEY_FILE:
+            auth["credentials_file"] = str(instance_key)
     if alertmanager_port is None:
         config.pop("alerting", None)
     else:
@@ -313,16 +323,25 @@ def start_prometheus(
     *,
     targets_dir: Path,
     alertmanager_port: int | None,
+    instance_key: Path | None = None,
     port: int | None = None,
     extra_args: tuple[str, ...] = (),
     timeout: float = 30.0,
 ) -> PromHandle:
-    """Start Prometheus with the project's config and rules in tmp/prometheus; wait for ready."""
+    """Start Prometheus with the project's config and rules in tmp/prometheus; wait for ready.
+
+    instance_key: the service's key file, for scraping its llama-servers (see
+    prometheus_config).
+    """
     workdir = tmp / "prometheus"
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copytree(RULES_DIR, workdir / "rules", dirs_exist_ok=True)
     config_path = workdir / "prometheus.yml"
-    config_path.write_text(yaml.safe_dump(prometheus_config(targets_dir, alertmanager_port)))
+    if instance_key is None:  # targets that need no key: any file the job can read
+        (workdir / INSTANCE_KEY_FILE).parent.mkdir(exist_ok=True)
+        (workdir / INSTANCE_KEY_FILE).write_text("no-instance-key-in-this-test\n")
+    config = prometheus_config(targets_dir, alertmanager_port, instance_key)
+    config_path.write_text(yaml.safe_dump(config))
     return run_prometheus(config_path, port=port, extra_args=extra_args, timeout=timeout)
 
 

@@ -18,10 +18,16 @@ from promstack import free_port
 from waiting import wait_until
 
 
-def http_json(method: str, url: str, body: Any = None, timeout: float = 60.0) -> tuple[int, Any]:
+def http_json(
+    method: str,
+    url: str,
+    body: Any = None,
+    timeout: float = 60.0,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any]:
     """One JSON request; returns (status, decoded body) for success and HTTP errors alike."""
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         req.add_header("Content-Type", "application/json")
     try:
@@ -56,6 +62,15 @@ class ServiceProcess:
     @property
     def api(self) -> str:
         return self.url + "/api/v1/llama"
+
+    @property
+    def instance_key(self) -> str:
+        """The key every llama-server of this service requires (<state_dir>/instance.key)."""
+        return (self.state_dir / "instance.key").read_text().strip()
+
+    def instance_auth(self) -> dict[str, str]:
+        """The header a test sends when it talks to one of the service's llama-servers."""
+        return {"Authorization": f"Bearer {self.instance_key}"}
 
     def status(self, model: str) -> dict[str, Any]:
         """The service's status entry for one model."""

@@ -36,8 +36,9 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 
 def test_services_present() -> None:
-    assert set(services()) == {"prometheus", "alertmanager", "grafana"}
-    assert set(compose()["volumes"]) == {"prometheus-data", "alertmanager-data", "grafana-data"}
+    assert set(services()) == {"instance-key", "prometheus", "alertmanager", "grafana"}
+    volumes = {"instance-key", "prometheus-data", "alertmanager-data", "grafana-data"}
+    assert set(compose()["volumes"]) == volumes
 
 
 def test_every_repo_bind_mount_exists_and_is_read_only() -> None:
@@ -66,6 +67,25 @@ def test_prometheus_mounts_match_its_config() -> None:
     targets = mounts["/etc/prometheus/targets"]
     assert targets.startswith("${LLAMA_EXPORTER_TARGETS_DIR:-")
     assert targets.endswith("/.local/state/llama-exporter/targets}")
+
+
+def test_prometheus_gets_a_copy_of_the_instance_key_it_can_read() -> None:
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "llama-server"]
+    assert job["authorization"] == {"type": "Bearer", "credentials_file": "keys/instance.key"}
+    copier = services()["instance-key"]
+    sources = {target: source for source, target, _ in bind_mounts(copier)}
+    source = sources["/run/llama/instance.key"]
+    assert source.startswith("${LLAMA_EXPORTER_INSTANCE_KEY:-")
+    assert source.endswith("/.local/state/llama-exporter/instance.key}")
+    assert sources["/keys"] == "instance-key"
+    # Prometheus runs as nobody (65534): the copy is its own, readable by it alone.
+    script = copier["command"][-1]
+    assert "-o 65534 -g 65534 -m 0400 /run/llama/instance.key /keys/instance.key" in script
+    prom = services()["prometheus"]
+    assert prom["depends_on"]["instance-key"]["condition"] == "service_completed_successfully"
+    mounts = {target: (source, options) for source, target, options in bind_mounts(prom)}
+    assert mounts["/etc/prometheus/keys"] == ("instance-key", "ro")
 
 
 def test_alertmanager_config_is_mounted() -> None:

@@ -85,6 +85,7 @@ listen: {host: 0.0.0.0, port: 9000}
 max_parallel: 3
 ports: {first: 20000, last: 20009}
 instance_host: 0.0.0.0
+instance_auth: false
 ready_timeout: 60
 stop_grace: 5.5
 hang_timeout: 20
@@ -124,6 +125,7 @@ def test_full_config_round_trips(cfg_dir: Path, env: dict[str, str], server_bin:
         llama_server=server_bin,
         ports=PortRange(20000, 20009),
         instance_host="0.0.0.0",
+        instance_auth=False,
         ready_timeout=60.0,
         stop_grace=5.5,
         hang_timeout=20.0,
@@ -414,6 +416,7 @@ BAD_CASES: list[tuple[str, str, str]] = [
     ("targets: {labels: {model: x}}\n", "targets.labels.model", "set per instance"),
     ("targets: {labels: {'a-b': x}}\n", "targets.labels.a-b", "label name"),
     ("targets: {labels: {host: x}}\n", "targets.labels.host", "host_label"),
+    ("instance_auth: 'no'\n", "instance_auth", "true or false"),
     ("host_label: ''\n", "host_label", "must not be empty"),
     ("host_label: 'box:9777'\n", "host_label", "contains ':'"),
     ("host_label: 'my box'\n", "host_label", "contains ' '"),

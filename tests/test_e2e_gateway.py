@@ -61,7 +61,12 @@ def gw(
     targets_dir.mkdir()
     with contextlib.ExitStack() as cleanup:  # whatever started is stopped, even on failure
         prom = cleanup.enter_context(
-            start_prometheus(tmp, targets_dir=targets_dir, alertmanager_port=None)
+            start_prometheus(
+                tmp,
+                targets_dir=targets_dir,
+                alertmanager_port=None,
+                instance_key=tmp / "service" / "state" / "instance.key",
+            )
         )
         config = {
             "llama_server": str(llama_server_bin),

@@ -65,7 +65,13 @@ def stack(
         sink = cleanup.enter_context(WebhookSink())
         am = cleanup.enter_context(start_alertmanager(tmp, sink.url))
         prom = cleanup.enter_context(
-            start_prometheus(tmp, targets_dir=targets_dir, alertmanager_port=am.port)
+            start_prometheus(
+                tmp,
+                targets_dir=targets_dir,
+                alertmanager_port=am.port,
+                # start_service's state folder: the service makes the key there.
+                instance_key=tmp / "service" / "state" / "instance.key",
+            )
         )
         config = {
             "llama_server": str(llama_server_bin),
@@ -102,13 +108,16 @@ def service_metric(service: ServiceProcess, name: str, **labels: str) -> float |
     return None
 
 
-def complete(port: int, n_predict: int, prompt: str = PROMPT) -> dict[str, Any]:
-    """A completion on the real llama-server; returns its JSON answer."""
+def complete(
+    service: ServiceProcess, port: int, n_predict: int, prompt: str = PROMPT
+) -> dict[str, Any]:
+    """A completion straight to the service's real llama-server (with its instance key)."""
     status, body = http_json(
         "POST",
         f"http://127.0.0.1:{port}/completion",
         {"prompt": prompt, "n_predict": n_predict, "ignore_eos": True, "temperature": 0},
         timeout=300,
+        headers=service.instance_auth(),
     )
     assert status == 200, body
     result: dict[str, Any] = body
@@ -137,7 +146,7 @@ def ready(stack: Stack) -> dict[str, Any]:
 
 def test_start_real_model_and_complete(stack: Stack) -> None:
     body = start_afresh(stack)
-    answer = complete(body["port"], 8, "The capital of France is")
+    answer = complete(stack.service, body["port"], 8, "The capital of France is")
     assert answer["timings"]["predicted_n"] == 8
     assert answer["content"]
 
@@ -174,7 +183,8 @@ def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
         before = settled_tokens(stack.service)
         began = time.time()
         with ThreadPoolExecutor(2) as pool:
-            answers = list(pool.map(lambda n: complete(port, n), [n_predict, n_predict]))
+            runs = pool.map(lambda n: complete(stack.service, port, n), [n_predict, n_predict])
+            answers = list(runs)
         _, body = http_json("GET", stack.service.api + f"/models/{MODEL}/metrics")
         history = [s for s in body["history"] if s["timestamp"] >= began]
         both_busy = [s for s in history if s["slots_busy"] == 2]
@@ -183,7 +193,7 @@ def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
         assert n_predict < MAX_PREDICT, f"{n_predict} tokens took < 3 polls: poll faster"
         n_predict = min(2 * n_predict, MAX_PREDICT)
     # A request shorter than the poll interval, between two polls.
-    short = complete(port, 3, "Hi")
+    short = complete(stack.service, port, 3, "Hi")
     generated = sum(a["timings"]["predicted_n"] for a in [*answers, short])
     assert generated == 2 * n_predict + 3
 
@@ -229,7 +239,7 @@ def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) ->
         # Short requests: llama-server's own counters move only when a request ends, and
         # its rate rules need two scrapes that differ (a loaded machine makes < 1 token/s).
         while not stop.is_set():
-            complete(port, 8)
+            complete(stack.service, port, 8)
 
     workers = [threading.Thread(target=keep_busy) for _ in range(2)]
     for w in workers:

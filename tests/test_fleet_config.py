@@ -25,6 +25,7 @@ def fleet_dir(tmp_path: Path, hosts: list[dict[str, Any]]) -> Path:
     shutil.copy(EXAMPLE, tmp_path / "fleet.yml")
     (tmp_path / "fleet-hosts.yml").write_text(yaml.safe_dump(hosts))
     (tmp_path / "fleet-token").write_text("s3cret\n")
+    (tmp_path / "fleet-instance.key").write_text("k" * 43 + "\n")
     shutil.copytree(ROOT / "prometheus" / "rules", tmp_path / "rules")
     return tmp_path / "fleet.yml"
 
@@ -47,6 +48,9 @@ def test_shipped_example_matches_its_host_list() -> None:
     token = {"type": "Bearer", "credentials_file": "fleet-token"}
     assert jobs["llama-exporter"]["authorization"] == token
     assert all(sd["authorization"] == token for sd in jobs["llama-server"]["http_sd_configs"])
+    # The instances' own /metrics: the fleet's one instance key.
+    key = {"type": "Bearer", "credentials_file": "fleet-instance.key"}
+    assert jobs["llama-server"]["authorization"] == key
 
 
 def test_rewrites_only_the_block_one_entry_per_host(tmp_path: Path) -> None:

@@ -43,6 +43,8 @@ pytestmark = [pytest.mark.real, pytest.mark.prometheus]
 
 TOKEN = "fleet-api-token"  # starts models, and the gateway's OpenAI key
 SCRAPE_TOKEN = "fleet-scrape-token"  # Prometheus's: /metrics and HTTP SD only
+# The instance key of every host (each service reuses the key it finds in its state folder).
+INSTANCE_KEY = "fleet-instance-key-" + "k" * 32
 HOSTS = {"a": "gemma", "b": "gemma", "c": "gemma-c"}  # a and b: the same model name
 DISCOVERY_GOAL = 10.0  # seconds, reported (not asserted: these machines are noisy)
 
@@ -81,6 +83,8 @@ def write_fleet_config(workdir: Path, services: dict[str, ServiceProcess]) -> Pa
     (workdir / "fleet-hosts.yml").write_text(yaml.safe_dump(hosts))
     (workdir / "fleet-token").write_text(SCRAPE_TOKEN + "\n")
     (workdir / "fleet-token").chmod(0o600)
+    (workdir / "fleet-instance.key").write_text(INSTANCE_KEY + "\n")
+    (workdir / "fleet-instance.key").chmod(0o600)
     script = ROOT / "scripts" / "fleet_config.py"
     subprocess.run([sys.executable, str(script), str(config)], check=True, timeout=60)
     check = subprocess.run(
@@ -131,6 +135,10 @@ def fleet(
         cleanup.callback(lambda: [service.stop() for service in services.values()])
         for index, host in enumerate(HOSTS):
             config = service_config(host, index, llama_server_bin, gemma_gguf)
+            state = tmp / host / "state"  # start_service's state folder
+            state.mkdir(parents=True)
+            (state / "instance.key").write_text(INSTANCE_KEY + "\n")
+            (state / "instance.key").chmod(0o600)
             services[host] = start_service(tmp / host, config)
         prom = cleanup.enter_context(run_prometheus(write_fleet_config(tmp / "prom", services)))
 
@@ -282,7 +290,7 @@ def request_completion(port: int) -> tuple[int, Any]:
         f"http://127.0.0.1:{port}/completion",
         data=body.encode(),
         method="POST",
-        headers={"Content-Type": "application/json"},
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {INSTANCE_KEY}"},
     )
     with urllib.request.urlopen(req, timeout=180) as resp:
         return resp.status, json.loads(resp.read())
@@ -340,7 +348,7 @@ def test_cardinality_per_host_and_model(
     with_gateway = sum(1 for s in model_series() if s.labels.get("model") == HOSTS["a"])
     per_host = sum(1 for s in samples if "model" not in s.labels)
     slot_series = sum(1 for s in samples if "slot" in s.labels)
-    _, own = request_text(f"http://127.0.0.1:{fleet.ports['a']}/metrics")
+    _, own = request_text(f"http://127.0.0.1:{fleet.ports['a']}/metrics", INSTANCE_KEY)
     llamacpp = sum(len(f.samples) for f in text_string_to_metric_families(own))
     rules = fleet.prom.query(f'count({{__name__=~"model:.*",host="a",model="{HOSTS["a"]}"}})')
     recorded = int(float(rules[0]["value"][1])) if rules else 0
@@ -359,9 +367,9 @@ def test_cardinality_per_host_and_model(
     assert per_model > 0 and per_host > 0 and llamacpp > 0 and recorded > 0
 
 
-def request_text(url: str) -> tuple[int, str]:
-    """GET with Prometheus's scrape token; (status, text)."""
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {SCRAPE_TOKEN}"})
+def request_text(url: str, token: str = SCRAPE_TOKEN) -> tuple[int, str]:
+    """GET with Prometheus's scrape token (or another); (status, text)."""
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(req, timeout=30) as resp:
         return resp.status, resp.read().decode()
 

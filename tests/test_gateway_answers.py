@@ -17,7 +17,7 @@ from test_gateway_http import CHAT, MakeClient, chat, gw_config, sample, status_
 
 from llama_exporter.config.settings import ModelConfig, find_managed_flag, serves_embeddings
 from llama_exporter.http.app import create_app
-from llama_exporter.supervision.process import build_argv
+from llama_exporter.supervision.command import build_argv
 
 
 @pytest.mark.parametrize(

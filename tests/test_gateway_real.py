@@ -238,7 +238,8 @@ def gw_pinned(
 def slots_busy(g: Gw, model: str) -> bool:
     """Whether any slot of the model's llama-server is processing (asked directly)."""
     url = g.service.status(model)["url"]
-    with urllib.request.urlopen(url + "/slots", timeout=5) as resp:
+    request = urllib.request.Request(url + "/slots", headers=g.service.instance_auth())
+    with urllib.request.urlopen(request, timeout=5) as resp:
         return any(s["is_processing"] for s in json.loads(resp.read()))
 
 

@@ -17,6 +17,7 @@ import pytest
 from waiting import async_wait_until
 
 from llama_exporter.config.settings import ModelConfig
+from llama_exporter.supervision.command import build_argv
 from llama_exporter.supervision.logfile import rotated_log
 from llama_exporter.supervision.orphans import (
     InstanceRecord,
@@ -28,7 +29,6 @@ from llama_exporter.supervision.orphans import (
 from llama_exporter.supervision.process import (
     LlamaProcess,
     StartError,
-    build_argv,
     describe_exit,
     hang_watch,
     health_status,
@@ -56,14 +56,12 @@ def test_build_argv_passes_the_flags_the_service_needs() -> None:
         "2",
         "-lv",
         "4",
+        "--cors-origins",
+        "none",
+        "--no-cors-credentials",
         "-t",
         "2",
     ]
-
-
-def test_build_argv_adds_the_api_key_before_extra_args() -> None:
-    model = ModelConfig("g", Path("/g.gguf"), api_key="K", args=("--no-webui",))
-    assert build_argv(Path("ls"), model, "h", 1)[-3:] == ["--api-key", "K", "--no-webui"]
 
 
 def test_describe_exit_code_and_tail() -> None:

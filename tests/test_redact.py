@@ -20,6 +20,7 @@ from llama_exporter.redact import (
     is_secret_name,
     redact_args,
     redact_env,
+    redact_output,
     redact_text,
     secret_values,
 )
@@ -210,3 +211,13 @@ def test_cli_ps_models_and_logs_show_no_secret(tmp_path: Path, fake_server_bin: 
     finally:
         service.stop()
     _assert_clean(service.log(), "the service's log")
+
+
+def test_the_tail_of_an_api_key_that_llama_server_logs_is_hidden() -> None:
+    line = "0.00.032.370 I srv  init_listene: api_keys: ****5F_U\n"
+    assert redact_output(line.encode(), [b"SECRET"]) == (
+        b"0.00.032.370 I srv  init_listene: api_keys: ***\n"
+    )
+    assert redact_output(b"key SECRET here\n", [b"SECRET"]) == b"key *** here\n"
+    assert redact_text(line) == "0.00.032.370 I srv  init_listene: api_keys: ***\n"
+    assert redact_text("api_keys: 2 keys loaded") == "api_keys: 2 keys loaded"

@@ -92,7 +92,8 @@ def svc(
 def instance_get(svc: Svc, model: str, path: str) -> Any:
     """GET path on the model's llama-server itself (not through the gateway)."""
     url = svc.service.status(model)["url"]
-    with urllib.request.urlopen(url + path, timeout=10) as resp:
+    request = urllib.request.Request(url + path, headers=svc.service.instance_auth())
+    with urllib.request.urlopen(request, timeout=10) as resp:
         raw = resp.read()
     return json.loads(raw) if path != "/metrics" else raw.decode()
 

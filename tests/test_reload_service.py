@@ -47,7 +47,8 @@ def reloads(svc: ServiceProcess, result: str) -> float:
 def instance_n_ctx(svc: ServiceProcess, model: str) -> int:
     """The running instance's own context per slot (its /props)."""
     url = svc.status(model)["url"]
-    with urllib.request.urlopen(url + "/props", timeout=10) as resp:
+    request = urllib.request.Request(url + "/props", headers=svc.instance_auth())
+    with urllib.request.urlopen(request, timeout=10) as resp:
         props = json.loads(resp.read())
     return int(props["default_generation_settings"]["n_ctx"])
 

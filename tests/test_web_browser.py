@@ -111,9 +111,17 @@ def page(
 class Generation(threading.Thread):
     """A streamed completion on the real llama-server, ended early by stop()."""
 
-    def __init__(self, port: int, *, model: str | None = None, n_predict: int = 1500) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        model: str | None = None,
+        n_predict: int = 1500,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(daemon=True)
         self.port = port
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.model = model  # set: through the service's OpenAI gateway on `port`
         self.n_predict = n_predict
         self.first_token_at: float | None = None
@@ -135,7 +143,7 @@ class Generation(threading.Thread):
             path, body["max_tokens"], body["model"] = "/v1/completions", self.n_predict, self.model
         try:
             self._conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
-            self._conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+            self._conn.request("POST", path, json.dumps(body), self.headers)
             resp = self._conn.getresponse()
             assert resp.status == 200, resp.read()
             while not self._halt.is_set():
@@ -211,7 +219,12 @@ def test_generation_moves_the_cards_and_the_charts(page: Page) -> None:
     rects_before = _card_rects(page)
     port = page.service.status(A)["port"]
     # One request straight to the instance, one through the service's OpenAI gateway.
-    runs = [Generation(port), Generation(page.service.port, model=A)]
+    # The instance requires the service's key: this page runs against keyed instances.
+    assert http_json("GET", f"http://127.0.0.1:{port}/slots")[0] == 401
+    runs = [
+        Generation(port, headers=page.service.instance_auth()),
+        Generation(page.service.port, model=A),
+    ]
     for run in runs:
         run.start()
     try:

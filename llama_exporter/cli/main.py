@@ -16,6 +16,7 @@ from llama_exporter import __version__
 from llama_exporter.cli import requests_cmd
 from llama_exporter.cli.client import Client, ClientError, ServiceUnreachable
 from llama_exporter.cli.serve import ServeError, cmd_serve
+from llama_exporter.config.env import instance_exposure_warning
 from llama_exporter.config.loader import load_config
 from llama_exporter.config.settings import ConfigError, parse_seconds
 
@@ -26,6 +27,9 @@ EXIT_CAP = 3
 def cmd_check_config(args: argparse.Namespace) -> int:
     """Validate a config file with the same code `serve` uses; start nothing."""
     config = load_config(args.file)
+    exposed = instance_exposure_warning(config.instance_host, config.instance_auth)
+    if exposed is not None:
+        print(f"{args.file}: warning: {exposed}", file=sys.stderr)
     names = ", ".join(m.name for m in config.models) or "none"
     print(
         f"{args.file}: OK ({len(config.models)} model(s): {names}; cap {config.max_parallel}; "

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import IO
 
 from llama_exporter import __version__
-from llama_exporter.config.env import exposure_error
+from llama_exporter.config.env import exposure_error, instance_exposure_warning
 from llama_exporter.config.loader import load_config
+from llama_exporter.supervision.instance_key import InstanceKeyError
+
+log = logging.getLogger(__name__)
 
 
 def _config_path(arg: Path | None) -> Path | None:
@@ -88,8 +91,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     lock = lock_state_dir(config.state_dir)
     sock = listen_socket(host, port)
     try:
-        app = create_app(config, host=host, port=port, sighup=True, watch_config=args.watch_config)
-        logging.getLogger(__name__).info(
+        if not config.instance_auth:
+            log.warning(
+                "instance_auth is false: llama-server instances answer without a key. %s",
+                instance_exposure_warning(config.instance_host, False) or "",
+            )
+        try:  # creates <state_dir>/instance.key on the first start (before the loop runs)
+            app = create_app(
+                config, host=host, port=port, sighup=True, watch_config=args.watch_config
+            )
+        except InstanceKeyError as exc:
+            raise ServeError(str(exc)) from None
+        log.info(
             "llama-exporter %s on http://%s:%d (config: %s, cap %d, state %s)",
             __version__,
             host,

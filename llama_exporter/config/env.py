@@ -93,6 +93,18 @@ def exposure_error(
     )
 
 
+def instance_exposure_warning(instance_host: str, instance_auth: bool) -> str | None:
+    """A warning when instances need no key yet listen beyond loopback, or None."""
+    if instance_auth or is_loopback(instance_host):
+        return None
+    return (
+        f"instance_auth is false and instance_host is {instance_host}: every llama-server "
+        "answers anyone who can reach its port (other machines, and any web page through "
+        "DNS rebinding) with no key. Set instance_auth: true (the default), or instance_host: "
+        "127.0.0.1"
+    )
+
+
 def check_executable(path: Path, key: str = "llama_server", file: Path | None = None) -> Path:
     """Return path if it is an executable regular file, else raise ConfigError."""
     if not path.exists():

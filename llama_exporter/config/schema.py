@@ -79,6 +79,7 @@ class Parser(Values):
             llama_server=self.llama_server(top.get("llama_server")),
             ports=ports,
             instance_host=self.string(top.get("instance_host", "127.0.0.1"), "instance_host"),
+            instance_auth=self.boolean(top.get("instance_auth", True), "instance_auth"),
             ready_timeout=self.seconds(top.get("ready_timeout", 120.0), "ready_timeout"),
             stop_grace=self.seconds(top.get("stop_grace", 10.0), "stop_grace"),
             hang_timeout=self.seconds(top.get("hang_timeout", 15.0), "hang_timeout"),
@@ -308,6 +309,7 @@ class Parser(Values):
 _TOP_KEYS = (
     "listen",
     "instance_host",
+    "instance_auth",
     "max_parallel",
     "llama_server",
     "ports",

@@ -162,6 +162,7 @@ class Config:
     llama_server: Path = Path("llama-server")  # resolved to an executable by load_config
     ports: PortRange = PortRange()
     instance_host: str = "127.0.0.1"  # where llama-server instances listen
+    instance_auth: bool = True  # every instance requires <state_dir>/instance.key
     ready_timeout: float = 120.0
     stop_grace: float = 10.0
     hang_timeout: float = 15.0  # a ready instance whose /health fails this long is restarted

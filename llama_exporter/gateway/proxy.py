@@ -83,8 +83,14 @@ def upstream_headers(incoming: Mapping[str, str], api_key: str | None) -> dict[s
     return out
 
 
-def _response_headers(upstream: aiohttp.ClientResponse) -> dict[str, str]:
-    return _passable(upstream.headers)
+def response_headers(upstream: Mapping[str, str]) -> dict[str, str]:
+    """llama-server's answer headers for the client: minus hop-by-hop ones and CORS.
+
+    The service's port makes its own CORS decisions (guard.py): an instance's
+    Access-Control-* headers say nothing about it and are not passed on.
+    """
+    passed = _passable(upstream)
+    return {k: v for k, v in passed.items() if not k.lower().startswith("access-control-")}
 
 
 class _Attempt:
@@ -183,7 +189,8 @@ async def forward(
             outcome.finish_reason = finish_reason_of(answer)
         else:
             outcome.error_type, outcome.error_message = error_of(answer)
-    response = web.Response(status=upstream.status, body=data, headers=_response_headers(upstream))
+    headers = response_headers(upstream.headers)
+    response = web.Response(status=upstream.status, body=data, headers=headers)
     return response, outcome
 
 
@@ -194,7 +201,8 @@ async def _stream(
     clock: Callable[[], float],
     capture: int = 0,
 ) -> tuple[web.StreamResponse, Outcome]:
-    response = web.StreamResponse(status=upstream.status, headers=_response_headers(upstream))
+    headers = response_headers(upstream.headers)
+    response = web.StreamResponse(status=upstream.status, headers=headers)
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"  # proxies in front of us must not buffer
     outcome = Outcome(upstream.status, streamed=True)

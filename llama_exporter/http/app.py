@@ -32,6 +32,7 @@ from llama_exporter.reload.metrics import ReloadMetrics
 from llama_exporter.requestlog.log import RequestLog
 from llama_exporter.requestlog.record import Record
 from llama_exporter.states import InstanceStatus
+from llama_exporter.supervision.instance_key import load_or_create_instance_key
 from llama_exporter.supervision.process import SpawnFn
 from llama_exporter.supervision.supervisor import Supervisor
 from llama_exporter.web import static_routes as page
@@ -74,12 +75,15 @@ def create_app(
     )
     registry = Registry(config, gguf_cache=GGUFInfoCache())  # loaded at start-up, off the loop
     histogram = StartDurationHistogram(host=config.host_label)
+    # Read (or made, on the first start) before the loop runs: serve calls this first.
+    key = load_or_create_instance_key(config.state_dir) if config.instance_auth else None
     supervisor = Supervisor(
         config,
         registry.model_source(),
         spawn=spawn,
         observe_start_duration=histogram.observe,
         instance_host=config.instance_host,
+        instance_key=key,
         # every ready load's buffer sizes become the model's learned figure (in a thread)
         learn=MemoryBook(config.state_dir).learn_lines,
     )

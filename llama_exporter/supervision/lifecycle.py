@@ -25,6 +25,7 @@ from llama_exporter.states import (
     State,
     backoff_delay,
 )
+from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.orphans import InstanceRecord, InstancesFile
 from llama_exporter.supervision.process import (
     Instance,
@@ -94,6 +95,7 @@ class Lifecycle:
         clock: Callable[[], float],
         instance_host: str,
         watchdog_interval: float,
+        instance_key: InstanceKey | None = None,
         on_loaded: LoadedFn | None = None,
     ) -> None:
         self.config = config
@@ -107,6 +109,7 @@ class Lifecycle:
         self._clock = clock
         self._host = instance_host
         self._watchdog_interval = watchdog_interval
+        self.instance_key = instance_key  # every instance requires it (None: no key)
         self._port_cursor = 0
         self.instances = InstancesFile(config.state_dir / "instances.json")
 
@@ -114,7 +117,13 @@ class Lifecycle:
         self, binary: Path, model: ModelConfig, host: str, port: int, log_file: Path
     ) -> Instance:
         return await LlamaProcess.spawn(
-            binary, model, host, port, log_file, log_max_bytes=self.config.log_max_bytes
+            binary,
+            model,
+            host,
+            port,
+            log_file,
+            log_max_bytes=self.config.log_max_bytes,
+            instance_key=self.instance_key,
         )
 
     async def run(self, entry: Entry, model: ModelConfig, automatic: bool) -> None:

@@ -20,8 +20,10 @@ import psutil
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.memory.report import LOADED, is_report_line
-from llama_exporter.redact import MASK, redact_args, secret_values
+from llama_exporter.redact import redact_args, redact_output, secret_values
 from llama_exporter.supervision.child import Child
+from llama_exporter.supervision.command import build_argv, child_env, reader_key
+from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.logfile import LOG_ROTATE_BYTES, InstanceLog
 
 log = logging.getLogger(__name__)
@@ -44,22 +46,6 @@ class StartError(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
-
-
-def build_argv(binary: Path | str, model: ModelConfig, host: str, port: int) -> list[str]:
-    """The llama-server command line for one model (an argument list, never a shell).
-
-    --alias: answers name the model as the client asked for it, not by its GGUF path.
-    """
-    argv = [str(binary), "-m", str(model.path), "--alias", model.name]
-    argv += ["--host", host, "--port", str(port)]
-    argv += ["--metrics", "-c", str(model.ctx_size), "-np", str(model.parallel)]
-    # -lv 4: the load logs every buffer it allocates (memory/report.py learns the model's
-    # figure from them); about 2.4 KB more log per request. A -lv in args comes later: it wins.
-    argv += ["-lv", "4"]
-    if model.api_key:
-        argv += ["--api-key", model.api_key]
-    return argv + list(model.args)
 
 
 def describe_exit(returncode: int, *, during_load: bool, log_tail: Sequence[str]) -> str:
@@ -95,14 +81,18 @@ def _pdeathsig_preexec(parent: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-async def health_status(host: str, port: int, within: float, path: str = "/health") -> int | None:
+async def health_status(
+    host: str, port: int, within: float, path: str = "/health", api_key: str | None = None
+) -> int | None:
     """HTTP status of GET path, or None when nothing answers within that many seconds."""
     writer: asyncio.StreamWriter | None = None
+    auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
     try:
         async with asyncio.timeout(within):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}"
+                "Connection: close\r\n\r\n".encode()
             )
             line = await reader.readline()
         parts = line.split()
@@ -164,8 +154,10 @@ class LlamaProcess:
         log_file: InstanceLog,
         *,
         secrets: frozenset[str] = frozenset(),
+        api_key: str | None = None,
     ) -> None:
         self._proc = proc
+        self._api_key = api_key  # sent with each /health probe
         # Values hidden from the log and the tail if llama-server ever prints them.
         self._secrets = [s.encode() for s in secrets]
         self.host = host
@@ -192,11 +184,16 @@ class LlamaProcess:
         log_file: Path,
         *,
         log_max_bytes: int = LOG_ROTATE_BYTES,
+        instance_key: InstanceKey | None = None,
     ) -> LlamaProcess:
-        """Start llama-server for model on host:port; output goes to log_file (rotated)."""
-        argv = build_argv(binary, model, host, port)
+        """Start llama-server for model on host:port; output goes to log_file (rotated).
+
+        With instance_key, the instance requires it (and the model's own api_key, if any).
+        """
+        key_file = instance_key.path if instance_key is not None else None
+        argv = build_argv(binary, model, host, port, key_file)
         out = await InstanceLog.open(log_file, log_header(argv), log_max_bytes)
-        env = {**os.environ, **model.env} if model.env else None
+        env = child_env(model, os.environ)
         parent = os.getpid()
         try:
             # Forked and exec'd in a thread: a fork of the service with a preexec_fn
@@ -205,8 +202,9 @@ class LlamaProcess:
         except BaseException:
             await out.aclose()
             raise
-        secrets = secret_values(model.args, model.env, [model.api_key])
-        return cls(proc, host, port, out, secrets=secrets)
+        service_key = instance_key.value if instance_key is not None else None
+        secrets = secret_values(model.args, model.env, [model.api_key, service_key])
+        return cls(proc, host, port, out, secrets=secrets, api_key=reader_key(model, instance_key))
 
     async def _read_output(self) -> None:
         stream = self._proc.stdout
@@ -219,8 +217,7 @@ class LlamaProcess:
                     raw = await stream.read(65536)
                 if not raw:
                     break
-                for secret in self._secrets:
-                    raw = raw.replace(secret, MASK.encode())
+                raw = redact_output(raw, self._secrets)
                 self._log.write(raw)
                 text = raw.decode(errors="replace").rstrip("\r\n")
                 self._tail.append(text)
@@ -261,7 +258,7 @@ class LlamaProcess:
 
     async def health(self, within: float) -> bool:
         """True when /health answers 200 within that many seconds."""
-        return await health_status(self.host, self.port, within) == 200
+        return await health_status(self.host, self.port, within, api_key=self._api_key) == 200
 
     async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
         """Poll /health until 200; raise StartError if the child exits or timeout passes."""
@@ -274,7 +271,9 @@ class LlamaProcess:
                     f"llama-server did not answer /health with 200 within {timeout:g} s "
                     "(raise ready_timeout for big models or slow disks)"
                 )
-            probe = asyncio.ensure_future(health_status(self.host, self.port, min(1.0, remaining)))
+            probe = asyncio.ensure_future(
+                health_status(self.host, self.port, min(1.0, remaining), api_key=self._api_key)
+            )
             try:
                 done, _ = await asyncio.wait(
                     {probe, self._exited}, return_when=asyncio.FIRST_COMPLETED

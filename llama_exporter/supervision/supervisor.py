@@ -29,6 +29,8 @@ from llama_exporter.states import (
     UnknownModel,
     check_transition,
 )
+from llama_exporter.supervision.command import reader_key
+from llama_exporter.supervision.instance_key import InstanceKey
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
 from llama_exporter.supervision.logfile import rotated_log, tail_file
 from llama_exporter.supervision.process import SpawnFn
@@ -83,6 +85,7 @@ class Supervisor:
         clock: Callable[[], float] = time.time,
         instance_host: str = "127.0.0.1",
         watchdog_interval: float = WATCHDOG_INTERVAL,
+        instance_key: InstanceKey | None = None,
         learn: Callable[[ModelConfig, Sequence[str]], None] | None = None,
     ) -> None:
         self.config = config
@@ -104,6 +107,7 @@ class Supervisor:
             clock=clock,
             instance_host=instance_host,
             watchdog_interval=watchdog_interval,
+            instance_key=instance_key,
             on_loaded=self._learned if learn is not None else None,
         )
         self._host = instance_host  # readers connect to it (see _launch)
@@ -304,7 +308,8 @@ class Supervisor:
         fields: dict[str, Any] = {"next_retry_at": None, "pid": None, "port": None}
         # Readers connect over loopback when instances listen on every interface.
         reach = "127.0.0.1" if self._host in ("0.0.0.0", "::", "") else self._host
-        fields.update(api_key=model.api_key, host=reach)
+        # Readers send the model's own api_key if it has one, else the service's key.
+        fields.update(api_key=reader_key(model, self._lifecycle.instance_key), host=reach)
         if retries is not None:
             fields.update(retries=retries, last_error=None, ready_at=None)
         entry.launched, entry.stop_asked = model, False

@@ -36,6 +36,9 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
     p.add_argument("-c", "--ctx-size", type=int, default=4096)
     p.add_argument("-np", "--parallel", type=int, default=1)
     p.add_argument("--api-key")
+    p.add_argument("--api-key-file", dest="_api_key_file")
+    p.add_argument("--cors-origins", default="*")
+    p.add_argument("--no-cors-credentials", dest="cors_credentials", action="store_false")
     p.add_argument("--no-slots", dest="slots", action="store_false")
     p.add_argument("--embeddings", action="store_true")
     p.add_argument("--pooling", dest="_pooling")  # accepted, ignored
@@ -66,7 +69,18 @@ def parse_args(argv: list[str] | None) -> FakeOptions:
             if any(word in name for word in ("TOKEN", "KEY", "SECRET", "PASSWORD")):
                 _log(f"env {name}={value}")
     values.pop("_pooling")
+    values["api_keys"] = _file_keys(values.pop("_api_key_file"))
+    if values["api_key"] is None:  # like llama.cpp: a flag's variable counts when it is absent
+        values["api_key"] = os.environ.get("LLAMA_API_KEY") or None
     return FakeOptions(**values)
+
+
+def _file_keys(path: str | None) -> tuple[str, ...]:
+    """The keys of an --api-key-file as llama-server reads it: one a line, '#' comments."""
+    if path is None:
+        return ()
+    lines = Path(path).read_text().splitlines()
+    return tuple(line for line in lines if line and not line.startswith("#"))
 
 
 def memory_lines(options: FakeOptions) -> list[str]:

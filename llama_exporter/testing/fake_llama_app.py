@@ -23,6 +23,7 @@ def _error(status: int, message: str, kind: str) -> web.Response:
 
 
 SERVER_KEY = web.AppKey("fake_server", FakeServer)
+PUBLIC_PATHS = frozenset({"/health", "/v1/health"})  # llama-server's, with an API key set
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -30,18 +31,26 @@ def create_app(options: FakeOptions) -> web.Application:
     """The fake llama-server as an aiohttp application (loading starts now)."""
     server = FakeServer(options)
 
+    keys = {f"Bearer {k}" for k in (options.api_key, *options.api_keys) if k}
+
     @web.middleware
     async def gate(request: web.Request, handler: Handler) -> web.StreamResponse:
         if server.loading:
             return _error(503, "Loading model", "unavailable_error")
-        if request.path != "/health" and options.api_key is not None:
-            expected = f"Bearer {options.api_key}"
-            if request.headers.get("Authorization") != expected:
-                return _error(401, "Invalid API Key", "authentication_error")
+        public = request.path in PUBLIC_PATHS
+        if keys and not public and request.headers.get("Authorization") not in keys:
+            return _error(401, "Invalid API Key", "authentication_error")
         return await handler(request)
+
+    async def cors(request: web.Request, response: web.StreamResponse) -> None:
+        if options.cors_origins == "*" and options.cors_credentials:
+            response.headers["Access-Control-Allow-Origin"] = request.headers.get("Origin", "")
+        else:
+            response.headers["Access-Control-Allow-Origin"] = options.cors_origins
 
     answer_model = options.alias or options.model
     app = web.Application(middlewares=[gate])
+    app.on_response_prepare.append(cors)
     app[SERVER_KEY] = server
 
     async def health(_: web.Request) -> web.Response:

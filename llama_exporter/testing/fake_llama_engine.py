@@ -26,6 +26,9 @@ class FakeOptions:
     ctx_size: int = 4096
     parallel: int = 1
     api_key: str | None = None
+    api_keys: tuple[str, ...] = ()  # from --api-key-file, accepted like api_key
+    cors_origins: str = "*"  # like llama-server: "*" echoes Origin, else sent as it is
+    cors_credentials: bool = True
     slots: bool = True
     load_delay: float = 0.0
     crash_after: float | None = None
