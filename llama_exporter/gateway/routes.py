@@ -295,7 +295,7 @@ class Gateway:
             client=request.remote or "",
         )
         limit = self.requests.capture_limit(model)
-        if limit:
+        if limit and body:  # (a refused request's body is not kept: it was not read whole)
             record.request_body = captured(body, limit)
         return record
 
