@@ -295,7 +295,7 @@ class Gateway:
             client=request.remote or "",
         )
         limit = self.requests.capture_limit(model)
-        if limit:
+        if limit and body:  # (refused before routing: no body is passed, none kept)
             record.request_body = captured(body, limit)
         return record
 
