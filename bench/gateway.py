@@ -17,7 +17,7 @@ an instance key file and CORS off; direct requests send the key).
 
     .venv/bin/python bench/gateway.py [--rounds 15] [--ttft-pairs 200] [--binary PATH]
                                       [--model PATH]
-                                      [--skip-real] [--skip-fake]
+                                      [--skip-real] [--skip-fake] [--no-instance-auth]
 """
 
 from __future__ import annotations
@@ -115,20 +115,23 @@ def chat_body(model: str, max_tokens: int) -> dict[str, object]:
 class BareServer:
     """A llama-server of our own, the baseline: the service's flags, its own instance key."""
 
-    def __init__(self, binary: Path, model: ModelConfig, key: InstanceKey) -> None:
+    def __init__(self, binary: Path, model: ModelConfig, key: InstanceKey | None) -> None:
         self.binary, self.model, self.key = binary, model, key
         self.port = free_port()
         self.proc: asyncio.subprocess.Process | None = None
-        self.auth = {"Authorization": f"Bearer {key.value}"}  # what its clients send
+        # What its clients send (nothing with --no-instance-auth).
+        self.auth = {"Authorization": f"Bearer {key.value}"} if key else {}
 
     async def start(self) -> float:
         """Spawn and poll /health to 200; returns the seconds it took."""
-        argv = build_argv(self.binary, self.model, "127.0.0.1", self.port, self.key.path)
+        key_file = self.key.path if self.key else None
+        argv = build_argv(self.binary, self.model, "127.0.0.1", self.port, key_file)
         began = time.monotonic()
         self.proc = await asyncio.create_subprocess_exec(
             *argv, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL
         )
-        while await health_status("127.0.0.1", self.port, 1.0, api_key=self.key.value) != 200:
+        api_key = self.key.value if self.key else None
+        while await health_status("127.0.0.1", self.port, 1.0, api_key=api_key) != 200:
             if self.proc.returncode is not None:
                 raise RuntimeError(f"bare llama-server exited with {self.proc.returncode}")
             await asyncio.sleep(READY_POLL_INTERVAL)
@@ -171,12 +174,13 @@ def ms(seconds: float) -> str:
 
 
 async def real_part(
-    binary: Path, model_path: Path, rounds: int, ttft_pairs: int, tmp: Path
+    binary: Path, model_path: Path, rounds: int, ttft_pairs: int, tmp: Path, instance_auth: bool
 ) -> None:
     model = ModelConfig("gemma", model_path, ctx_size=2048, parallel=2, args=("--threads", "1"))
-    key = load_or_create_instance_key(tmp / "bare")
+    key = load_or_create_instance_key(tmp / "bare") if instance_auth else None
     bare = BareServer(binary, model, key)
-    async with HttpService(binary, [model], tmp / "real") as service:
+    settings = {} if instance_auth else {"instance_auth": False}
+    async with HttpService(binary, [model], tmp / "real", **settings) as service:
         # A new connection per request on both sides (llama-server closes kept-alive
         # connections on its own schedule; the gateway keeps its upstream ones).
         session = aiohttp.ClientSession(
@@ -436,8 +440,9 @@ async def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as name:
         tmp = Path(name)
         if not args.skip_real:
+            binary = args.binary or default_binary()
             await real_part(
-                args.binary or default_binary(), args.model, args.rounds, args.ttft_pairs, tmp
+                binary, args.model, args.rounds, args.ttft_pairs, tmp, args.instance_auth
             )
         if not args.skip_fake:
             await fake_part(args.rounds, args.ttft_pairs, tmp)
@@ -455,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--skip-real", action="store_true", help="only the fake llama-server part")
     parser.add_argument("--skip-fake", action="store_true", help="only the real llama-server part")
+    parser.add_argument(
+        "--no-instance-auth",
+        dest="instance_auth",
+        action="store_false",
+        help="real part without the instance key on either side (instance_auth: false)",
+    )
     args = parser.parse_args(argv)
     if not args.skip_real and not args.model.is_file():
         print(f"model not found: {args.model} (run scripts/bootstrap.sh)", file=sys.stderr)

@@ -35,6 +35,7 @@ from typing import Any, NoReturn, Self, TypeVar
 
 import pytest
 import yaml
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 PROMETHEUS_DIR = ROOT / "prometheus"
@@ -120,20 +121,6 @@ def write_targets(path: Path, addresses: list[str], labels: dict[str, str] | Non
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(groups))
     tmp.replace(path)
-
-
-def wait_for(
-    predicate: Callable[[], T], *, timeout: float = 20.0, interval: float = 0.25, what: str = ""
-) -> T:
-    """Call predicate until it returns something truthy; return that, or raise TimeoutError."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(interval)
 
 
 class _Daemon:
@@ -277,12 +264,14 @@ class PromHandle(_Daemon):
             time.sleep(2)
         assert not pending, f"queries without data: {sorted(pending)}"
 
-    def wait_for(self, predicate: Callable[[], T], *, timeout: float = 20.0, what: str = "") -> T:
-        """wait_for(), failing with Prometheus's log tail attached."""
+    def wait_for(
+        self, predicate: Callable[[], T | None], *, timeout: float = 20.0, what: str = ""
+    ) -> T:
+        """wait_until() at Prometheus's pace, failing with Prometheus's log tail attached."""
         try:
-            return wait_for(predicate, timeout=timeout, what=what)
-        except TimeoutError as err:
-            raise TimeoutError(f"{err}\n--- prometheus log ---\n{self.log_tail()}") from None
+            return wait_until(predicate, what, limit=timeout, step=0.25)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n--- prometheus log ---\n{self.log_tail()}") from None
 
 
 class AMHandle(_Daemon):

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from typing import Any
 
 import yaml
 from promstack import free_port
+from waiting import wait_until
 
 
 def http_json(
@@ -82,15 +82,13 @@ class ServiceProcess:
         raise KeyError(model)
 
     def wait_state(self, model: str, states: set[str], timeout: float = 60.0) -> dict[str, Any]:
-        """Poll until the model is in one of `states`; fail with the last status."""
-        deadline = time.monotonic() + timeout
-        while True:
+        """The model's status once it is in one of `states`."""
+
+        def reached() -> dict[str, Any] | None:
             st = self.status(model)
-            if st["state"] in states:
-                return st
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{model} still {st} after {timeout} s; wanted {states}")
-            time.sleep(0.05)
+            return st if st["state"] in states else None
+
+        return wait_until(reached, f"{model} to be in {states}", limit=timeout)
 
     def log(self) -> str:
         """What the service printed so far."""
@@ -112,7 +110,7 @@ def start_service(
     config: dict[str, Any],
     *,
     port: int | None = None,
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     args: tuple[str, ...] = (),
 ) -> ServiceProcess:
     """Write the config, start `python -m llama_exporter serve`, wait for /healthz."""
@@ -134,16 +132,20 @@ def start_service(
     service = ServiceProcess(
         proc, f"http://127.0.0.1:{port}", port, state_dir, config_file, log_file
     )
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise AssertionError(f"service exited with {proc.returncode}:\n{service.log()}")
         try:
-            if http_json("GET", service.url + "/healthz", timeout=1)[0] == 200:
-                return service
+            return http_json("GET", service.url + "/healthz", timeout=1)[0] == 200
         except (urllib.error.URLError, OSError):
-            pass
-        if time.monotonic() > deadline:
+            return False
+
+    try:
+        wait_until(healthy, "the service to answer /healthz", limit=timeout)
+    except AssertionError as err:
+        if proc.poll() is None:  # not healthy in time: stop it, and say what it printed
             service.stop()
-            raise AssertionError(f"service not healthy after {timeout} s:\n{service.log()}")
-        time.sleep(0.05)
+            raise AssertionError(f"{err}\n{service.log()}") from None
+        raise
+    return service

@@ -2,7 +2,8 @@
 process, two names for the real gemma model under a cap of 1, and Prometheus scraping with
 the project's config and rules. Every query of the dashboards' gateway rows and every
 gateway recording rule must return data from these requests, and eviction thrash must
-fire. One module-scoped stack; the tests run in file order and build on each other.
+fire. One module-scoped stack; each test starts from whatever state another left, and
+counts metrics from its own start, so any test runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
-from promstack import PromHandle, start_prometheus, wait_for
+from promstack import PromHandle, start_prometheus
 from service_proc import ServiceProcess, http_json, http_text, start_service
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "grafana"))
@@ -152,7 +154,7 @@ def while_streaming(gw: GatewayStack, first: str, second: str, *, reject: bool) 
             for _ in range(3):  # a time to first token and two gaps between tokens
                 assert next(texts, None) is not None, f"stream from {first} ended early"
             queued = pool.submit(stream_short, client, second)
-            wait_for(lambda: queue_length(gw.service) == 1, timeout=60, what=f"{second} queued")
+            wait_until(lambda: queue_length(gw.service) == 1, what=f"{second} queued")
             if reject:
                 with pytest.raises(openai.RateLimitError) as full:
                     ask(client, second)
@@ -177,6 +179,18 @@ def test_every_gateway_panel_has_data_in_normal_use(gw: GatewayStack) -> None:
     (the queue-wait panel did, when only requests that queued were observed)."""
     prom = gw.prom
     prom.wait_for(lambda: prom.query('up{job="llama-exporter"} == 1'), timeout=30, what="service")
+    m = gw.service
+    # FIRST loaded with room to spare (SECOND stopped), before counting: no request of
+    # this test waits for an eviction, whatever state another test left.
+    status, body = http_json("POST", f"{m.api}/models/{SECOND}/stop")
+    assert status == 200 and body["state"] == "stopped", body
+    ask(gw.client, FIRST)
+    wait = "llama_exporter_gateway_queue_wait_seconds"
+    before = {
+        "count": metric(m, wait + "_count", model=FIRST),
+        "sum": metric(m, wait + "_sum", model=FIRST),
+        "zero": metric(m, wait + "_bucket", model=FIRST, le="0.0"),
+    }
     stop = threading.Event()
     failures: list[BaseException] = []
 
@@ -198,33 +212,60 @@ def test_every_gateway_panel_has_data_in_normal_use(gw: GatewayStack) -> None:
         stop.set()
         worker.join()
     assert not failures, failures
-    m = gw.service
-    queued = metric(m, "llama_exporter_gateway_queue_wait_seconds_count", model=FIRST)
+    queued = metric(m, wait + "_count", model=FIRST) - before["count"]
     assert queued >= 2  # every admitted request, though none queued:
-    assert metric(m, "llama_exporter_gateway_queue_wait_seconds_sum", model=FIRST) == 0
-    assert metric(m, "llama_exporter_gateway_queue_wait_seconds_bucket", model=FIRST, le="0.0") == (
-        queued
-    )
+    assert metric(m, wait + "_sum", model=FIRST) == before["sum"]
+    assert metric(m, wait + "_bucket", model=FIRST, le="0.0") - before["zero"] == queued
 
 
 def test_requests_queue_evict_and_are_counted(gw: GatewayStack) -> None:
-    # FIRST is loaded (the test before); a request, then a streamed one on it.
+    m = gw.service
+    for model in (FIRST, SECOND):  # both cold, whatever ran before
+        status, body = http_json("POST", f"{m.api}/models/{model}/stop")
+        assert status == 200 and body["state"] == "stopped", body
+    counters = {
+        "first_loads": ("llama_exporter_model_loads_total", {"model": FIRST, "trigger": "request"}),
+        "second_loads": (
+            "llama_exporter_model_loads_total",
+            {"model": SECOND, "trigger": "request"},
+        ),
+        "first_evicted": (
+            "llama_exporter_model_unloads_total",
+            {"model": FIRST, "reason": "evicted"},
+        ),
+        "rejected": (
+            "llama_exporter_gateway_rejected_total",
+            {"model": SECOND, "reason": "queue_full"},
+        ),
+        "queue_wait": ("llama_exporter_gateway_queue_wait_seconds_count", {"model": SECOND}),
+        "load_wait": ("llama_exporter_gateway_load_wait_seconds_count", {"model": SECOND}),
+        "first_ttft": (
+            "llama_exporter_gateway_time_to_first_token_seconds_count",
+            {"model": FIRST},
+        ),
+        "second_ttft": (
+            "llama_exporter_gateway_time_to_first_token_seconds_count",
+            {"model": SECOND},
+        ),
+    }
+
+    def read() -> dict[str, float]:
+        return {key: metric(m, name, **labels) for key, (name, labels) in counters.items()}
+
+    before = read()
+    # Cold: the first request loads the model; then a streamed one on the loaded model.
     ask(gw.client, FIRST)
     stream_short(gw.client, FIRST)
     while_streaming(gw, FIRST, SECOND, reject=True)
 
-    m = gw.service
-    assert metric(m, "llama_exporter_model_loads_total", model=FIRST, trigger="request") == 1
-    assert metric(m, "llama_exporter_model_loads_total", model=SECOND, trigger="request") == 1
-    assert metric(m, "llama_exporter_model_unloads_total", model=FIRST, reason="evicted") == 1
-    rejected = metric(m, "llama_exporter_gateway_rejected_total", model=SECOND, reason="queue_full")
-    assert rejected == 1
-    assert metric(m, "llama_exporter_gateway_queue_wait_seconds_count", model=SECOND) == 1
-    assert metric(m, "llama_exporter_gateway_load_wait_seconds_count", model=SECOND) == 1
+    after = read()
+    grown = {key: after[key] - before[key] for key in counters}
+    assert grown["first_loads"] == grown["second_loads"] == 1, grown
+    assert grown["first_evicted"] == grown["rejected"] == 1, grown
+    assert grown["queue_wait"] == grown["load_wait"] == 1, grown
     # Streams read to the end: one per model (the abandoned one may count or not, as the
     # client's disconnect reaches the gateway during a write or as a cancellation).
-    assert metric(m, "llama_exporter_gateway_time_to_first_token_seconds_count", model=SECOND) == 1
-    assert metric(m, "llama_exporter_gateway_time_to_first_token_seconds_count", model=FIRST) >= 1
+    assert grown["second_ttft"] == 1 and grown["first_ttft"] >= 1, grown
     assert gw.service.status(SECOND)["state"] == "ready"
     assert gw.service.status(FIRST)["state"] == "stopped"
 

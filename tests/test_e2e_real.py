@@ -1,6 +1,7 @@
 """End to end, all real: the service as a process, the real llama-server and gemma model,
 Prometheus scraping with the project's config and rules, Alertmanager delivering to a
-webhook. One module-scoped stack; the tests run in file order and build on each other.
+webhook. One module-scoped stack; each test starts the model itself (from whatever state
+another test left it in), so any test runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ from promstack import (
     WebhookSink,
     start_alertmanager,
     start_prometheus,
-    wait_for,
 )
 from service_proc import ServiceProcess, http_json, http_text, start_service
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "grafana"))
@@ -124,13 +125,28 @@ def complete(
     return result
 
 
-def test_start_real_model_and_complete(stack: Stack) -> None:
+def start_afresh(stack: Stack) -> dict[str, Any]:
+    """Stop the model (whatever state it is in) and start it; its status once ready."""
+    status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/stop")
+    assert status == 200 and body["state"] == "stopped", body
     # Loading takes what the machine takes (ready_timeout is 120 s): wait as long.
     status, body = http_json(
         "POST", stack.service.api + f"/models/{MODEL}/start?wait=true", timeout=150
     )
     assert status == 200, (body, stack.service.log()[-3000:])
-    assert body["state"] == "ready"
+    assert body["state"] == "ready", body
+    started: dict[str, Any] = body
+    return started
+
+
+def ready(stack: Stack) -> dict[str, Any]:
+    """The model's status, started afresh unless it is ready already."""
+    status = stack.service.status(MODEL)
+    return status if status["state"] == "ready" else start_afresh(stack)
+
+
+def test_start_real_model_and_complete(stack: Stack) -> None:
+    body = start_afresh(stack)
     answer = complete(stack.service, body["port"], 8, "The capital of France is")
     assert answer["timings"]["predicted_n"] == 8
     assert answer["content"]
@@ -149,7 +165,7 @@ def settled_tokens(service: ServiceProcess) -> float:
         # the second such poll began after the first had ended, so after since
         return len(polls) >= 2 and latest["slots_busy"] == 0
 
-    wait_for(idle_poll, timeout=60, what="a poll with no slot busy")
+    wait_until(idle_poll, what="a poll with no slot busy")
     value = service_metric(service, "llama_exporter_tokens_generated_total", model=MODEL)
     assert value is not None
     return value
@@ -160,7 +176,7 @@ MAX_PREDICT = 2000
 
 
 def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
-    port = stack.service.status(MODEL)["port"]
+    port = ready(stack)["port"]
     # The live rates need at least 3 polls (1 s apart) with both slots generating. How
     # many tokens that takes depends on the machine: double the length until it holds.
     n_predict = 160
@@ -206,10 +222,11 @@ def test_live_metrics_match_what_responses_report(stack: Stack) -> None:
         value = service_metric(stack.service, "llama_exporter_tokens_generated_total", model=MODEL)
         return value if value == before + generated else None
 
-    wait_for(counted, timeout=60, what=f"tokens_generated_total == {before} + {generated}")
+    wait_until(counted, what=f"tokens_generated_total == {before} + {generated}")
 
 
 def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) -> None:
+    port = ready(stack)["port"]
     prom = stack.prom
     prom.wait_for(
         lambda: prom.query(f'up{{job="llama-server",model="{MODEL}"}} == 1'),
@@ -217,12 +234,13 @@ def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) ->
         what="llama-server target scraped",
     )
     prom.wait_for(lambda: prom.query('up{job="llama-exporter"} == 1'), timeout=30, what="service")
-    port = stack.service.status(MODEL)["port"]
     stop = threading.Event()
 
     def keep_busy() -> None:
+        # Short requests: llama-server's own counters move only when a request ends, and
+        # its rate rules need two scrapes that differ (a loaded machine makes < 1 token/s).
         while not stop.is_set():
-            complete(stack.service, port, 40)
+            complete(stack.service, port, 8)
 
     workers = [threading.Thread(target=keep_busy) for _ in range(2)]
     for w in workers:
@@ -250,6 +268,20 @@ def test_prometheus_discovers_instance_and_every_query_has_data(stack: Stack) ->
 
 
 def test_stop_removes_target_everywhere(stack: Stack) -> None:
+    ready(stack)
+    prom = stack.prom
+
+    def targeted() -> bool:  # the running instance is a target, in the file and in Prometheus
+        try:  # written off the service's event loop, a moment after the start
+            written = json.loads((stack.targets_dir / "llama-servers.json").read_text())
+        except (OSError, ValueError):
+            return False
+        return any(g["labels"].get("model") == MODEL for g in written) and any(
+            t["labels"].get("job") == "llama-server" and t["labels"].get("model") == MODEL
+            for t in prom.targets()
+        )
+
+    prom.wait_for(targeted, timeout=60, what="the running instance as a target")
     status, body = http_json("POST", stack.service.api + f"/models/{MODEL}/stop")
     assert status == 200
     assert body["state"] == "stopped"
@@ -257,9 +289,8 @@ def test_stop_removes_target_everywhere(stack: Stack) -> None:
     def emptied() -> bool:  # written off the service's event loop, a moment later
         return bool(json.loads((stack.targets_dir / "llama-servers.json").read_text()) == [])
 
-    wait_for(emptied, timeout=30, what="llama-servers.json emptied")
+    wait_until(emptied, what="llama-servers.json emptied")
     assert http_json("GET", stack.service.api + "/targets")[1] == []
-    prom = stack.prom
     prom.wait_for(
         lambda: not [t for t in prom.targets() if t["labels"].get("job") == "llama-server"],
         timeout=30,
@@ -268,11 +299,7 @@ def test_stop_removes_target_everywhere(stack: Stack) -> None:
 
 
 def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
-    # Loading takes what the machine takes (ready_timeout is 120 s): wait as long.
-    status, body = http_json(
-        "POST", stack.service.api + f"/models/{MODEL}/start?wait=true", timeout=150
-    )
-    assert status == 200, body
+    body = start_afresh(stack)  # a manual start: no retry used up yet
     # max_retries is 1: the first kill is restarted, the second one is for good.
     os.kill(body["pid"], signal.SIGKILL)
 
@@ -280,9 +307,9 @@ def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
         st = stack.service.status(MODEL)
         return st if st["state"] == "ready" and st["pid"] != body["pid"] else None
 
-    again = wait_for(restarted, timeout=60, what="restart after kill -9")
+    again = wait_until(restarted, what="restart after kill -9")
     assert again is not None
-    assert again["restarts"] == 1
+    assert again["restarts"] == body["restarts"] + 1  # (restarts count since the service began)
     os.kill(again["pid"], signal.SIGKILL)
     failed = stack.service.wait_state(MODEL, {"failed"}, timeout=30)
     assert "SIGKILL" in (failed["last_error"] or "")
@@ -297,6 +324,6 @@ def test_instance_killed_for_good_fires_alert_to_webhook(stack: Stack) -> None:
             and alert["status"] == "firing"
         ]
 
-    alerts = wait_for(delivered, timeout=150, what="LlamaInstanceDown delivered to the webhook")
+    alerts = wait_until(delivered, limit=150, what="LlamaInstanceDown delivered to the webhook")
     assert alerts[0]["labels"]["severity"] == "critical"
     assert MODEL in alerts[0]["annotations"]["description"]

@@ -4,8 +4,8 @@ model; a and b run the same model name), and one real Prometheus running
 prometheus/fleet.example.yml as shipped, with its host list and token file beside it
 and its per-host entries written by scripts/fleet_config.py (the user's own step).
 
-One module-scoped fleet; the tests run in file order and build on each other (the last
-one kills host b's service).
+One module-scoped fleet; the test that kills host b's service brings it back (same port,
+state folder and model) before it ends, so any test runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ import psutil
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
-from promstack import PromHandle, require_binary, run_prometheus, wait_for
+from promstack import PromHandle, require_binary, run_prometheus
 from service_proc import ServiceProcess, start_service
+from waiting import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "grafana"))
@@ -52,7 +53,7 @@ DISCOVERY_GOAL = 10.0  # seconds, reported (not asserted: these machines are noi
 class Fleet:
     """Everything the fleet tests share."""
 
-    services: dict[str, ServiceProcess]
+    services: dict[str, ServiceProcess]  # the current process of each host (revive() replaces)
     prom: PromHandle
     ports: dict[str, int]  # host -> its llama-server's port
     discovery: dict[str, float]  # host -> seconds from ready to discovered and scraped
@@ -130,15 +131,15 @@ def fleet(
     tmp = tmp_path_factory.mktemp("fleet")
     with contextlib.ExitStack() as cleanup:  # whatever started is stopped, even on failure
         services: dict[str, ServiceProcess] = {}
+        # Whichever process each host has at the end (a test may have replaced one).
+        cleanup.callback(lambda: [service.stop() for service in services.values()])
         for index, host in enumerate(HOSTS):
             config = service_config(host, index, llama_server_bin, gemma_gguf)
             state = tmp / host / "state"  # start_service's state folder
             state.mkdir(parents=True)
             (state / "instance.key").write_text(INSTANCE_KEY + "\n")
             (state / "instance.key").chmod(0o600)
-            service = start_service(tmp / host, config)
-            cleanup.callback(service.stop)
-            services[host] = service
+            services[host] = start_service(tmp / host, config)
         prom = cleanup.enter_context(run_prometheus(write_fleet_config(tmp / "prom", services)))
 
         ready_at: dict[str, float] = {}
@@ -146,13 +147,12 @@ def fleet(
         errors: list[str] = []
 
         def start(host: str) -> None:
-            url = f"{services[host].api}/models/{HOSTS[host]}/start?wait=true"
-            status, body = request("POST", url)
-            if status != 200:
-                errors.append(f"{host}: {status} {body}\n{services[host].log()[-2000:]}")
+            try:
+                ports[host] = start_model(services[host], host)
+            except AssertionError as err:
+                errors.append(str(err))
                 return
             ready_at[host] = time.monotonic()
-            ports[host] = body["port"]
 
         threads = [threading.Thread(target=start, args=(host,)) for host in HOSTS]
         for thread in threads:
@@ -177,6 +177,39 @@ def fleet(
         figures = ", ".join(f"{h} {s:.1f} s" for h, s in sorted(discovery.items()))
         print(f"\nfleet discovery, ready -> scraped (goal {DISCOVERY_GOAL:.0f} s): {figures}")
         yield Fleet(services, prom, ports, discovery)
+
+
+def start_model(service: ServiceProcess, host: str) -> int:
+    """Start host's model and wait until it is ready; its llama-server's port."""
+    status, body = request("POST", f"{service.api}/models/{HOSTS[host]}/start?wait=true")
+    assert status == 200, f"{host}: {status} {body}\n{service.log()[-2000:]}"
+    port: int = body["port"]
+    return port
+
+
+def revive(fleet: Fleet, host: str, llama_server_bin: Path, gemma_gguf: Path) -> None:
+    """A killed host's service again, on its port and state folder, its model started and
+    both scraped by Prometheus: the fleet as the other tests expect it."""
+    old = fleet.services[host]
+    config = service_config(host, list(HOSTS).index(host), llama_server_bin, gemma_gguf)
+    service = start_service(old.config_file.parent, config, port=old.port)
+    fleet.services[host] = service
+    fleet.ports[host] = port = start_model(service, host)
+    exporter = f'up{{job="llama-exporter",host="{host}"}} == 1'
+    server = f'up{{job="llama-server",host="{host}",instance="127.0.0.1:{port}"}} == 1'
+    fleet.prom.wait_for(
+        lambda: fleet.prom.query(exporter) and fleet.prom.query(server),
+        timeout=120,
+        what=f"host {host} scraped again",
+    )
+    stale = [
+        t
+        for t in fleet.prom.targets()
+        if t["labels"].get("host") == host
+        and t["labels"]["job"] == "llama-server"
+        and t["labels"]["instance"] != f"127.0.0.1:{port}"
+    ]
+    assert not stale, stale
 
 
 def test_every_instance_discovered_with_its_host_label(
@@ -341,7 +374,17 @@ def request_text(url: str, token: str = SCRAPE_TOKEN) -> tuple[int, str]:
         return resp.status, resp.read().decode()
 
 
-def test_killing_one_service_fires_exporter_down_naming_its_host(fleet: Fleet) -> None:
+def test_killing_one_service_fires_exporter_down_naming_its_host(
+    fleet: Fleet, llama_server_bin: Path, gemma_gguf: Path
+) -> None:
+    try:
+        kill_and_see_it_fire(fleet)
+    finally:
+        revive(fleet, "b", llama_server_bin, gemma_gguf)
+
+
+def kill_and_see_it_fire(fleet: Fleet) -> None:
+    """SIGKILL host b's service: LlamaExporterDown fires for b alone, its llama-server goes."""
     service = fleet.services["b"]
     _, status = request("GET", service.api + "/status")
     (entry,) = [m for m in status["models"] if m["model"] == HOSTS["b"]]
@@ -365,9 +408,8 @@ def test_killing_one_service_fires_exporter_down_naming_its_host(fleet: Fleet) -
     assert "host b" in alerts[0]["annotations"]["description"]
     # Its llama-server went with it (PR_SET_PDEATHSIG); never leave one behind.
     try:
-        wait_for(
+        wait_until(
             lambda: not llama.is_running() or llama.status() == psutil.STATUS_ZOMBIE,
-            timeout=10,
             what="host b's llama-server gone",
         )
     finally:

@@ -3,7 +3,9 @@ and the official `openai` package as the client, streaming and not.
 
 Two module-scoped services (3 models, cap 2): the first for loads, streaming, LRU
 eviction, disconnects, the queue and the exact metrics; the second for pinned models
-and idle unload. The tests of a service run in file order and build on each other.
+and idle unload. Each test arranges the models it needs (Gw.arrange: every request
+before it has ended, then only the named models loaded, in that order of use) and
+counts metrics from its own start, so any test runs alone or in any order.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from promstack import missing
 from service_proc import ServiceProcess, http_json, http_text, start_service
+from waiting import wait_until
 
 try:
     import openai
@@ -35,6 +38,8 @@ pytestmark = [pytest.mark.real]
 
 PROMPT = "Tell me a long story about a lighthouse keeper and the sea."
 LONG = 900  # tokens for a generation still running after 10+ s (a slot has 1024 of context)
+MODELS = ("g0", "g1", "g2")
+REQUESTS = "llama_exporter_gateway_requests_total"
 
 
 @dataclass
@@ -117,23 +122,40 @@ class Gw:
         body: dict[str, Any] = http_json("GET", self.service.api + "/gateway")[1]
         return body
 
+    def settled(self) -> bool:
+        """Every request sent has ended and been counted: none in flight, none queued."""
+        return (
+            self.metric(REQUESTS) == self.sent
+            and self.metric("llama_exporter_gateway_requests_in_flight") == 0
+            and self.summary()["queue_length"] == 0
+        )
+
+    def settle(self) -> None:
+        """Wait until every request sent so far has ended (a cut one is counted when the
+        gateway sees the client gone); nothing from an earlier test is left running."""
+        wait_until(self.settled, f"the {self.sent} requests sent to be over and counted")
+
+    def stop(self, model: str) -> None:
+        """Stop model through the API (returns once it has stopped)."""
+        code, body = http_json("POST", f"{self.service.api}/models/{model}/stop")
+        assert code == 200 and body["state"] == "stopped", (model, code, body)
+
+    def arrange(self, *loaded: str) -> None:
+        """Only `loaded` running, used in that order (the first is the least recently used)."""
+        self.settle()
+        for model in MODELS:
+            if model not in loaded:
+                self.stop(model)
+        for model in loaded:
+            self.chat(model, max_tokens=1)
+        assert {m for m in MODELS if self.service.status(m)["state"] == "ready"} == set(loaded)
+
 
 _sent = threading.local()  # when this thread's last HTTP request went out
 
 
 def _mark_sent(_: Any) -> None:
     _sent.at = time.monotonic()
-
-
-def wait_until(pred: Callable[[], bool], what: str, timeout: float = 60.0) -> None:
-    """Poll pred every 20 ms until it holds; fail naming what was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def _models(tmp: Path, gemma: Path, n: int) -> list[Path]:
@@ -222,20 +244,27 @@ def slots_busy(g: Gw, model: str) -> bool:
 
 
 def test_twenty_concurrent_requests_for_a_cold_model_spawn_one_process(gw: Gw) -> None:
+    gw.arrange()  # g0 cold
+    loads = gw.metric("llama_exporter_model_loads_total", model="g0")
+    starts = gw.metric("llama_exporter_instance_start_duration_seconds_count", model="g0")
+    waits = gw.metric("llama_exporter_gateway_load_wait_seconds_count", model="g0")
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(lambda _: gw.chat("g0", max_tokens=4), range(20)))
     assert all(a.choices[0].message.content for a in answers)
-    assert gw.metric("llama_exporter_model_loads_total", model="g0") == 1
-    assert gw.metric("llama_exporter_instance_start_duration_seconds_count", model="g0") == 1
-    assert gw.metric("llama_exporter_gateway_load_wait_seconds_count", model="g0") >= 1
+    assert gw.metric("llama_exporter_model_loads_total", model="g0") == loads + 1
+    count = gw.metric("llama_exporter_instance_start_duration_seconds_count", model="g0")
+    assert count == starts + 1
+    assert gw.metric("llama_exporter_gateway_load_wait_seconds_count", model="g0") >= waits + 1
     assert gw.service.status("g0")["state"] == "ready"
 
 
 def test_streaming_cold_and_warm(gw: Gw) -> None:
+    gw.arrange("g0")  # g0 warm, g1 cold
+    loads = gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request")
     stream, ttft, first = gw.stream("g1", max_tokens=16)  # g1 is cold: a load, then tokens
     text = first + "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert text.strip()
-    assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 1
+    assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == loads + 1
     for _ in range(3):
         stream, warm, _ = gw.stream("g0", max_tokens=8)
         usage = [c.usage for c in stream if c.usage is not None]
@@ -246,33 +275,43 @@ def test_streaming_cold_and_warm(gw: Gw) -> None:
 
 
 def test_lru_eviction_at_the_cap(gw: Gw) -> None:
-    gw.chat("g0", max_tokens=1)  # g0 used after g1: g1 is the least recently used
+    gw.arrange("g1", "g0")  # g0 used after g1: g1 is the least recently used
+    evicted = gw.metric("llama_exporter_model_unloads_total", model="g1", reason="evicted")
+    unloads_g0 = gw.metric("llama_exporter_model_unloads_total", model="g0")
     gw.chat("g2", max_tokens=1)  # the cap is 2: g1 goes
     assert gw.service.status("g1")["state"] == "stopped"
     assert gw.service.status("g0")["state"] == "ready"
-    assert gw.metric("llama_exporter_model_unloads_total", model="g1", reason="evicted") == 1
-    assert gw.metric("llama_exporter_model_unloads_total", model="g0") == 0
+    unloads = "llama_exporter_model_unloads_total"
+    assert gw.metric(unloads, model="g1", reason="evicted") == evicted + 1
+    assert gw.metric(unloads, model="g0") == unloads_g0
 
 
 def test_client_disconnect_mid_stream_frees_the_slot(gw: Gw) -> None:
+    gw.arrange("g0")
+    wait_until(lambda: not slots_busy(gw, "g0"), "g0's slots to be free before the test")
+    cut = gw.metric(REQUESTS, model="g0", code="499")
     stream, _, _ = gw.stream("g0", max_tokens=LONG)
     assert slots_busy(gw, "g0")
     stream.close()  # the client goes away mid-stream
     wait_until(lambda: not slots_busy(gw, "g0"), "g0's slot to be free")
     try:
         wait_until(
-            lambda: gw.metric("llama_exporter_gateway_requests_total", model="g0", code="499") == 1,
+            lambda: gw.metric(REQUESTS, model="g0", code="499") == cut + 1,
             "the cut stream to be counted as 499",
         )
     except AssertionError as exc:  # say how it was counted instead
         counted = {
-            code: gw.metric("llama_exporter_gateway_requests_total", model="g0", code=code)
-            for code in ("200", "499", "502")
+            code: gw.metric(REQUESTS, model="g0", code=code) for code in ("200", "499", "502")
         }
         raise AssertionError(f"{exc}; g0's requests by code: {counted}") from None
 
 
 def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
+    gw.arrange("g0", "g2")  # g1 cold
+    loads = gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request")
+    rejected = "llama_exporter_gateway_rejected_total"
+    full_before = gw.metric(rejected, model="g1", reason="queue_full")
+    timeout_before = gw.metric(rejected, model="g0", reason="timeout")
     # g0 and g2 are loaded; keep both busy with long generations.
     waits = "llama_exporter_gateway_queue_wait_seconds"
     # Every admitted request is observed (0 when it did not queue): count what changes.
@@ -289,7 +328,7 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
         busy.pop("g0").close()  # g0 is idle now: evicted, and g1 loads once for all four
         answers = [f.result(timeout=120) for f in queued]
     assert all(a.choices for a in answers)
-    assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == 2
+    assert gw.metric("llama_exporter_model_loads_total", model="g1", trigger="request") == loads + 1
     assert gw.metric(waits + "_count", model="g1") == count_before + 4
     assert gw.metric(waits + "_sum") > sum_before
     # Now g1 and g2 both busy: a request for g0 waits 10 s in the queue, then 503.
@@ -304,45 +343,55 @@ def test_queue_when_every_model_is_busy_then_full_then_timeout(gw: Gw) -> None:
     assert late.value.response.headers["retry-after"]
     for stream in busy.values():
         stream.close()
-    rejected = "llama_exporter_gateway_rejected_total"
-    assert gw.metric(rejected, model="g1", reason="queue_full") == 1
-    assert gw.metric(rejected, model="g0", reason="timeout") == 1
+    assert gw.metric(rejected, model="g1", reason="queue_full") == full_before + 1
+    assert gw.metric(rejected, model="g0", reason="timeout") == timeout_before + 1
 
 
 def test_exact_request_and_ttft_metrics(gw: Gw) -> None:
-    wait_until(
-        lambda: gw.metric("llama_exporter_gateway_requests_total") == gw.sent,
-        f"requests_total to reach the {gw.sent} requests sent",
-    )
-    time.sleep(0.5)  # nothing else may arrive: the count must stay exact
-    assert gw.metric("llama_exporter_gateway_requests_total") == gw.sent
+    gw.arrange("g0")  # g1 cold: one stream waits for a load
+    total, streamed = gw.sent, len(gw.client_ttfts)
+    ttft = "llama_exporter_gateway_time_to_first_token_seconds"
+    before = {name: gw.metric(name) for name in (REQUESTS, ttft + "_count", ttft + "_sum")}
+    stream, _, _ = gw.stream("g1", max_tokens=4)
+    assert [c for c in stream]  # read to the end
+    for _ in range(3):
+        stream, _, _ = gw.stream("g0", max_tokens=4)
+        assert [c for c in stream]
+    gw.stream("g0", max_tokens=LONG)[0].close()  # cut short: its first token still counts
+    gw.chat("g0", max_tokens=2)  # not streamed: no TTFT
+    with pytest.raises(openai.NotFoundError):
+        gw.chat("no-such-model")  # answered by the gateway itself, counted all the same
+    # Every request has ended (none in flight, none queued): no count can arrive later.
+    gw.settle()
+    assert gw.metric(REQUESTS) - before[REQUESTS] == gw.sent - total == 7
+    mine = gw.client_ttfts[streamed:]
     assert gw.metric("llama_exporter_gateway_requests_in_flight") == 0
-    count = gw.metric("llama_exporter_gateway_time_to_first_token_seconds_count")
-    total = gw.metric("llama_exporter_gateway_time_to_first_token_seconds_sum")
-    assert count == gw.streamed == len(gw.client_ttfts)
-    server_mean = total / count
-    client_mean = sum(gw.client_ttfts) / len(gw.client_ttfts)
+    count = gw.metric(ttft + "_count") - before[ttft + "_count"]
+    assert count == len(mine) == 5
+    server_mean = (gw.metric(ttft + "_sum") - before[ttft + "_sum"]) / count
+    client_mean = sum(mine) / len(mine)
     print(f"TTFT mean: service {server_mean * 1000:.2f} ms, client {client_mean * 1000:.2f} ms")
     assert abs(server_mean - client_mean) <= 0.010, (server_mean, client_mean)
 
 
 def test_pinned_model_is_never_evicted(gw_pinned: Gw) -> None:
     g = gw_pinned
-    g.chat("g0", max_tokens=1)  # pinned, and the least recently used
-    g.chat("g1", max_tokens=1)
+    g.arrange("g0", "g1")  # g0: pinned, and the least recently used
+    unloads = "llama_exporter_model_unloads_total"
+    unloads_g0 = g.metric(unloads, model="g0")
+    evicted = g.metric(unloads, model="g1", reason="evicted")
     g.chat("g2", max_tokens=1)  # the cap is 2: g1 goes, not g0
     assert g.service.status("g0")["state"] == "ready"
     assert g.service.status("g1")["state"] == "stopped"
-    assert g.metric("llama_exporter_model_unloads_total", model="g0") == 0
+    assert g.metric(unloads, model="g0") == unloads_g0
+    assert g.metric(unloads, model="g1", reason="evicted") == evicted + 1
     status = g.service.status("g0")
     assert status["pinned"] is True
 
 
 def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: Gw) -> None:
     g = gw_pinned
-    # Used afresh here: when the step before ran long (a loaded machine), g2 may already
-    # be unloaded, and this test would begin by seeing it stopped, with no poll to see.
-    g.chat("g2", max_tokens=1)
+    g.arrange("g0", "g2")  # g2 used last: its idle TTL runs from here
     idle_unloads = "llama_exporter_model_unloads_total"
     before = g.metric(idle_unloads, model="g2", reason="idle")
     used = g.service.status("g2")["last_used"]
@@ -362,7 +411,7 @@ def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: 
             polled.update(h["timestamp"] for h in body["history"])
         return bool(st["state"] == "stopped")
 
-    wait_until(unloaded, "g2 to be unloaded for idleness", timeout=30)
+    wait_until(unloaded, "g2 to be unloaded for idleness")
     assert seen_ready, "g2 was already unloaded when the test first looked"
     after_use = sorted(t for t in polled if t > used)
     errors = {
@@ -379,22 +428,26 @@ def test_idle_model_is_unloaded_and_the_poller_does_not_count_as_use(gw_pinned: 
 
 def test_embeddings_load_on_demand_and_are_counted(gw_pinned: Gw) -> None:
     g = gw_pinned
-    assert g.service.status("g1")["state"] == "stopped"  # evicted earlier
+    g.arrange("g0")  # g1 stopped
+    embeddings = {"model": "g1", "endpoint": "/v1/embeddings", "code": "200"}
+    counted = g.metric(REQUESTS, **embeddings)
     g.sent += 1
     answer = g.client.embeddings.create(model="g1", input=["a lighthouse", "the sea"])
     vectors = [d.embedding for d in answer.data]
     assert len(vectors) == 2 and len(vectors[0]) == len(vectors[1]) > 0
     assert vectors[0] != vectors[1]
     assert g.service.status("g1")["state"] == "ready"
-    counted = g.metric(
-        "llama_exporter_gateway_requests_total", model="g1", endpoint="/v1/embeddings", code="200"
-    )
-    assert counted == 1
+    assert g.metric(REQUESTS, **embeddings) == counted + 1
     assert g.chat("g1", max_tokens=2).choices[0].message.content is not None  # same instance
 
 
 def test_legacy_completions_streamed_and_not(gw_pinned: Gw) -> None:
     g = gw_pinned
+    g.arrange("g0")
+    completions = {"model": "g0", "endpoint": "/v1/completions"}
+    counted = g.metric(REQUESTS, **completions)
+    ttft = "llama_exporter_gateway_time_to_first_token_seconds_count"
+    ttfts = g.metric(ttft, model="g0")
     g.sent += 2
     whole = g.client.completions.create(
         model="g0", prompt="The sea is", max_tokens=4, extra_body={"ignore_eos": True}
@@ -406,22 +459,14 @@ def test_legacy_completions_streamed_and_not(gw_pinned: Gw) -> None:
     )
     assert "".join(c.choices[0].text for c in parts if c.choices).strip()
     wait_until(
-        lambda: (
-            g.metric(
-                "llama_exporter_gateway_requests_total", model="g0", endpoint="/v1/completions"
-            )
-            == 2
-        ),
-        "both completions to be counted",
+        lambda: g.metric(REQUESTS, **completions) == counted + 2, "both completions to be counted"
     )
-    ttfts = g.metric("llama_exporter_gateway_time_to_first_token_seconds_count", model="g0")
-    assert ttfts == 1  # the streamed one (the chats to g0 earlier were not streamed)
+    assert g.metric(ttft, model="g0") == ttfts + 1  # the streamed one only
 
 
 def test_embeddings_on_a_chat_model_answer_400_without_a_load(gw_pinned: Gw) -> None:
     g = gw_pinned
-    g.chat("g1", max_tokens=1)  # g0 (pinned) and g1 loaded: the cap of 2 is full
-    assert g.service.status("g2")["state"] == "stopped"  # unloaded for idleness earlier
+    g.arrange("g0", "g1")  # g0 (pinned) and g1 loaded: the cap of 2 is full; g2 stopped
     loads = g.metric("llama_exporter_model_loads_total", model="g2")
     g.sent += 1
     with pytest.raises(openai.BadRequestError) as refused:

@@ -108,3 +108,19 @@ def test_two_books_on_one_folder_keep_both_figures(tmp_path: Path) -> None:
     b.learn(big, parse_report(LINES))  # b reads a's write before writing its own
     assert a.figure(big).source == "learned"
     assert b.figure(small).source == "learned"
+
+
+def test_context_lowered_by_fit_is_said(tmp_path: Path) -> None:
+    from llama_exporter.memory.book import context_note
+
+    model = ModelConfig(name="m", path=tmp_path / "m.gguf", ctx_size=32768, parallel=3)
+    full = parse_report(["llama_context: n_ctx                 = 32256"])  # 3 x 10752
+    assert context_note(model, full) is None
+    fitted = parse_report(
+        [
+            "llama_context: n_ctx                 = 4096",
+            "srv    load_model: initializing, n_slots = 3, n_ctx_slot = 1280",
+        ]
+    )
+    note = context_note(model, fitted)
+    assert note is not None and "model m" in note and "4096" in note and "--fit" in note

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llama_exporter.catalog.gguf_header import read_gguf_header, type_nbytes
+from llama_exporter.catalog.gguf_header import GGUFHeader, read_gguf_header, type_nbytes
 from llama_exporter.memory.estimate import REPACK_X86_AVX2, cells, estimate
 from llama_exporter.memory.hparams import model_shape
 from llama_exporter.memory.launch import Launch, parse_launch
@@ -275,3 +275,38 @@ def test_header_skips_are_remembered(tmp_path: Path) -> None:
     start = int(next(iter(json.loads(skips.read_text())[key])))
     skips.write_text(json.dumps({key: {str(start): start + 8 * 5000 + 3}}))
     assert GGUFHeaderCache(skips).get(path) == first
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    small=st.integers(min_value=1, max_value=65536),
+    extra=st.integers(min_value=0, max_value=65536),
+    parallel=st.integers(min_value=1, max_value=8),
+    flash=st.sampled_from(["on", "off"]),
+)
+def test_more_context_never_needs_less(
+    tmp_path_factory: pytest.TempPathFactory, small: int, extra: int, parallel: int, flash: str
+) -> None:
+    header = _gemma_like(tmp_path_factory)
+    a = estimate(header, Launch(ctx_size=small, parallel=parallel, flash_attn=flash))
+    b = estimate(header, Launch(ctx_size=small + extra, parallel=parallel, flash_attn=flash))
+    assert b.devices["cpu"].kv >= a.devices["cpu"].kv
+    assert b.total("cpu") >= a.total("cpu")
+    assert a.devices["cpu"].weights == b.devices["cpu"].weights
+
+
+_GEMMA_LIKE: list[GGUFHeader] = []
+
+
+def _gemma_like(factory: pytest.TempPathFactory) -> GGUFHeader:
+    if not _GEMMA_LIKE:
+        meta: dict[str, MetaValue] = {
+            "gemma3.attention.head_count": 4,
+            "gemma3.attention.head_count_kv": 1,
+            "gemma3.attention.key_length": 256,
+            "gemma3.attention.value_length": 256,
+            "gemma3.attention.sliding_window": 512,
+        }
+        path = _model(factory.mktemp("g"), "gemma3", meta, n_layer=6)
+        _GEMMA_LIKE.append(read_gguf_header(path))
+    return _GEMMA_LIKE[0]

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from llama_exporter.memory.figure import DeviceNeed
 from llama_exporter.memory.report import MIB, device_of, parse_report
 
@@ -108,3 +111,35 @@ def test_device_names() -> None:
 def test_nothing_logged_at_default_verbosity() -> None:
     report = parse_report(["srv  llama_server: model loaded"])
     assert report.complete and report.buffers == ()
+
+
+_NAMES = st.sampled_from(["CPU", "CPU_Mapped", "CPU_REPACK", "CUDA0", "CUDA_Host", "Vulkan1"])
+_KIND_FORMATS = {
+    # the format strings of llama.cpp b11434, with the caller's __func__
+    "model": "load_tensors: %12s model buffer size = %8.2f MiB",
+    "output": "llama_context: %10s  output buffer size = %8.2f MiB",
+    "KV": "llama_kv_cache: %10s KV buffer size = %8.2f MiB",
+    "RS": "llama_memory_recurrent: %10s RS buffer size = %8.2f MiB",
+    "compute": "sched_reserve: %10s compute buffer size = %8.2f MiB",
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            _NAMES,
+            st.sampled_from(sorted(_KIND_FORMATS)),
+            st.floats(min_value=0, max_value=1e6, allow_nan=False),
+        ),
+        max_size=12,
+    )
+)
+def test_every_formatted_buffer_line_is_read(
+    buffers: list[tuple[str, str, float]],
+) -> None:
+    lines = [f"1.23.456 I {_KIND_FORMATS[kind] % (name, mib)}" for name, kind, mib in buffers]
+    report = parse_report(lines)
+    assert [(b, k) for b, k, _ in report.buffers] == [(n, k) for n, k, _ in buffers]
+    for (_, _, size), (_, _, mib) in zip(report.buffers, buffers, strict=True):
+        assert size == round(float(f"{mib:.2f}") * MIB)

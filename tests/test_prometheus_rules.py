@@ -23,9 +23,9 @@ from promstack import (
     require_binary,
     start_alertmanager,
     start_prometheus,
-    wait_for,
     write_targets,
 )
+from waiting import wait_until
 
 sys.path.insert(0, str(ROOT / "grafana"))
 from metric_catalog import (
@@ -335,7 +335,7 @@ def test_harness_alertmanager_delivers_to_the_webhook(tmp_path: Path) -> None:
             what="Prometheus to discover the Alertmanager",
         )
         am.post_alert({"alertname": "HarnessTest", "model": "m", "severity": "warning"})
-        wait_for(lambda: sink.bodies(), timeout=15, what="webhook delivery")
+        wait_until(lambda: sink.bodies(), what="webhook delivery")
         body = sink.bodies()[0]
         assert body["status"] == "firing"
         assert body["alerts"][0]["labels"]["model"] == "m"

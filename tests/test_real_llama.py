@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
@@ -12,6 +11,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+from waiting import async_wait_until
 
 from llama_exporter.config.settings import Config, ModelConfig, PortRange, RestartPolicy
 from llama_exporter.states import InstanceStatus, State
@@ -70,12 +70,12 @@ async def test_kill_9_is_noticed_and_restarted(supervisor: Supervisor) -> None:
     ready = await supervisor.wait_settled("gemma", timeout=120)
     assert ready.state is State.READY and ready.pid is not None, ready.last_error
     os.kill(ready.pid, signal.SIGKILL)
-    async with asyncio.timeout(120):
-        while True:
-            status = supervisor.status("gemma")
-            if status.state is State.READY and status.restarts == 1:
-                break
-            await asyncio.sleep(0.05)
+
+    def restarted() -> InstanceStatus | None:
+        status = supervisor.status("gemma")
+        return status if status.state is State.READY and status.restarts == 1 else None
+
+    status = await async_wait_until(restarted, "a restart after kill -9", limit=120)
     # Noticed by the exit itself (the reason names the signal), not by the /health
     # watchdog, which would only call it hung after hang_timeout.
     backoff = next(s for s in seen if s.state is State.BACKOFF)

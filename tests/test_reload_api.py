@@ -113,7 +113,7 @@ async def test_one_model_changed_restarts_only_it(
         now = await pids(client)
         return "b" in now and now["b"] != before["b"]
 
-    await async_wait_until_async(b_restarted, "b running again with a new pid")
+    await async_wait_until(b_restarted, "b running again with a new pid")
     after = await pids(client)
     assert after["a"] == before["a"] and after["c"] == before["c"]
     models = {m["name"]: m for m in (await (await client.get(f"{API}/models")).json())["models"]}
@@ -124,24 +124,6 @@ async def test_one_model_changed_restarts_only_it(
     assert await metric(client, "llama_exporter_model_loads_total", {"model": "b"}) >= 0
     status = await (await client.get(f"{API}/status")).json()
     assert {m["model"]: m["restarts"] for m in status["models"]} == {"a": 0, "b": 0, "c": 0}
-
-
-async def async_wait_until_async(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    """async_wait_until for a check that itself awaits (HTTP)."""
-    found = False
-
-    async def poll() -> None:
-        nonlocal found
-        while not found:
-            found = await check()
-            await asyncio.sleep(0.02)
-
-    task = asyncio.ensure_future(poll())
-    try:
-        await async_wait_until(lambda: found or task.done(), what)
-    finally:
-        task.cancel()
-    assert found, what
 
 
 @pytest.mark.parametrize(
@@ -222,7 +204,7 @@ async def test_added_removed_and_live_settings(
         now = await pids(client)
         return names == {"a", "c"} == {m["model"] for m in status} and set(now) == {"a", "c"}
 
-    await async_wait_until_async(settled, "b removed and c started")
+    await async_wait_until(settled, "b removed and c started")
     assert (await pids(client))["a"] == before["a"]
     status = await (await client.get(f"{API}/status")).json()
     assert status["cap"] == 6
@@ -279,9 +261,7 @@ async def test_requests_during_a_restart_wait_for_the_new_instance(
     model_entry(data, "a")["ctx_size"] = 2048
     write(config_file, data)
     assert (await client.post(f"{API}/reload")).status == 200
-    await async_wait_until_async(
-        lambda: _state(client, "a", "stopping"), "a draining for the restart"
-    )
+    await async_wait_until(lambda: _state(client, "a", "stopping"), "a draining for the restart")
     late = asyncio.ensure_future(
         client.post("/v1/chat/completions", json={**body, "stream": False, "max_tokens": 4})
     )
@@ -329,7 +309,7 @@ async def test_api_models_stay_unless_the_file_now_defines_them(
         now = await pids(client)
         return ms["x"]["source"] == "config" and now.get("x") not in (None, before["x"])
 
-    await async_wait_until_async(x_from_the_file, "x defined by the file, restarted")
+    await async_wait_until(x_from_the_file, "x defined by the file, restarted")
 
 
 async def test_cap_lowered_stops_nothing_and_raised_lets_the_queue_go(
@@ -350,7 +330,7 @@ async def test_cap_lowered_stops_nothing_and_raised_lets_the_queue_go(
     async def in_queue() -> bool:
         return bool((await (await client.get(f"{API}/gateway")).json())["queue_length"] == 1)
 
-    await async_wait_until_async(in_queue, "c's request queued for the cap")
+    await async_wait_until(in_queue, "c's request queued for the cap")
     data["max_parallel"] = 3
     write(config_file, data)
     assert (await client.post(f"{API}/reload")).status == 200

@@ -38,6 +38,8 @@ def test_requests_lists_filters_and_follows(service: ServiceProcess, tmp_path: P
     assert len(only.stdout.splitlines()) == 3
     bad = cli("requests", "--status", "abc", url=service.url)
     assert bad.returncode == 1 and "status must be" in bad.stderr
+    many = cli("requests", "-n", "5000", url=service.url)
+    assert many.returncode == 2 and "-n: must be an integer 1..1000" in many.stderr
 
     env = {**os.environ, "LLAMA_EXPORTER_URL": service.url}
     follow = subprocess.Popen(

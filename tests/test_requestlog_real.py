@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 from service_proc import ServiceProcess, http_json, start_service
-from test_gateway_real import PROMPT, Gw, _mark_sent, _models, wait_until
+from test_gateway_real import PROMPT, Gw, _mark_sent, _models
+from waiting import wait_until
 
 try:
     import openai

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from llama_exporter.config.loader import parse_config
+from llama_exporter.config.settings import ConfigError, RequestLogConfig
 from llama_exporter.requestlog.record import (
     DONE,
     IN_FLIGHT,
@@ -224,3 +226,31 @@ def test_bodies_are_kept_only_when_captured(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "b.db") as conn:
         assert conn.execute("SELECT count(*) FROM bodies").fetchone()[0] == 1
     store.close()
+
+
+# -- config -------------------------------------------------------------------------------
+
+
+def test_request_log_config_defaults_lists_and_errors_naming_the_key() -> None:
+    def parse(section: object) -> RequestLogConfig:
+        cfg = parse_config({"request_log": section}, file=None, env={}, check_files=False)
+        return cfg.request_log
+
+    default = parse(None)
+    assert default == RequestLogConfig()
+    assert default.enabled and default.retention == 7 * 86400 and default.max_rows == 1_000_000
+    assert not default.captures("any")
+    some = parse({"capture": ["gemma"], "capture_max_bytes": 100, "retention": 60})
+    assert some.captures("gemma") and not some.captures("other") and some.retention == 60
+    assert parse({"capture": True}).captures("other")
+    assert not parse({"enabled": False}).enabled
+    for section, key in [
+        ({"max_rows": 0}, "request_log.max_rows"),
+        ({"retention": -1}, "request_log.retention"),
+        ({"capture": "yes"}, "request_log.capture"),
+        ({"enabled": 1}, "request_log.enabled"),
+        ({"capture_max_byte": 5}, "request_log.capture_max_byte"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse(section)
+        assert key in str(info.value)

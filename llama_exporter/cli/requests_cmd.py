@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from llama_exporter.cli.client import Client
+from llama_exporter.requestlog.record import MAX_LIMIT
 
 HEADER = (
     "TIME",
@@ -111,10 +112,21 @@ def cmd_requests(
         shown = {r["id"] for r in answer if r["arrived"] >= mark and r["id"] in shown}
 
 
+def _count(text: str) -> int:
+    """-n: how many, 1..1000 (the API's page size)."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer 1..{MAX_LIMIT}, got {text!r}")
+    return n
+
+
 def add_parser(client_cmd: Callable[..., argparse.ArgumentParser]) -> None:
     """The `requests` subcommand's arguments."""
     p = client_cmd("requests", cmd_requests, "show the gateway's request log")
-    p.add_argument("-n", type=int, default=50, help="how many recent requests (1..1000)")
+    p.add_argument("-n", type=_count, default=50, help="how many recent requests (1..1000)")
     p.add_argument("--model", "-m", default=None, help="only this model's requests")
     p.add_argument("--status", "-s", default=None, help="a code (200), a class (5xx) or in_flight")
     p.add_argument("--follow", "-f", action="store_true", help="then show each request as it ends")

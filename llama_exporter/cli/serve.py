@@ -93,8 +93,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         if not config.instance_auth:
             log.warning(
-                "instance_auth is false: llama-server instances answer without a key. %s",
-                instance_exposure_warning(config.instance_host, False) or "",
+                "%s",
+                instance_exposure_warning(config.instance_host, False)
+                or "instance_auth is false: llama-server instances answer anyone on this host "
+                "without a key",
             )
         try:  # creates <state_dir>/instance.key on the first start (before the loop runs)
             app = create_app(

@@ -161,14 +161,14 @@ class Gateway:
             model = ""  # counted under the model once it is known
             try:
                 body = await self._read_body(request)
-                model = self._model_from_body(body)
+                model, stream = self._model_from_body(body)
                 if path == EMBEDDINGS:
                     self._check_embeddings(model)
             except GatewayError as err:
                 self.metrics.request_done(model, path, err.status, arrived, self._mono())
                 self._log_refused(request, model, path, err, arrived)
                 return error_response(err)
-            return await self._serve(request, model, path, path, body, arrived)
+            return await self._serve(request, model, path, path, body, arrived, stream)
 
         handler.__doc__ = f"POST {path}: routed by the body's model, loaded on demand."
         return handler
@@ -185,7 +185,8 @@ class Gateway:
             self._log_refused(request, "", UPSTREAM_ENDPOINT, err, arrived)
             return error_response(err)
         path = upstream_path(request.raw_path)
-        return await self._serve(request, name, UPSTREAM_ENDPOINT, path, body, arrived)
+        stream = wants_stream(body)  # any body; the log's guess until the answer shows
+        return await self._serve(request, name, UPSTREAM_ENDPOINT, path, body, arrived, stream)
 
     async def list_models(self, request: web.Request) -> web.Response:
         """GET /v1/models: every known model in OpenAI's list format, with its state."""
@@ -216,13 +217,14 @@ class Gateway:
         upstream_path: str,
         body: bytes,
         arrived: float,
+        stream: bool = False,
     ) -> web.StreamResponse:
         code: int = 500
         lease = None
         watch = StreamWatch(arrived)
         usage = None
         self.metrics.request_arrived(model, arrived)
-        record = self._log_begin(request, model, endpoint, body, arrived)
+        record = self._log_begin(request, model, endpoint, body, arrived, stream)
         admission = Admission()
         outcome: proxy.Outcome | None = None
         failure: GatewayError | None = None
@@ -276,7 +278,13 @@ class Gateway:
     # -- the request log ---------------------------------------------------------------
 
     def _log_begin(
-        self, request: web.Request, model: str, endpoint: str, body: bytes, arrived: float
+        self,
+        request: web.Request,
+        model: str,
+        endpoint: str,
+        body: bytes,
+        arrived: float,
+        stream: bool = False,
     ) -> Record | None:
         """A request in flight in the log (None when the log is off)."""
         if self.requests is None:
@@ -286,11 +294,11 @@ class Gateway:
             model,
             endpoint,
             arrived=wall,
-            stream=wants_stream(body),
+            stream=stream,
             client=request.remote or "",
         )
         limit = self.requests.capture_limit(model)
-        if limit:
+        if limit and body:  # (refused before routing: no body is passed, none kept)
             record.request_body = captured(body, limit)
         return record
 
@@ -340,7 +348,8 @@ class Gateway:
             "request_too_large",
         )
 
-    def _model_from_body(self, body: bytes) -> str:
+    def _model_from_body(self, body: bytes) -> tuple[str, bool]:
+        """The model a JSON body names, and whether it asks for a stream."""
         try:
             data = json.loads(body)
         except ValueError as exc:
@@ -360,7 +369,7 @@ class Gateway:
                 "missing_model",
             )
         self._known(name)
-        return name
+        return name, data.get("stream") is True
 
     def _check_embeddings(self, name: str) -> None:
         """Refuse at once what llama-server would refuse with 501 after a load (and eviction)."""

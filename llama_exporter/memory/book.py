@@ -7,6 +7,7 @@ llama-server allocated, kept by learned.py under the file and the memory setting
 
 from __future__ import annotations
 
+import logging
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,8 @@ from llama_exporter.memory.launch import model_launch
 from llama_exporter.memory.learned import LearnedFigures, file_key
 from llama_exporter.memory.report import LoadReport, parse_report
 
+log = logging.getLogger(__name__)
+
 # A load that died out of memory needed more than its figure said, by an amount nobody
 # logged. The next figure is the last one plus a quarter on every device: enough that
 # admission makes real room (evicts, or waits) rather than repeating the same load,
@@ -26,6 +29,20 @@ from llama_exporter.memory.report import LoadReport, parse_report
 # that succeeds afterwards replaces it with the exact figure.
 OOM_RAISE = 1.25
 SKIPS_FILE = "gguf-skips.json"  # where long header arrays end, per file version
+
+
+def context_note(model: ModelConfig, report: LoadReport) -> str | None:
+    """A warning when the instance got less context than configured (--fit, on by default
+    in this llama.cpp, may lower settings to fit free memory), else None."""
+    wanted = -(-model_launch(model).ctx_size // 256) * 256  # llama_context pads to 256
+    if report.n_ctx is None or report.n_ctx >= wanted - 256 * max(1, model.parallel):
+        return None  # equal, up to the rounding to a multiple of parallel x 256
+    return (
+        f"model {model.name}: llama-server runs with n_ctx = {report.n_ctx} "
+        f"({report.n_ctx_slot} per slot), not the configured ctx_size {model.ctx_size}: "
+        "its --fit lowered it to fit free memory; lower ctx_size, or pass --fit off in args "
+        "to fail instead"
+    )
 
 
 def _cpu_flags() -> frozenset[str]:
@@ -98,6 +115,9 @@ class MemoryBook:
             return  # nothing was logged (verbosity below 4): keep what we had
         shared = str(Path(model.path).expanduser().resolve())
         self.learned.put(self.key(model), report.figure(shared_weights_key=shared))
+        note = context_note(model, report)
+        if note:
+            log.warning("%s", note)
 
     def learn_lines(self, model: ModelConfig, lines: Sequence[str]) -> None:
         """learn() from the raw lines of a load (supervision hands them over as they came)."""

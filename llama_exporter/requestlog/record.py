@@ -67,7 +67,7 @@ def new_id(arrived: float) -> str:
     return str(number)
 
 
-@dataclass
+@dataclass(slots=True)
 class Record:
     """One gateway request; mutable while in flight, handed to the store when done."""
 
