@@ -1,10 +1,12 @@
 """The request log, all real: the service as a process, real llama-servers with the gemma
 model, the official `openai` client. One service (3 models, cap 2, evict), restarted
-with other request_log settings; the tests run in file order and build on each other.
+with other request_log settings. Each test arranges the models it needs and reads only
+the records that arrived since it began, so the tests run alone and in any order.
 """
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,34 +115,37 @@ def svc(
 
 
 def test_an_in_flight_stream_shows_up_and_its_disconnect_is_logged(svc: Svc) -> None:
+    svc.gw.arrange()  # every model stopped: g0 is cold
     stream, _, _ = svc.gw.stream("g0", max_tokens=900)
     [live] = svc.records(status="in_flight")
     assert live["model"] == "g0" and live["stream"] is True and live["status"] is None
     assert live["triggered_load"] is True  # g0 was cold
     stream.close()  # the client goes away mid-stream
     wait_until(lambda: not svc.records(status="in_flight"), "the cut stream to end")
-    [cut] = svc.records(status="499")
-    assert cut["id"] == live["id"] and cut["error_type"] == "client_closed"
+    code, cut = http_json("GET", f"{svc.service.api}/requests/{live['id']}")
+    assert code == 200 and cut["status"] == 499 and cut["error_type"] == "client_closed"
     assert cut["load_wait_s"] > 0 and cut["ttft_s"] is not None and cut["completion_tokens"]
 
 
 def test_a_cold_request_records_its_load_wait_and_what_it_evicted(svc: Svc) -> None:
+    svc.gw.arrange("g0")  # only g0 running
+    since = f"{time.time():.6f}"
     svc.gw.chat("g1", max_tokens=2)  # g1 loads beside g0 (cap 2)
-    [g1] = svc.records(model="g1")
+    [g1] = svc.records(model="g1", since=since)
     assert g1["triggered_load"] is True and g1["evicted"] == [] and g1["load_wait_s"] > 0
     svc.gw.chat("g1", max_tokens=1)  # g0 is now the least recently used
     svc.gw.chat("g2", max_tokens=2)  # the cap is full: g0 goes
-    [g2] = svc.records(model="g2")
+    [g2] = svc.records(model="g2", since=since)
     assert g2["triggered_load"] is True and g2["evicted"] == ["g0"]
     assert g2["load_wait_s"] > 0 and g2["status"] == 200
     assert g2["duration_s"] >= g2["load_wait_s"] + g2["queue_wait_s"]
-    warm = svc.records(model="g1")[0]
+    warm = svc.records(model="g1", since=since)[0]
     assert warm["triggered_load"] is False and warm["load_wait_s"] == 0
 
 
 def test_the_log_counts_what_requests_total_counts(svc: Svc) -> None:
+    svc.gw.arrange("g1", "g2")
     counted, logged = svc.counted(), svc.logged()
-    assert logged == counted  # the same since the start, before this test too
     svc.gw.chat("g1", max_tokens=2)
     for _ in range(2):
         stream, _, _ = svc.gw.stream("g2", max_tokens=3)
@@ -150,6 +155,7 @@ def test_the_log_counts_what_requests_total_counts(svc: Svc) -> None:
     with pytest.raises(openai.BadRequestError):
         svc.gw.client.embeddings.create(model="g1", input="hi")  # no --embeddings: 400
     svc.gw.client.completions.create(model="g2", prompt="Once", max_tokens=2)
+    svc.gw.sent += 2  # the embeddings and completions calls above bypass gw's counting
     counted_delta = svc.counted() - counted
     logged_delta = svc.logged() - logged
     assert logged_delta == counted_delta
@@ -161,7 +167,15 @@ def test_the_log_counts_what_requests_total_counts(svc: Svc) -> None:
 
 
 def test_capture_off_stores_no_bodies(svc: Svc) -> None:
-    for record in svc.records()[:5]:
+    svc.gw.arrange("g1")
+    since = f"{time.time():.6f}"
+    svc.gw.chat("g1", max_tokens=2)
+    stream, _, _ = svc.gw.stream("g1", max_tokens=3)
+    list(stream)
+    svc.gw.settle()
+    mine = svc.records(since=since)
+    assert len(mine) == 2
+    for record in mine:
         code, one = http_json("GET", f"{svc.service.api}/requests/{record['id']}")
         assert code == 200 and one["request_body"] is None and one["response_body"] is None
     state = svc.service.state_dir
@@ -172,8 +186,12 @@ def test_capture_off_stores_no_bodies(svc: Svc) -> None:
 
 
 def test_a_restart_keeps_the_log_and_retention_trims_it(svc: Svc) -> None:
+    svc.gw.arrange("g1")
+    for _ in range(3):
+        svc.gw.chat("g1", max_tokens=1)
+    svc.gw.settle()
     before = svc.records()
-    assert len(before) >= 10
+    assert len(before) >= 4
     svc.restart(request_log={"max_rows": 3})
     kept = svc.records()
     assert [r["id"] for r in kept] == [r["id"] for r in before[:3]]  # the newest 3
