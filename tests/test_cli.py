@@ -308,12 +308,12 @@ def test_sigterm_is_not_held_up_by_an_open_websocket(service: ServiceProcess) ->
 
 
 def test_ps_idle_column_shows_idle_time_ttl_left_and_pinned() -> None:
-    from llama_exporter.cli.main import _fmt_idle
+    from llama_exporter.cli.fmt import fmt_idle
 
     base = {"state": "ready", "in_flight": 0, "pinned": False, "idle_ttl": 0, "last_used": 100.0}
-    assert _fmt_idle(base, 130.0) == "30s"
-    assert _fmt_idle({**base, "idle_ttl": 300}, 130.0) == "30s, unload in 4m30s"
-    assert _fmt_idle({**base, "pinned": True, "idle_ttl": 300}, 130.0) == "30s, pinned"
-    assert _fmt_idle({**base, "in_flight": 2}, 130.0) == "busy"
-    assert _fmt_idle({**base, "last_used": None}, 130.0) == "unused"
-    assert _fmt_idle({**base, "state": "stopped"}, 130.0) == "-"
+    assert fmt_idle(base, 130.0) == "30s"
+    assert fmt_idle({**base, "idle_ttl": 300}, 130.0) == "30s, unload in 4m30s"
+    assert fmt_idle({**base, "pinned": True, "idle_ttl": 300}, 130.0) == "30s, pinned"
+    assert fmt_idle({**base, "in_flight": 2}, 130.0) == "busy"
+    assert fmt_idle({**base, "last_used": None}, 130.0) == "unused"
+    assert fmt_idle({**base, "state": "stopped"}, 130.0) == "-"
