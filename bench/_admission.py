@@ -24,8 +24,9 @@ from pathlib import Path
 from llama_exporter.config.settings import Config, ModelConfig, PortRange
 from llama_exporter.memory.book import MemoryBook
 from llama_exporter.memory.figure import HOST
+from llama_exporter.supervision.model_source import StaticModels
 from llama_exporter.supervision.process import Instance
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -30,8 +30,9 @@ from _service import HttpService, Timing, free_port
 from llama_exporter.config.settings import Config, ModelConfig, PortRange
 from llama_exporter.supervision.command import build_argv
 from llama_exporter.supervision.instance_key import InstanceKey, load_or_create_instance_key
+from llama_exporter.supervision.model_source import StaticModels
 from llama_exporter.supervision.process import READY_POLL_INTERVAL, health_status
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 GOAL_START_RATIO = 1.03  # supervisor start within 3% of bare
 GOAL_STOP_EXTRA_S = 0.010  # supervisor stop within 10 ms of bare

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from llama_exporter.config.settings import Config, ModelConfig, PortRange
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 
 async def _main(fake_bin: Path, state_dir: Path, first_port: int) -> None:

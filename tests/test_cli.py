@@ -308,12 +308,46 @@ def test_sigterm_is_not_held_up_by_an_open_websocket(service: ServiceProcess) ->
 
 
 def test_ps_idle_column_shows_idle_time_ttl_left_and_pinned() -> None:
-    from llama_exporter.cli.main import _fmt_idle
+    from llama_exporter.cli.fmt import fmt_idle
 
     base = {"state": "ready", "in_flight": 0, "pinned": False, "idle_ttl": 0, "last_used": 100.0}
-    assert _fmt_idle(base, 130.0) == "30s"
-    assert _fmt_idle({**base, "idle_ttl": 300}, 130.0) == "30s, unload in 4m30s"
-    assert _fmt_idle({**base, "pinned": True, "idle_ttl": 300}, 130.0) == "30s, pinned"
-    assert _fmt_idle({**base, "in_flight": 2}, 130.0) == "busy"
-    assert _fmt_idle({**base, "last_used": None}, 130.0) == "unused"
-    assert _fmt_idle({**base, "state": "stopped"}, 130.0) == "-"
+    assert fmt_idle(base, 130.0) == "30s"
+    assert fmt_idle({**base, "idle_ttl": 300}, 130.0) == "30s, unload in 4m30s"
+    assert fmt_idle({**base, "pinned": True, "idle_ttl": 300}, 130.0) == "30s, pinned"
+    assert fmt_idle({**base, "in_flight": 2}, 130.0) == "busy"
+    assert fmt_idle({**base, "last_used": None}, 130.0) == "unused"
+    assert fmt_idle({**base, "state": "stopped"}, 130.0) == "-"
+
+
+def test_models_and_ps_show_the_memory_figures(
+    tmp_path: Path, fake_server_bin: Path, gemma_gguf: Path
+) -> None:
+    """NEEDS is the estimate (the real gemma header; the fake server loads nothing)."""
+    config = {
+        "llama_server": str(fake_server_bin),
+        "memory_budget": {"cpu": "2GiB"},
+        "models": [{"name": "g", "path": str(gemma_gguf), "ctx_size": 2048, "parallel": 2}],
+    }
+    service = start_service(tmp_path, config)
+    try:
+        _, body = wait_until(
+            lambda: (
+                (r := http_json("GET", service.api + "/models"))[1]["models"][0]["memory"][
+                    "estimate_bytes"
+                ]
+                and r
+            ),
+            "the estimate",
+        )
+        estimate = body["models"][0]["memory"]["estimate_bytes"]
+        models = cli("models", url=service.url)
+        header, row = models.stdout.splitlines()[:2]
+        assert "NEEDS" in header and "REPORTED" in header
+        assert f"{estimate / 1024**2:.1f} MB" in row, (estimate, row)
+        assert cli("start", "g", "--wait", url=service.url).returncode == 0
+        ps = cli("ps", url=service.url)
+        assert ps.returncode == 0, ps.stderr
+        assert "NEEDS" in ps.stdout.splitlines()[0]
+        assert "memory cpu: " in ps.stdout and "reserved of 2.0 GB" in ps.stdout, ps.stdout
+    finally:
+        service.stop()

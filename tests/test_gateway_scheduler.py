@@ -18,7 +18,8 @@ from llama_exporter.config.settings import GatewayConfig, ModelConfig, RestartPo
 from llama_exporter.gateway.routes import Gateway
 from llama_exporter.gateway.scheduler import GatewayError, Lease
 from llama_exporter.states import ShuttingDown, State
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 
 class Clock:

@@ -13,7 +13,8 @@ from llama_exporter.config.settings import Config, ModelConfig, PortRange
 from llama_exporter.memory.book import MemoryBook
 from llama_exporter.memory.figure import HOST
 from llama_exporter.states import State
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 pytestmark = pytest.mark.real
 

@@ -16,7 +16,8 @@ from llama_exporter.config.settings import Config, ModelConfig, PortRange
 from llama_exporter.memory.book import MemoryBook
 from llama_exporter.memory.report import MIB
 from llama_exporter.states import State
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 
 def _config(tmp_path: Path, binary: Path) -> Config:

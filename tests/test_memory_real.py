@@ -23,7 +23,8 @@ from llama_exporter.memory.figure import HOST
 from llama_exporter.memory.launch import parse_launch
 from llama_exporter.memory.probe import QUICK, probe
 from llama_exporter.states import State
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 pytestmark = pytest.mark.real
 

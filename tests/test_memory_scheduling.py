@@ -22,7 +22,8 @@ from llama_exporter.memory.figure import HOST, DeviceNeed, MemoryFigure
 from llama_exporter.memory.report import LoadReport
 from llama_exporter.states import State
 from llama_exporter.supervision.ledger import MemoryFull, ModelTooBig
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 GiB = 1024**3
 

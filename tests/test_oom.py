@@ -18,9 +18,10 @@ from test_supervisor import FakeInstance, FakeSpawner, config
 
 from llama_exporter.config.settings import Config, ModelConfig, PortRange, RestartPolicy
 from llama_exporter.states import State
+from llama_exporter.supervision.model_source import StaticModels
 from llama_exporter.supervision.oom import is_out_of_memory, oom_line
 from llama_exporter.supervision.process import describe_exit
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 REAL_CPU_OOM = [
     "0.01.403.839 E ggml_aligned_malloc: insufficient memory (attempted to allocate 384.00 MB)",

@@ -15,7 +15,8 @@ from waiting import async_wait_until
 
 from llama_exporter.config.settings import Config, ModelConfig, PortRange, RestartPolicy
 from llama_exporter.states import InstanceStatus, State
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.model_source import StaticModels
+from llama_exporter.supervision.supervisor import Supervisor
 
 pytestmark = pytest.mark.real
 

@@ -33,9 +33,10 @@ from llama_exporter.states import (
     State,
     UnknownModel,
 )
+from llama_exporter.supervision.model_source import StaticModels
 from llama_exporter.supervision.orphans import InstanceRecord, write_records
 from llama_exporter.supervision.process import StartError, describe_exit
-from llama_exporter.supervision.supervisor import StaticModels, Supervisor
+from llama_exporter.supervision.supervisor import Supervisor
 
 HERE = Path(__file__).parent
 

@@ -14,7 +14,7 @@ from test_supervisor import FakeSpawner, fake_supervisor, transitions_are_legal,
 
 from llama_exporter.config.settings import ModelConfig
 from llama_exporter.states import CapExceeded, State
-from llama_exporter.supervision.supervisor import StaticModels
+from llama_exporter.supervision.model_source import StaticModels
 
 __all__ = ["transitions_are_legal"]  # the autouse fixture checks every transition here too
 

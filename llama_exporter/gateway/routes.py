@@ -7,7 +7,6 @@ OpenAI clients show them as they are.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +17,7 @@ from aiohttp import web
 
 from llama_exporter.config.settings import Config, ModelConfig, serves_embeddings
 from llama_exporter.gateway import proxy
+from llama_exporter.gateway.body import model_from_body, read_body
 from llama_exporter.gateway.metrics import RequestMetrics
 from llama_exporter.gateway.policy import ttl_left
 from llama_exporter.gateway.recording import admitted, fill, wants_stream
@@ -160,8 +160,9 @@ class Gateway:
             arrived = self._mono()
             model = ""  # counted under the model once it is known
             try:
-                body = await self._read_body(request)
-                model, stream = self._model_from_body(body)
+                body = await read_body(request, self.config.gateway.max_body_bytes)
+                model, stream = model_from_body(body)
+                self._known(model)
                 if path == EMBEDDINGS:
                     self._check_embeddings(model)
             except GatewayError as err:
@@ -179,7 +180,7 @@ class Gateway:
         name = request.match_info["model"]
         try:
             self._known(name)
-            body = await self._read_body(request)
+            body = await read_body(request, self.config.gateway.max_body_bytes)
         except GatewayError as err:
             self.metrics.request_done("", UPSTREAM_ENDPOINT, err.status, arrived, self._mono())
             self._log_refused(request, "", UPSTREAM_ENDPOINT, err, arrived)
@@ -326,50 +327,6 @@ class Gateway:
                 self.metrics.prompt_tokens.observe(labels, usage.prompt_tokens)
             if usage.completion_tokens is not None:
                 self.metrics.completion_tokens.observe(labels, usage.completion_tokens)
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self.config.gateway.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise self._too_big(request.content_length)
-        try:
-            body = await request.read()  # cached: a middleware may have read it already
-        except web.HTTPRequestEntityTooLarge:
-            raise self._too_big(limit + 1) from None
-        if len(body) > limit:
-            raise self._too_big(len(body))
-        return body
-
-    def _too_big(self, size: int) -> GatewayError:
-        limit = self.config.gateway.max_body_bytes
-        return GatewayError(
-            413,
-            f"request body of {size} bytes or more is over gateway.max_body_bytes ({limit})",
-            "invalid_request_error",
-            "request_too_large",
-        )
-
-    def _model_from_body(self, body: bytes) -> tuple[str, bool]:
-        """The model a JSON body names, and whether it asks for a stream."""
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise GatewayError(
-                400, f"the body is not JSON: {exc}", "invalid_request_error", "invalid_json"
-            ) from None
-        if not isinstance(data, dict):
-            raise GatewayError(
-                400, "the body must be a JSON object", "invalid_request_error", "invalid_json"
-            )
-        name = data.get("model")
-        if not isinstance(name, str) or not name:
-            raise GatewayError(
-                400,
-                f"'model' must be a model name (a string), got {name!r}; see GET /v1/models",
-                "invalid_request_error",
-                "missing_model",
-            )
-        self._known(name)
-        return name, data.get("stream") is True
 
     def _check_embeddings(self, name: str) -> None:
         """Refuse at once what llama-server would refuse with 501 after a load (and eviction)."""

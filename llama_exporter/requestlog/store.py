@@ -9,7 +9,6 @@ own connection (WAL lets it read while the writer writes).
 
 from __future__ import annotations
 
-import json
 import logging
 import sqlite3
 import threading
@@ -19,104 +18,23 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from llama_exporter.requestlog.record import DONE, Filter, Query, Record, id_at, id_number
+from llama_exporter.requestlog.record import Query, Record, id_at, id_number
+from llama_exporter.requestlog.sql import (
+    COLUMNS,
+    INSERT,
+    SCHEMA,
+    SCHEMA_VERSION,
+    connect,
+    damaged,
+    record_of,
+    row_of,
+    where_clause,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 1: text ids (a day of development; dropped, not converted)
 BATCH_WINDOW = 0.1  # seconds the writer lets records gather before a transaction
 AGE_TRIM_INTERVAL = 60.0  # seconds between trims by age
-_COLUMNS = (
-    "id, arrived, model, endpoint, stream, client, status, error_type, error_message, "
-    "finish_reason, prompt_tokens, completion_tokens, queue_wait_s, load_wait_s, "
-    "triggered_load, evicted, ttft_s, duration_s, tokens_per_second"
-)
-# The id is the table's key and sorts as arrivals do (record.new_id): newest first is the
-# table's own order, a time range an id range; the indexes end with it for the same.
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS requests (
-    id INTEGER PRIMARY KEY, arrived REAL NOT NULL, model TEXT NOT NULL, endpoint TEXT NOT NULL,
-    stream INTEGER NOT NULL, client TEXT NOT NULL, status INTEGER, error_type TEXT,
-    error_message TEXT, finish_reason TEXT, prompt_tokens INTEGER, completion_tokens INTEGER,
-    queue_wait_s REAL, load_wait_s REAL, triggered_load INTEGER NOT NULL, evicted TEXT,
-    ttft_s REAL, duration_s REAL, tokens_per_second REAL
-);
-CREATE INDEX IF NOT EXISTS requests_by_model ON requests (model, id);
--- By class (2xx..5xx): a class or a code is one equal key, then newest first.
-CREATE INDEX IF NOT EXISTS requests_by_class ON requests (status / 100, id);
-CREATE TABLE IF NOT EXISTS bodies (id INTEGER PRIMARY KEY, request BLOB, response BLOB);
-CREATE TRIGGER IF NOT EXISTS requests_drop_bodies AFTER DELETE ON requests
-    BEGIN DELETE FROM bodies WHERE id = old.id; END;
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-_INSERT = f"INSERT OR REPLACE INTO requests ({_COLUMNS}) VALUES ({', '.join('?' * 19)})"
-
-
-def _row(r: Record) -> tuple[object, ...]:
-    evicted = json.dumps(r.evicted) if r.evicted else None
-    return (
-        int(r.id), r.arrived, r.model, r.endpoint, int(r.stream), r.client, r.status, r.error_type,
-        r.error_message, r.finish_reason, r.prompt_tokens, r.completion_tokens, r.queue_wait_s,
-        r.load_wait_s, int(r.triggered_load), evicted, r.ttft_s, r.duration_s,
-        r.tokens_per_second,
-    )  # fmt: skip
-
-
-def _record(row: tuple[Any, ...]) -> Record:
-    """A record from a row in _COLUMNS order."""
-    evicted = row[15]
-    return Record(
-        id=str(row[0]),
-        arrived=row[1],
-        model=row[2],
-        endpoint=row[3],
-        stream=bool(row[4]),
-        client=row[5],
-        state=DONE,
-        status=row[6],
-        error_type=row[7],
-        error_message=row[8],
-        finish_reason=row[9],
-        prompt_tokens=row[10],
-        completion_tokens=row[11],
-        queue_wait_s=row[12],
-        load_wait_s=row[13],
-        triggered_load=bool(row[14]),
-        evicted=json.loads(evicted) if isinstance(evicted, str) else [],
-        ttft_s=row[16],
-        duration_s=row[17],
-        tokens_per_second=row[18],
-    )
-
-
-def where_clause(f: Filter, cursor: int | None) -> tuple[str, list[object]]:
-    """The SQL condition and its parameters for a filter and a cursor (newest first)."""
-    terms: list[str] = []
-    params: list[object] = []
-    if f.model is not None:
-        terms.append("model = ?")
-        params.append(f.model)
-    if f.status_min is not None:
-        # status / 100 as in the index (a filter is one class, or one code in it).
-        terms.append("status / 100 = ? AND status BETWEEN ? AND ?")
-        high = f.status_max if f.status_max is not None else f.status_min
-        params += [f.status_min // 100, f.status_min, high]
-    if f.since is not None:  # as id ranges: the key, or the end of every index
-        terms.append("id >= ?")
-        params.append(id_at(f.since))
-    if f.until is not None:
-        terms.append("id < ?")
-        params.append(id_at(f.until + 1e-6))
-    if cursor is not None:
-        terms.append("id < ?")
-        params.append(cursor)
-    return (" WHERE " + " AND ".join(terms)) if terms else "", params
-
-
-def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA busy_timeout = 10000")
-    return conn
 
 
 class StoreUnreadable(Exception):
@@ -185,8 +103,8 @@ class RequestStore:
         if q.filter.in_flight:
             return []
         where, params = where_clause(q.filter, q.cursor.id if q.cursor else None)
-        sql = f"SELECT {_COLUMNS} FROM requests{where} ORDER BY id DESC LIMIT ?"
-        return [_record(row) for row in self._read(sql, [*params, q.limit])]
+        sql = f"SELECT {COLUMNS} FROM requests{where} ORDER BY id DESC LIMIT ?"
+        return [record_of(row) for row in self._read(sql, [*params, q.limit])]
 
     def iter_all(self, q: Query, batch: int = 1000) -> Iterator[list[Record]]:
         """Every stored record matching q's filter, newest first, in batches (for export)."""
@@ -195,8 +113,8 @@ class RequestStore:
             return
         while True:
             where, params = where_clause(q.filter, cursor)
-            sql = f"SELECT {_COLUMNS} FROM requests{where} ORDER BY id DESC LIMIT ?"
-            rows = [_record(row) for row in self._read(sql, [*params, batch])]
+            sql = f"SELECT {COLUMNS} FROM requests{where} ORDER BY id DESC LIMIT ?"
+            rows = [record_of(row) for row in self._read(sql, [*params, batch])]
             if not rows:
                 return
             yield rows
@@ -207,10 +125,10 @@ class RequestStore:
         number = id_number(rid)
         if number is None:
             return None
-        rows = self._read(f"SELECT {_COLUMNS} FROM requests WHERE id = ?", [number])
+        rows = self._read(f"SELECT {COLUMNS} FROM requests WHERE id = ?", [number])
         if not rows:
             return None
-        record = _record(rows[0])
+        record = record_of(rows[0])
         bodies = self._read("SELECT request, response FROM bodies WHERE id = ?", [number])
         if bodies:
             record.request_body, record.response_body = bodies[0]
@@ -225,14 +143,14 @@ class RequestStore:
         if not self.path.exists():
             return []
         try:
-            with closing(_connect(self.path)) as conn:
+            with closing(connect(self.path)) as conn:
                 conn.execute("PRAGMA query_only = 1")
                 return conn.execute(sql, params).fetchall()
         except sqlite3.DatabaseError as exc:
             if "no such table" in str(exc):  # being replaced, or not created yet
                 return []
             log.warning("request log: reading %s failed: %s", self.path, exc)
-            if self._damaged(exc):
+            if damaged(exc):
                 with self._lock:
                     self._recheck = True
                     self._lock.notify_all()
@@ -303,7 +221,7 @@ class RequestStore:
                 self.written += len(batch)
                 return
             except sqlite3.DatabaseError as exc:
-                if attempt or not self._damaged(exc):
+                if attempt or not damaged(exc):
                     log.error("request log: writing %d records failed: %s", len(batch), exc)
                     self.dropped += len(batch)
                     return
@@ -316,7 +234,7 @@ class RequestStore:
             return
         with conn:  # one transaction
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, [_row(r) for r in batch])
+            conn.executemany(INSERT, [row_of(r) for r in batch])
             bodies = [
                 (int(r.id), r.request_body, r.response_body)
                 for r in batch
@@ -359,7 +277,7 @@ class RequestStore:
         for attempt in range(2):
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                conn = _connect(self.path)
+                conn = connect(self.path)
                 try:
                     conn.execute("PRAGMA journal_mode = WAL")
                     conn.execute("PRAGMA synchronous = NORMAL")  # WAL: durable but for power loss
@@ -371,7 +289,7 @@ class RequestStore:
                         conn.executescript(
                             "DROP TABLE IF EXISTS requests; DROP TABLE IF EXISTS bodies;"
                         )
-                    conn.executescript(_SCHEMA)
+                    conn.executescript(SCHEMA)
                     self._conn = conn
                     self._rows = self._count()
                     self._trim()
@@ -390,13 +308,6 @@ class RequestStore:
                     )
                     return
                 self._move_aside(exc)
-
-    def _damaged(self, exc: sqlite3.DatabaseError) -> bool:
-        """Is this the database file's fault (corrupt, not a database, gone read-only)?"""
-        if type(exc) is sqlite3.DatabaseError:  # "file is not a database", "malformed"
-            return True
-        text = str(exc)
-        return any(s in text for s in ("malformed", "readonly", "no such table", "disk I/O"))
 
     def _reopen(self) -> None:
         """Open the file anew (a query found it damaged): moved aside if it cannot be read."""

@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 WATCHDOG_INTERVAL = 1.0  # seconds between /health probes of a ready instance
 BIND_RETRIES = 3
 
-SetState = Callable[..., InstanceStatus]  # Supervisor._set_state(entry, state, **fields)
-Count = Callable[..., None]  # Supervisor._count(entry, **delta)
+SetState = Callable[..., InstanceStatus]  # instances.Instances._set_state(entry, state, **fields)
+Count = Callable[..., None]  # instances.Instances._count(entry, **delta)
 
 
 @dataclass

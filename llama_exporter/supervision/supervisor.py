@@ -1,41 +1,39 @@
 """All llama-server instances: the parallel cap, start and stop, status and subscribers.
 
 The Supervisor is the only writer of instance state: every change goes through
-``_set_state``, which checks the transition and publishes an ``InstanceStatus``.
-Each instance's life (spawn, ready, watch, restarts with back-off) runs in
-``lifecycle.Lifecycle``, which changes state through that same ``_set_state``.
+``Instances._set_state`` (instances.py, its base class), which checks the transition
+and publishes an ``InstanceStatus``. Each instance's life (spawn, ready, watch,
+restarts with back-off) runs in ``lifecycle.Lifecycle``, which changes state through
+that same ``_set_state``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from typing import Any
 
 from llama_exporter.config.settings import Config, ModelConfig
 from llama_exporter.memory.admission import Decision, Verdict
 from llama_exporter.memory.budgets import BudgetError
 from llama_exporter.states import (
-    COUNTS_AGAINST_CAP,
-    SETTLED,
     CapExceeded,
     Conflict,
-    InstanceCounters,
     InstanceStatus,
     ShuttingDown,
     State,
     UnknownModel,
-    check_transition,
 )
 from llama_exporter.supervision.command import reader_key
 from llama_exporter.supervision.instance_key import InstanceKey
+from llama_exporter.supervision.instances import Instances
 from llama_exporter.supervision.ledger import FigureSource, Ledger, MemoryFull, ModelTooBig
 from llama_exporter.supervision.lifecycle import WATCHDOG_INTERVAL, Entry, Lifecycle
 from llama_exporter.supervision.logfile import rotated_log, tail_file
+from llama_exporter.supervision.model_source import ModelSource
 from llama_exporter.supervision.process import SpawnFn
 
 log = logging.getLogger(__name__)
@@ -45,37 +43,7 @@ log = logging.getLogger(__name__)
 DrainFn = Callable[[str, float, str], Awaitable[None]]
 
 
-class ModelSource(Protocol):
-    """Where the supervisor looks up models (the registry satisfies it via an adapter)."""
-
-    def get(self, name: str) -> ModelConfig:
-        """The model's config; raises KeyError (ideally UnknownModel) when unknown."""
-        ...
-
-    def names(self) -> list[str]:
-        """All known model names."""
-        ...
-
-
-class StaticModels:
-    """A ModelSource over a fixed list of models (tests, benchmarks, embedding)."""
-
-    def __init__(self, models: Iterable[ModelConfig]) -> None:
-        self._models = {m.name: m for m in models}
-
-    def get(self, name: str) -> ModelConfig:
-        """The model's config; UnknownModel when there is none of that name."""
-        try:
-            return self._models[name]
-        except KeyError:
-            raise UnknownModel(name) from None
-
-    def names(self) -> list[str]:
-        """The names, in the order given."""
-        return list(self._models)
-
-
-class Supervisor:
+class Supervisor(Instances):
     """Starts and stops one llama-server per model under the cap; sole owner of their state."""
 
     def __init__(
@@ -93,14 +61,10 @@ class Supervisor:
         instance_key: InstanceKey | None = None,
         learn: Callable[[ModelConfig, Sequence[str]], None] | None = None,
     ) -> None:
+        super().__init__(models, clock)
         self.config = config
         self._learn = learn  # memory.book.MemoryBook.learn_lines: blocking, run in a thread
-        self.models = models
-        self._clock = clock
-        self._entries: dict[str, Entry] = {}
-        self._subscribers: list[Callable[[InstanceStatus], None]] = []
         self._shutting_down = False
-        self._created = clock()
         self._drain: DrainFn | None = None
         self.ledger = Ledger(memory, budgets, self._entries, self._pinned)
         self._lifecycle = Lifecycle(
@@ -133,16 +97,6 @@ class Supervisor:
         except BudgetError as exc:  # the reload goes on; the budgets stay as they were
             log.error("config reload: memory budgets unchanged: %s", exc)
 
-    def restarting(self, name: str) -> bool:
-        """True while restart() stops the model to start it again (STOPPING, then STARTING)."""
-        entry = self._entries.get(name)
-        return entry is not None and entry.restarting and not entry.stop_asked
-
-    def launched(self, name: str) -> ModelConfig | None:
-        """The settings the model's current (or last) process was started with."""
-        entry = self._entries.get(name)
-        return entry.launched if entry is not None else None
-
     def set_drain(self, drain: DrainFn | None) -> None:
         """Who an explicit stop asks to let requests in flight finish (the gateway)."""
         self._drain = drain
@@ -165,12 +119,6 @@ class Supervisor:
         holders = self.ledger.holders(leaving)
         return self.ledger.decide(name, self.ledger.figure_now(model), holders, self.cap)
 
-    def _pinned(self, name: str) -> bool:
-        try:
-            return self.models.get(name).pinned
-        except KeyError:
-            return False
-
     @property
     def shutting_down(self) -> bool:
         """True once shutdown() began: no new starts."""
@@ -180,78 +128,6 @@ class Supervisor:
     def cap(self) -> int:
         """max_parallel: instances that may count against the cap at once."""
         return self.config.max_parallel
-
-    @property
-    def running_count(self) -> int:
-        """Instances in a state that counts against the cap."""
-        return len(self.running_models())
-
-    def running_models(self) -> list[str]:
-        """Names of the instances that count against the cap."""
-        return [n for n, e in self._entries.items() if e.status.state in COUNTS_AGAINST_CAP]
-
-    def _model(self, name: str) -> ModelConfig:
-        try:
-            return self.models.get(name)
-        except UnknownModel:
-            raise
-        except KeyError:
-            raise UnknownModel(name) from None
-
-    def _entry(self, name: str) -> Entry:
-        """The entry of a model start() checked; created on its first start."""
-        entry = self._entries.get(name)
-        if entry is None:
-            entry = Entry(self._never_started(name))
-            self._entries[name] = entry
-        return entry
-
-    def status(self, name: str) -> InstanceStatus:
-        """The model's current status (STOPPED if it was never started)."""
-        entry = self._entries.get(name)
-        if entry is None:
-            self._model(name)  # UnknownModel for a name nobody knows
-            return self._never_started(name)
-        return entry.status
-
-    def _never_started(self, name: str) -> InstanceStatus:
-        return InstanceStatus(model=name, state=State.STOPPED, since=self._created)
-
-    def statuses(self) -> list[InstanceStatus]:
-        """Status of every known model and of every instance still tracked."""
-        names = list(dict.fromkeys([*self.models.names(), *self._entries]))
-        return [e.status if (e := self._entries.get(n)) else self._never_started(n) for n in names]
-
-    def counters(self, name: str) -> InstanceCounters:
-        """Restart, failure and rejection counters of one model."""
-        entry = self._entries.get(name)
-        return entry.counters if entry else InstanceCounters()
-
-    def lifecycle_counts(self, name: str) -> tuple[dict[str, int], dict[str, int]]:
-        """(loads by trigger, unloads by reason) of one model since the service started."""
-        entry = self._entries.get(name)
-        if entry is None:
-            return {}, {}
-        return dict(entry.loads), dict(entry.unloads)
-
-    def subscribe(self, callback: Callable[[InstanceStatus], None]) -> Callable[[], None]:
-        """Call callback (sync, on the loop) with every new status; returns unsubscribe."""
-        self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with contextlib.suppress(ValueError):
-                self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    def forget(self, name: str) -> None:
-        """Drop what is tracked of a model removed from the registry (it must not run)."""
-        entry = self._entries.get(name)
-        if entry is None:
-            return
-        if entry.status.state in COUNTS_AGAINST_CAP:
-            raise Conflict(f"model {name!r} is {entry.status.state}: stop it first")
-        del self._entries[name]
 
     def log_tail(self, name: str, n: int = 50) -> list[str]:
         """Last n lines of the model's log file (all runs); the in-memory tail if unreadable.
@@ -269,38 +145,6 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 lines = tail_file(rotated_log(path), n - len(lines)) + lines
         return lines
-
-    async def wait_settled(self, name: str, timeout: float | None = None) -> InstanceStatus:  # noqa: ASYNC109
-        """Wait until the model is READY, FAILED or STOPPED; returns that status."""
-        entry = self._entries.get(name)
-        if entry is None:  # never started: STOPPED, or UnknownModel (no entry is made)
-            return self.status(name)
-        async with asyncio.timeout(timeout):
-            while entry.status.state not in SETTLED:
-                await entry.changed.wait()
-        return entry.status
-
-    # --- the one writer -----------------------------------------------------------
-
-    def _set_state(self, entry: Entry, state: State, **fields: Any) -> InstanceStatus:
-        """Change state (checked; same state = field update) and publish the new status."""
-        old = entry.status
-        if state is not old.state:
-            check_transition(old.state, state)
-            fields.setdefault("since", self._clock())
-        entry.status = dataclasses.replace(old, state=state, **fields)
-        entry.changed.set()
-        entry.changed = asyncio.Event()
-        for callback in list(self._subscribers):
-            try:
-                callback(entry.status)
-            except Exception:
-                log.exception("status subscriber %r failed", callback)
-        return entry.status
-
-    def _count(self, entry: Entry, **delta: int) -> None:
-        c = entry.counters
-        entry.counters = dataclasses.replace(c, **{k: getattr(c, k) + v for k, v in delta.items()})
 
     # --- start / stop -------------------------------------------------------------
 
