@@ -41,10 +41,11 @@ def test_budget_keys_parse() -> None:
     assert cfg.memory_headroom == pytest.approx(0.15)  # type: ignore[attr-defined]
 
 
-def test_budget_defaults_count_no_memory() -> None:
+def test_by_default_the_host_is_budgeted_and_an_empty_mapping_turns_it_off() -> None:
     cfg = parse({})
-    assert dict(cfg.memory_budget) == {}  # type: ignore[attr-defined]
+    assert dict(cfg.memory_budget) == {"cpu": None}  # type: ignore[attr-defined]
     assert cfg.memory_headroom == pytest.approx(0.10)  # type: ignore[attr-defined]
+    assert dict(parse({"memory_budget": {}}).memory_budget) == {}  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(

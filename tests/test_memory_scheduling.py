@@ -174,9 +174,7 @@ async def test_without_budgets_only_the_cap_counts(tmp_path: Path) -> None:
 async def test_budgets_follow_a_reload(tmp_path: Path) -> None:
     """auto is resolved from the totals read at start; a reload's new sizes apply live."""
     _, sup, _, _, _ = setup(tmp_path, {"a": 3}, budget=7)
-    sup.ledger.set_totals(
-        {HOST: 10 * GiB}, sup.config.memory_budget, 0.1
-    )  # the config says nothing: memory not counted
+    sup.ledger.set_totals({HOST: 10 * GiB}, {}, 0.1)  # memory_budget: {} counts no memory
     assert sup.ledger.active_budgets == {}
     new = dataclasses.replace(sup.config, memory_budget={HOST: None}, memory_headroom=0.2)
     sup.reconfigure(new)

@@ -126,7 +126,7 @@ class Lab:
             return real(poller, pid)
 
         monkeypatch.setattr(Poller, "_cpu_seconds", cpu_seconds)
-        monkeypatch.setattr(procstat, "sample", lambda _: (self.cpu, 1_000_000))
+        monkeypatch.setattr(procstat, "sample", lambda _: (self.cpu, 1_000_000, None))
         store = MetricsStore()
         store.subscribe(self.seen.append)
         poller = Poller(

@@ -19,8 +19,8 @@ class MemorySchema(Values):
 
     def budget(self, value: object) -> Mapping[str, int | None]:
         """device -> bytes, or None for auto."""
-        if value is None:
-            return MappingProxyType({})
+        if value is None:  # not in the file: the host is budgeted (auto); {} turns it off
+            return MappingProxyType({"cpu": None})
         if not isinstance(value, dict):
             raise self.error(
                 "memory_budget",

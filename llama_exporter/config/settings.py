@@ -186,7 +186,10 @@ class Config:
     host_label: str = field(default_factory=default_host_label)  # the `host` label's value
     # device ("cpu", "cuda0", ...) -> bytes, or None for auto (the device's total less the
     # headroom). Empty: memory is not counted, only max_parallel.
-    memory_budget: Mapping[str, int | None] = field(default_factory=lambda: MappingProxyType({}))
+    # Host memory is budgeted unless the file says otherwise (None: auto); {} turns it off.
+    memory_budget: Mapping[str, int | None] = field(
+        default_factory=lambda: MappingProxyType({"cpu": None})
+    )
     memory_headroom: float = DEFAULT_MEMORY_HEADROOM  # share of a device kept free under auto
 
     @property

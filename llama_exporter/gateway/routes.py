@@ -161,8 +161,9 @@ class Gateway:
             model = ""  # counted under the model once it is known
             try:
                 body = await read_body(request, self.config.gateway.max_body_bytes)
-                model, stream = model_from_body(body)
-                self._known(model)
+                name, stream = model_from_body(body)
+                self._known(name)  # an unknown name stays out of the metrics' labels
+                model = name
                 if path == EMBEDDINGS:
                     self._check_embeddings(model)
             except GatewayError as err:
