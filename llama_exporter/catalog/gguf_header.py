@@ -27,12 +27,11 @@ from llama_exporter.catalog.gguf_meta import (
     _FORMATS,
     _MAX_KEY_LEN,
     _STRING,
-    GGUF_MAGIC,
-    SUPPORTED_VERSIONS,
     GGUFError,
     Scalar,
     _Stream,
     _Truncated,
+    read_preamble,
 )
 
 _MAX_NUMERIC_ARRAY = 1 << 16  # longer numeric arrays are not per-layer values: skipped
@@ -159,19 +158,7 @@ def read_header(handle: BinaryIO, *, size: int, skips: dict[int, int] | None = N
     skips maps where a long string array's items start to where they end, from an earlier
     read of the same file version; the ones found here are added to it.
     """
-    magic = handle.read(4)
-    if magic != GGUF_MAGIC:
-        raise ValueError(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
-    raw_version = handle.read(4)
-    if len(raw_version) < 4:
-        raise _Truncated
-    (version,) = struct.unpack("<I", raw_version)
-    endian = "<"
-    if version & 0xFFFF == 0:  # written for the other byte order
-        (version,) = struct.unpack(">I", raw_version)
-        endian = ">"
-    if version not in SUPPORTED_VERSIONS:
-        raise ValueError(f"GGUF version {version} is not supported")
+    _, endian = read_preamble(handle)
     stream = _Stream(handle, endian, size)
     tensor_count = stream.u64()
     kv_count = stream.u64()

@@ -214,8 +214,8 @@ def _wanted(key: str) -> bool:
     return key.startswith("general.") or key.endswith(".context_length")
 
 
-def read_gguf_metadata(handle: BinaryIO, *, size: int) -> tuple[int, dict[str, Scalar]]:
-    """Return (version, scalar values of the wanted keys) from an open GGUF file."""
+def read_preamble(handle: BinaryIO) -> tuple[int, str]:
+    """The magic and version at a GGUF file's start: (version, struct byte order)."""
     magic = handle.read(4)
     if magic != GGUF_MAGIC:
         raise ValueError(f"not a GGUF file (starts with {magic!r}, expected b'GGUF')")
@@ -232,6 +232,12 @@ def read_gguf_metadata(handle: BinaryIO, *, size: int) -> tuple[int, dict[str, S
             f"GGUF version {version} is not supported (supported: "
             f"{', '.join(map(str, SUPPORTED_VERSIONS))}); convert the file with a current llama.cpp"
         )
+    return version, endian
+
+
+def read_gguf_metadata(handle: BinaryIO, *, size: int) -> tuple[int, dict[str, Scalar]]:
+    """Return (version, scalar values of the wanted keys) from an open GGUF file."""
+    version, endian = read_preamble(handle)
     stream = _Stream(handle, endian, size)
     stream.u64()  # tensor count
     kv_count = stream.u64()

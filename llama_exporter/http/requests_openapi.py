@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from llama_exporter.http.requests_api import FORMATS, PATH
-from llama_exporter.requestlog.record import DEFAULT_LIMIT, IN_FLIGHT, MAX_LIMIT
+from llama_exporter.requestlog.record import DEFAULT_LIMIT, FIELDS, IN_FLIGHT, MAX_LIMIT
 
 Schema = dict[str, Any]
 
@@ -26,28 +26,7 @@ def _n(kind: str) -> Schema:
 
 RECORD: Schema = {
     "type": "object",
-    "required": [
-        "id",
-        "arrived",
-        "model",
-        "endpoint",
-        "stream",
-        "client",
-        "state",
-        "status",
-        "error_type",
-        "error_message",
-        "finish_reason",
-        "prompt_tokens",
-        "completion_tokens",
-        "queue_wait_s",
-        "load_wait_s",
-        "triggered_load",
-        "evicted",
-        "ttft_s",
-        "duration_s",
-        "tokens_per_second",
-    ],
+    "required": list(FIELDS),
     "properties": {
         "id": {"type": "string"},
         "arrived": {"type": "number", "description": "unix seconds"},
