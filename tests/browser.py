@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from promstack import missing
+from service_proc import start_service
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path(os.environ.get("LLAMA_EXPORTER_ARTIFACTS", ROOT / "artifacts"))
@@ -152,3 +153,16 @@ def severe(entries: list[dict[str, Any]], allowed: tuple[str, ...] = ()) -> list
         for e in entries
         if e.get("level") == "SEVERE" and not any(a in str(e.get("message")) for a in allowed)
     ]
+
+
+@contextmanager
+def page_of_empty_service(tmp: Path) -> Iterator[Browser]:
+    """Chromium on the page of a service (in tmp) with no models; both end after."""
+    require_chromium()
+    service = start_service(tmp / "service", {})
+    try:
+        with chromium(tmp / "chromium") as result:
+            result.driver.get(service.url + "/")
+            yield result
+    finally:
+        service.stop()

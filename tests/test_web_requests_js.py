@@ -11,8 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from browser import Browser, chromium, require_chromium
-from service_proc import start_service
+from browser import Browser, page_of_empty_service
 
 pytestmark = [pytest.mark.browser]
 
@@ -47,15 +46,8 @@ def rec(**changes: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     """Chromium on the page of a service with no models."""
-    require_chromium()
-    tmp = tmp_path_factory.mktemp("webreq")
-    service = start_service(tmp / "service", {})
-    try:
-        with chromium(tmp / "chromium") as result:
-            result.driver.get(service.url + "/")
-            yield result
-    finally:
-        service.stop()
+    with page_of_empty_service(tmp_path_factory.mktemp("webreq")) as result:
+        yield result
 
 
 def run(browser: Browser, body: str, *args: Any) -> Any:

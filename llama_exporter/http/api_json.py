@@ -51,22 +51,15 @@ def _error_for(exc: Exception) -> ApiError | None:
     if isinstance(exc, ModelTooBig):
         short = exc.decision.shortfall
         return ApiError(400, str(exc), **(_memory(short) if short else {}))
-    if isinstance(exc, MemoryFull) and exc.decision.shortfall is not None:
+    if isinstance(exc, CapExceeded):  # MemoryFull is one too: it adds what memory is short
+        short = exc.decision.shortfall if isinstance(exc, MemoryFull) else None
         return ApiError(
             429,
             str(exc),
             headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             running=list(exc.running),
             cap=exc.cap,
-            **_memory(exc.decision.shortfall),
-        )
-    if isinstance(exc, CapExceeded):
-        return ApiError(
-            429,
-            str(exc),
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-            running=list(exc.running),
-            cap=exc.cap,
+            **(_memory(short) if short is not None else {}),
         )
     if isinstance(exc, ShuttingDown):
         return ApiError(503, "the service is shutting down")
