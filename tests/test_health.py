@@ -3,6 +3,8 @@ and both routes in process (start-up done, state folder gone and back, shutting 
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -52,7 +54,20 @@ def test_probe_writable(tmp_path: Path) -> None:
 async def test_readyz_and_healthz_over_http(
     aiohttp_client: MakeClient, tmp_path: Path, fake_server_bin: Path
 ) -> None:
-    config = make_config(tmp_path, fake_server_bin, token="T")
+    # The state folder is reached through a symbolic link, so the test can swap what is
+    # there in one atomic step: the service's own writers (the targets files, written in a
+    # thread after start-up) recreate a missing folder, and would race a rename-and-write.
+    real = tmp_path / "state"
+    real.mkdir()
+    link = tmp_path / "state-link"
+    link.symlink_to(real)
+
+    def point_state_dir_at(target: Path) -> None:
+        swap = tmp_path / "state-link.new"
+        swap.symlink_to(target)
+        os.replace(swap, link)
+
+    config = dataclasses.replace(make_config(tmp_path, fake_server_bin, token="T"), state_dir=link)
     client = await aiohttp_client(create_app(config))
     resp = await client.get("/readyz")  # no token needed, like /healthz
     body = await resp.json()
@@ -61,9 +76,9 @@ async def test_readyz_and_healthz_over_http(
     assert set(body["checks"]) == {"config", "state_dir", "supervisor"}
 
     # The state folder goes away (a file in its place): not ready, and it says why.
-    moved = tmp_path / "state-moved"
-    config.state_dir.rename(moved)
-    config.state_dir.write_text("not a folder")
+    not_a_folder = tmp_path / "not-a-folder"
+    not_a_folder.write_text("not a folder")
+    point_state_dir_at(not_a_folder)
     resp = await client.get("/readyz")
     body = await resp.json()
     assert resp.status == 503, body
@@ -73,8 +88,7 @@ async def test_readyz_and_healthz_over_http(
     assert body["error"]["checks"]["config"] == OK
     assert body["error"]["checks"]["supervisor"] == OK
     assert (await client.get("/healthz")).status == 200  # alive all the same
-    config.state_dir.unlink()
-    moved.rename(config.state_dir)
+    point_state_dir_at(real)
     assert (await client.get("/readyz")).status == 200
 
     await client.app[SUPERVISOR].shutdown()

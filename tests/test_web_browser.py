@@ -325,7 +325,8 @@ def test_unload_with_the_button(page: Page) -> None:
     unload.click()
     page.browser.wait(f"{B} stopped", lambda: page.badge(B) == "stopped", timeout=60)
     assert page.service.status(B)["state"] == "stopped"
-    assert page.text("#running-count") == "0"
+    badges = "return [...document.querySelectorAll('article .badge')].map((b) => b.dataset.state);"
+    assert page.text("#running-count") == "0", page.browser.js(badges)
     assert page.attr("#running", "data-full") is None
     assert page.console_errors() == []
 

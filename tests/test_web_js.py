@@ -1,4 +1,5 @@
-"""The page's pure modules (format.js, series.js), run in the real headless Chromium.
+"""The page's pure modules (format.js, series.js, status.js, memory.js), run in the real
+headless Chromium.
 
 No llama-server needed: the service runs with no models, and each test imports a
 module into a page of that origin and returns what the functions give.
@@ -96,6 +97,36 @@ def test_reconnect_backoff_doubles_to_a_ceiling(browser: Browser) -> None:
     assert run(browser, "series.js", body) == [0.5, 1, 2, 4, 8, 10, 10]
     jitter = "[m.backoffDelay(3, () => 0), m.backoffDelay(3, () => 1)]"
     assert run(browser, "series.js", jitter) == pytest.approx([3.2, 4.8])
+
+
+def test_a_status_answer_older_than_the_events_does_not_undo_them(browser: Browser) -> None:
+    # The page held A stopped (an event at t=20) when a /status answer taken at t=15 came
+    # back with A still stopping: A stays stopped. B's answer is newer and wins, C's
+    # equal `since` is a field update and wins, D is gone from the service.
+    body = (
+        "(() => {"
+        "  const held = new Map(["
+        "    ['A', {st: {model: 'A', state: 'stopped', since: 20}, at: 1}],"
+        "    ['B', {st: {model: 'B', state: 'starting', since: 10}, at: 1}],"
+        "    ['C', {st: {model: 'C', state: 'ready', since: 5, restarts: 0}, at: 1}],"
+        "    ['D', {st: {model: 'D', state: 'ready', since: 5}, at: 1}]]);"
+        "  const snapshot = ["
+        "    {model: 'A', state: 'stopping', since: 15},"
+        "    {model: 'B', state: 'ready', since: 12},"
+        "    {model: 'C', state: 'ready', since: 5, restarts: 1},"
+        "    {model: 'E', state: 'stopped', since: 1}];"
+        "  const merged = m.mergeStatuses(held, snapshot, 99);"
+        "  return [...merged].map(([name, e]) => [name, e.st.state, e.at, e.st.restarts ?? null]);"
+        "})()"
+    )
+    assert run(browser, "status.js", body) == [
+        ["A", "stopped", 1, None],
+        ["B", "ready", 99, None],
+        ["C", "ready", 99, 1],
+        ["E", "stopped", 99, None],
+    ]
+    stale = "[m.isStale(undefined, {since: 1}), m.isStale({st: {since: 2}}, {since: 1})]"
+    assert run(browser, "status.js", stale) == [False, True]
 
 
 def test_module_scripts_load_under_the_policy(browser: Browser) -> None:

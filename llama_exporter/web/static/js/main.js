@@ -7,6 +7,7 @@ import { reloadText } from "./format.js";
 import { ModelsView, RUNNING_STATES } from "./models.js";
 import { MonitorView } from "./monitor.js";
 import { RequestsView } from "./requests.js";
+import { isStale, mergeStatuses } from "./status.js";
 
 const GATEWAY_EVERY_MS = 2000;
 const HOST_EVERY_MS = 2000;
@@ -87,8 +88,7 @@ function renderHeader() {
 }
 
 function applyStatus(st) {
-  const prev = store.status.get(st.model);
-  if (prev && prev.st.since > st.since) return; // an older answer than what we hold
+  if (isStale(store.status.get(st.model), st)) return; // an older answer than what we hold
   store.status.set(st.model, { st, at: Date.now() / 1000 });
   if (!store.models.has(st.model)) refreshModels();
   refreshMemorySoon();
@@ -126,7 +126,7 @@ function refreshModels() {
       const [list, status] = await Promise.all([api.get("/models"), api.get("/status")]);
       store.models = new Map(list.models.map((m) => [m.name, m]));
       const now = Date.now() / 1000;
-      store.status = new Map(status.models.map((st) => [st.model, { st, at: now }]));
+      store.status = mergeStatuses(store.status, status.models, now);
       store.cap = status.cap;
       store.memory = status.memory || null;
       if (status.host) {
