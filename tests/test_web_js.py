@@ -129,6 +129,46 @@ def test_a_status_answer_older_than_the_events_does_not_undo_them(browser: Brows
     assert run(browser, "status.js", stale) == [False, True]
 
 
+def test_only_the_newest_status_read_is_applied(browser: Browser) -> None:
+    # Reads 1, 2 and 3 are sent in that order; 3 answers first, then 1, then 2.
+    body = (
+        "(() => { const l = new m.Latest(); const [a, b, c] = [l.send(), l.send(), l.send()];"
+        "  return [l.accept(c), l.accept(a), l.accept(b), l.accept(l.send())]; })()"
+    )
+    assert run(browser, "status.js", body) == [True, False, False, True]
+
+
+def test_a_reload_asked_for_meanwhile_runs_after_the_one_in_flight(browser: Browser) -> None:
+    # The first run waits on a gate; three calls made meanwhile share one more run, which
+    # starts only after the first has ended (so it sees what changed meanwhile).
+    body = """(async () => {
+      const log = [];
+      let open;
+      const gate = new Promise((resolve) => { open = resolve; });
+      let n = 0;
+      const reload = m.oneAtATime(async () => {
+        const run = ++n;
+        log.push(`start ${run}`);
+        if (run === 1) await gate;
+        log.push(`end ${run}`);
+        return run;
+      });
+      const first = reload();
+      const later = [reload(), reload(), reload()];
+      await Promise.resolve();
+      log.push("gate");
+      open();
+      const results = await Promise.all([first, ...later]);
+      const after = await reload();  // nothing in flight: runs at once
+      return [log, results, after];
+    })()"""
+    assert run(browser, "status.js", body) == [
+        ["start 1", "gate", "end 1", "start 2", "end 2", "start 3", "end 3"],
+        [1, 2, 2, 2],
+        3,
+    ]
+
+
 def test_module_scripts_load_under_the_policy(browser: Browser) -> None:
     policy = browser.js("return fetch('/').then((r) => r.headers.get('content-security-policy'));")
     assert "script-src 'self'" in policy

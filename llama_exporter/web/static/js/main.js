@@ -7,7 +7,7 @@ import { reloadText } from "./format.js";
 import { ModelsView, RUNNING_STATES } from "./models.js";
 import { MonitorView } from "./monitor.js";
 import { RequestsView } from "./requests.js";
-import { isStale, mergeStatuses } from "./status.js";
+import { isStale, Latest, mergeStatuses, oneAtATime } from "./status.js";
 
 const GATEWAY_EVERY_MS = 2000;
 const HOST_EVERY_MS = 2000;
@@ -97,13 +97,34 @@ function applyStatus(st) {
 
 let memoryTimer = null;
 
+/** Several callers read /status; its cap, memory and host are taken from the newest. */
+const statusReads = new Latest();
+
+/** GET /status; resolves to [answer, whether it is the newest read so far]. */
+async function readStatus() {
+  const seq = statusReads.send();
+  const status = await api.get("/status");
+  return [status, statusReads.accept(seq)];
+}
+
+/** The parts of a /status answer that are not per-model statuses. */
+function applyService(status) {
+  store.cap = status.cap;
+  store.memory = status.memory || null;
+  if (status.host) {
+    store.host = status.host;
+    monitor.onHost(status.host);
+  }
+}
+
 /** A state change moves memory: read /status's memory once the burst has settled. */
 function refreshMemorySoon() {
   if (memoryTimer) return;
   memoryTimer = setTimeout(async () => {
     memoryTimer = null;
     try {
-      store.memory = (await api.get("/status")).memory || null;
+      const [status, newest] = await readStatus();
+      if (newest) applyService(status);
       render();
     } catch {
       // the next change or the list refresh tries again
@@ -116,37 +137,28 @@ function notice(text) {
   show($("notice"), Boolean(text));
 }
 
-let refreshing = null;
-
-/** Reload the model list and every status (at start, after reconnects, after changes). */
-function refreshModels() {
-  if (refreshing) return refreshing;
-  refreshing = (async () => {
-    try {
-      const [list, status] = await Promise.all([api.get("/models"), api.get("/status")]);
-      store.models = new Map(list.models.map((m) => [m.name, m]));
-      const now = Date.now() / 1000;
-      store.status = mergeStatuses(store.status, status.models, now);
-      store.cap = status.cap;
-      store.memory = status.memory || null;
-      if (status.host) {
-        store.host = status.host;
-        monitor.onHost(status.host);
-      }
-      notice("");
-      render();
-      // Metadata is read in the background at start-up: look again shortly.
-      if (list.models.some((m) => m.metadata === null && !m.metadata_error)) {
-        setTimeout(refreshModels, 2000);
-      }
-    } catch (err) {
-      notice(`Cannot load the models: ${err.message}`);
-    } finally {
-      refreshing = null;
+/**
+ * Reload the model list and every status (at start, after reconnects, after changes).
+ * One runs at a time; a call meanwhile gets a run after it (one sent before a change
+ * would not show the change).
+ */
+const refreshModels = oneAtATime(async () => {
+  try {
+    const [list, [status, newest]] = await Promise.all([api.get("/models"), readStatus()]);
+    store.models = new Map(list.models.map((m) => [m.name, m]));
+    const now = Date.now() / 1000;
+    store.status = mergeStatuses(store.status, status.models, now);
+    if (newest) applyService(status);
+    notice("");
+    render();
+    // Metadata is read in the background at start-up: look again shortly.
+    if (list.models.some((m) => m.metadata === null && !m.metadata_error)) {
+      setTimeout(refreshModels, 2000);
     }
-  })();
-  return refreshing;
-}
+  } catch (err) {
+    notice(`Cannot load the models: ${err.message}`);
+  }
+});
 
 /** Statuses carry `pinned` only when the service has the gateway: ask for it only then. */
 const gatewayHinted = () =>
@@ -172,13 +184,9 @@ async function pollGateway() {
 async function pollHost() {
   if (monitor.visible && document.visibilityState === "visible") {
     try {
-      const status = await api.get("/status");
-      store.cap = status.cap;
+      const [status, newest] = await readStatus();
       for (const st of status.models) applyStatus(st);
-      if (status.host) {
-        store.host = status.host;
-        monitor.onHost(status.host);
-      }
+      if (newest) applyService(status);
     } catch {
       // the connection indicator and the next poll tell the story
     }
