@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 from churn import Service, churn, report, write_config
 from loopwatch import LoopWatch
+from promstack import missing
 from waiting import wait_until
 
 from llama_exporter.catalog.registry import Registry
@@ -58,7 +59,7 @@ def _links(tmp: Path, source: Path, names: list[str]) -> dict[str, Path]:
 
 def _chatter(service: Service) -> Iterator[Callable[[str], None]]:
     if openai is None:
-        pytest.skip("the openai package is not installed (scripts/bootstrap.sh --test)")
+        missing("the openai package is not installed (scripts/bootstrap.sh --test)")
     client = openai.OpenAI(base_url=service.url + "/v1", api_key="unused", max_retries=0)
 
     def chat(model: str) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from promstack import missing
 from service_proc import ServiceProcess, http_json, start_service
 from test_gateway_real import PROMPT, Gw, _mark_sent, _models
 from waiting import wait_until
@@ -108,7 +109,7 @@ def svc(
     tmp_path_factory: pytest.TempPathFactory, llama_server_bin: Path, gemma_gguf: Path
 ) -> Iterator[Svc]:
     if openai is None:
-        pytest.skip("the openai package is not installed (scripts/bootstrap.sh --test)")
+        missing("the openai package is not installed (scripts/bootstrap.sh --test)")
     s = Svc(tmp_path_factory.mktemp("reqlog-real"), llama_server_bin, gemma_gguf)
     yield s
     s.stop()
