@@ -63,6 +63,8 @@ def test_needs_before_load_then_a_bar_per_device(page: tuple[ServiceProcess, Bro
     assert estimate["large"] > estimate["small"] > 0
     assert small == f"needs {estimate['small'] / 1e6:.0f} MB", small
     assert large.startswith("needs ") and large != small
+    title = browser.js(f"return document.querySelector('{fact.format('small')}').title;")
+    assert title == small  # the whole text on hover, as a narrow card cuts it short
     browser.driver.find_element(By.CSS_SELECTOR, 'article[data-model="small"] button.load').click()
     bar = '.membar[data-device="cpu"]'
     label = browser.wait(

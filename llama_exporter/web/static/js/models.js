@@ -188,7 +188,9 @@ export class ModelsView {
     const trained = meta.context_length ? ` of ${fmt.count(meta.context_length)}` : "";
     setText(f.ctx.value, model.ctx_size ? `${fmt.count(model.ctx_size)}${trained}` : "default");
     setText(f.slots.value, model.parallel ? String(model.parallel) : "default");
-    setText(f.memory.value, needsText(model.memory));
+    const needs = needsText(model.memory);
+    setText(f.memory.value, needs);
+    setAttr(f.memory.value, "title", needs); // cut short on narrow cards with a last-load figure
     setText(f.port.value, st.port ? String(st.port) : fmt.DASH);
     const uptime = typeof st.uptime_seconds === "number" ? st.uptime_seconds + elapsed : null;
     setText(f.uptime.value, state === "ready" ? fmt.duration(uptime) : fmt.DASH);
